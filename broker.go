@@ -1,0 +1,321 @@
+package push
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"slices"
+	"sort"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// Broker is a hub's backend: it gives events their ids, keeps their history
+// and hands every published event, from any node, to the local hub.
+type Broker interface {
+	// Publish stores ev, setting its ID, Seq and Time, and returns once it
+	// is stored. It must not deliver ev before it is stored, and must
+	// return an error (leaving nothing stored) when it cannot store it.
+	Publish(ctx context.Context, ev *Event) error
+	// Replay returns the retained events of topics after lastEventID, in
+	// id order, and the id of the newest event of the hub (the head).
+	Replay(ctx context.Context, topics []string, lastEventID string) (Backlog, error)
+	// SetHistory applies new history limits (after a config reload).
+	SetHistory(HistoryLimits)
+	// Close stops the broker's goroutines and releases its connections.
+	Close() error
+}
+
+// BrokerFactory is implemented by push.brokers.* modules. The module is
+// configuration only; the Broker it opens belongs to a hub, which may
+// outlive the configuration (hubs survive reloads).
+type BrokerFactory interface {
+	OpenBroker(BrokerOptions) (Broker, error)
+}
+
+// BrokerOptions is what a hub gives the broker it opens.
+type BrokerOptions struct {
+	// Hub is the hub's name.
+	Hub string
+	// History bounds the events kept per topic.
+	History HistoryLimits
+	// Deliver must be called with every stored event, one at a time, in
+	// id order; it does not block.
+	Deliver func(*Event)
+	// Resync must be called when the broker lost events it cannot
+	// deliver (its backend lost data, or it could not catch up after an
+	// outage): the hub ends every local subscription, and each client
+	// resumes from its last id, with a replay or a push.reset.
+	Resync func()
+	Logger *zap.Logger
+}
+
+// HistoryLimits bounds what a broker keeps per topic for replay.
+type HistoryLimits struct {
+	// Events is the number of events kept per topic; 0 keeps none.
+	Events int
+	// TTL is how long an event is kept; 0 keeps events until Events pushes
+	// them out.
+	TTL time.Duration
+	// MaxBytes bounds the memory of the whole hub's history; the oldest
+	// events go first. 0 means no bound.
+	MaxBytes int64
+}
+
+// Backlog is what a subscriber must get before live events.
+type Backlog struct {
+	// Events are the retained events after the client's last id.
+	Events []*Event
+	// Head is the id of the hub's newest event when the backlog was read.
+	Head string
+	// HeadSeq is the Seq inside Head.
+	HeadSeq uint64
+	// Reset, when not empty, says why the client's last id cannot be
+	// resumed from; Events is then empty.
+	Reset string
+}
+
+// ErrUnavailable wraps broker errors that mean "try again later" (HTTP 503).
+var ErrUnavailable = errors.New("hub backend unavailable")
+
+func init() {
+	caddy.RegisterModule(MemoryBroker{})
+}
+
+// MemoryBroker keeps a hub's events in this process: ids, history and
+// fan-out live and die with the process (a restart gives the hub a new
+// epoch, and clients resuming with an older id get `push.reset`).
+type MemoryBroker struct{}
+
+// CaddyModule returns the Caddy module information.
+func (MemoryBroker) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "push.brokers.memory",
+		New: func() caddy.Module { return new(MemoryBroker) },
+	}
+}
+
+// OpenBroker starts an in-memory store for one hub.
+func (MemoryBroker) OpenBroker(o BrokerOptions) (Broker, error) {
+	m := &memoryStore{
+		epoch:   strconv.FormatInt(time.Now().UnixNano(), 36),
+		deliver: o.Deliver,
+		limits:  o.History,
+		topics:  make(map[string]*topicHistory),
+		done:    make(chan struct{}),
+	}
+	go m.sweep(time.Minute)
+	return m, nil
+}
+
+type memoryStore struct {
+	epoch   string
+	deliver func(*Event)
+	done    chan struct{}
+
+	mu     sync.Mutex
+	seq    uint64
+	limits HistoryLimits
+	topics map[string]*topicHistory
+	// forgotten is the newest event of any topic the sweeper removed: a
+	// client resuming from before it may have missed events of a topic we
+	// no longer know.
+	forgotten uint64
+	// log has the retained events in id order, each once however many
+	// topics hold it, so the memory bound evicts the oldest first; bytes
+	// is their size and live their number (log also has released events,
+	// which compact drops).
+	log   []*Event
+	bytes int64
+	live  int
+}
+
+// topicHistory is one topic's retained events, oldest first.
+type topicHistory struct {
+	events  []*Event
+	dropped uint64 // Seq of the newest event no longer retained
+}
+
+func (m *memoryStore) Publish(_ context.Context, ev *Event) error {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.seq++
+	ev.Seq = m.seq
+	ev.ID = FormatID(m.epoch, m.seq)
+	ev.Time = time.Now()
+	for _, t := range ev.Topics {
+		th := m.topics[t]
+		if th == nil {
+			th = new(topicHistory)
+			m.topics[t] = th
+		}
+		th.events = append(th.events, ev)
+	}
+	ev.refs = len(ev.Topics)
+	ev.size = eventSize(ev)
+	m.bytes += ev.size
+	m.live++
+	m.log = append(m.log, ev)
+	for _, t := range ev.Topics {
+		m.trim(m.topics[t], ev.Time)
+	}
+	m.evict()
+	// under the lock, so subscribers see events in id order
+	m.deliver(ev)
+	return nil
+}
+
+// trim drops what the limits no longer allow, oldest first.
+func (m *memoryStore) trim(th *topicHistory, now time.Time) {
+	n := 0
+	for n < len(th.events) && (len(th.events)-n > m.limits.Events ||
+		m.limits.TTL > 0 && now.Sub(th.events[n].Time) > m.limits.TTL) {
+		m.release(th, th.events[n])
+		th.events[n] = nil
+		n++
+	}
+	th.events = th.events[n:]
+}
+
+// release notes that th no longer holds ev.
+func (m *memoryStore) release(th *topicHistory, ev *Event) {
+	th.dropped = ev.Seq
+	if ev.refs--; ev.refs == 0 {
+		m.bytes -= ev.size
+		m.live--
+	}
+}
+
+// evict drops the oldest events of the hub until the history fits in
+// MaxBytes. The oldest retained event is at the front of every topic
+// that still holds it.
+func (m *memoryStore) evict() {
+	for m.limits.MaxBytes > 0 && m.bytes > m.limits.MaxBytes && len(m.log) > 0 {
+		ev := m.log[0]
+		m.log[0] = nil
+		m.log = m.log[1:]
+		for _, t := range ev.Topics {
+			if th := m.topics[t]; th != nil && len(th.events) > 0 && th.events[0] == ev {
+				m.release(th, ev)
+				th.events[0] = nil
+				th.events = th.events[1:]
+			}
+		}
+	}
+	m.compact()
+}
+
+// compact drops released events from the log: at its front at once, and
+// everywhere once they are half of it, so the log neither pins their data
+// nor grows without bound.
+func (m *memoryStore) compact() {
+	for len(m.log) > 0 && m.log[0].refs == 0 {
+		m.log[0] = nil
+		m.log = m.log[1:]
+	}
+	if len(m.log) > 64 && len(m.log) > 2*m.live {
+		m.log = slices.DeleteFunc(slices.Clone(m.log), func(ev *Event) bool { return ev.refs == 0 })
+	}
+}
+
+// eventSize estimates the memory an event holds, for history_max_bytes.
+func eventSize(ev *Event) int64 {
+	n := 200 + len(ev.Data) + len(ev.Type) + len(ev.ID)
+	for _, t := range ev.Topics {
+		n += 16 + len(t)
+	}
+	return int64(n)
+}
+
+func (m *memoryStore) Replay(_ context.Context, topics []string, lastEventID string) (Backlog, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := Backlog{Head: FormatID(m.epoch, m.seq), HeadSeq: m.seq}
+	if lastEventID == "" {
+		return b, nil
+	}
+	epoch, after, ok := ParseID(lastEventID)
+	switch {
+	case !ok || after > m.seq:
+		b.Reset = "unknown event id"
+		return b, nil
+	case epoch != m.epoch:
+		b.Reset = "event id is from an earlier run of the hub"
+		return b, nil
+	}
+	now := time.Now()
+	for _, t := range topics {
+		th := m.topics[t]
+		if th == nil {
+			if m.forgotten > after {
+				b.Reset = "events after this id are no longer in history"
+				return b, nil
+			}
+			continue
+		}
+		m.trim(th, now)
+		if th.dropped > after {
+			b.Reset = "events after this id are no longer in history"
+			b.Events = nil
+			return b, nil
+		}
+		i := sort.Search(len(th.events), func(i int) bool { return th.events[i].Seq > after })
+		b.Events = append(b.Events, th.events[i:]...)
+	}
+	if len(topics) > 1 {
+		// an event of several subscribed topics was collected once per topic
+		slices.SortFunc(b.Events, func(x, y *Event) int { return cmp.Compare(x.Seq, y.Seq) })
+		b.Events = slices.CompactFunc(b.Events, func(x, y *Event) bool { return x == y })
+	}
+	return b, nil
+}
+
+func (m *memoryStore) SetHistory(l HistoryLimits) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.limits = l
+	now := time.Now()
+	for _, th := range m.topics {
+		m.trim(th, now)
+	}
+	m.evict()
+}
+
+// sweep forgets topics whose history has emptied, so a hub that has seen
+// many short-lived topics does not keep one entry per topic forever.
+func (m *memoryStore) sweep(every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-m.done:
+			return
+		case now := <-t.C:
+			m.mu.Lock()
+			for name, th := range m.topics {
+				m.trim(th, now)
+				if len(th.events) == 0 {
+					m.forgotten = max(m.forgotten, th.dropped)
+					delete(m.topics, name)
+				}
+			}
+			m.compact()
+			m.mu.Unlock()
+		}
+	}
+}
+
+func (m *memoryStore) Close() error {
+	close(m.done)
+	return nil
+}
+
+// Interface guards
+var (
+	_ BrokerFactory = MemoryBroker{}
+	_ Broker        = (*memoryStore)(nil)
+)

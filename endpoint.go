@@ -1,0 +1,319 @@
+package push
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+// DefaultMaxTopics bounds how many topics one connection follows.
+const DefaultMaxTopics = 32
+
+// Endpoint is what the SSE and WebSocket handlers share: the hub, the
+// topics a connection follows, the connection limit, and the signal that
+// ends every stream when the server shuts down or the config unloads.
+type Endpoint struct {
+	// Hub is the name of the hub to subscribe to. Default: default.
+	Hub string `json:"hub,omitempty"`
+	// Topics are templates of the topics a connection follows; Caddy
+	// placeholders such as {query.room} or {http.auth.user.id} are
+	// expanded per request, and a template with a placeholder that is
+	// unknown or empty is dropped. Without topics, the client names them
+	// with repeated `topic` query parameters. Default: none.
+	Topics []string `json:"topics,omitempty"`
+	// MaxConnections caps open connections on this handler; beyond it the
+	// server answers 503 with Retry-After. Default: 0 (no limit).
+	MaxConnections int `json:"max_connections,omitempty"`
+	// MaxConnectionsPerIP caps open connections from one client IP (as
+	// Caddy sees it, honouring trusted_proxies); beyond it the server
+	// answers 429. Default: 0 (no limit).
+	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+	// MaxTopics caps the topics of one subscription; more get 400.
+	// Default: 32.
+	MaxTopics int `json:"max_topics,omitempty"`
+	// Private lists topic patterns (see MatchTopic) that only a client
+	// whose JWT has a matching subscribe claim may follow; others get 401
+	// without a token and 403 with one. Needs jwt_key. Default: none.
+	Private []string `json:"private,omitempty"`
+	JWT
+
+	hub    *Hub
+	logger *zap.Logger
+	conns  *connections
+}
+
+// connections counts a handler's open connections and ends them all when
+// the handler's server shuts down or its config unloads.
+type connections struct {
+	open     atomic.Int64
+	stop     chan struct{}
+	stopOnce sync.Once
+
+	mu    sync.Mutex
+	perIP map[string]int
+}
+
+func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
+	e.logger = logger
+	e.conns = &connections{stop: make(chan struct{}), perIP: make(map[string]int)}
+	if e.MaxConnections < 0 || e.MaxConnectionsPerIP < 0 || e.MaxTopics < 0 {
+		return fmt.Errorf("max_connections, max_connections_per_ip and max_topics must not be negative")
+	}
+	if e.MaxTopics == 0 {
+		e.MaxTopics = DefaultMaxTopics
+	}
+	if err := e.provisionJWT(); err != nil {
+		return err
+	}
+	if len(e.Private) > 0 && !e.JWT.enabled() {
+		return fmt.Errorf("private topics need jwt_key to verify subscribe claims")
+	}
+	for _, t := range e.Topics {
+		if err := ValidateTopic(t); err != nil {
+			return fmt.Errorf("topic template: %v", err)
+		}
+	}
+	appIface, err := ctx.App("push")
+	if err != nil {
+		return fmt.Errorf("loading push app: %v", err)
+	}
+	if e.hub, err = appIface.(*App).Hub(e.Hub); err != nil {
+		return err
+	}
+	// Streams never end on their own, so http.Server.Shutdown would wait
+	// for them forever (the default grace period is eternal, and the
+	// config context is cancelled only after Shutdown returns): end them
+	// as soon as shutdown begins, and on cleanup in any case.
+	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
+		srv.RegisterOnShutdown(e.conns.shutdown)
+	}
+	context.AfterFunc(ctx, e.conns.shutdown)
+	return nil
+}
+
+func (c *connections) shutdown() {
+	c.stopOnce.Do(func() { close(c.stop) })
+}
+
+// stopping is closed when the handler's server shuts down or its config
+// is unloaded; every stream must then end.
+func (e *Endpoint) stopping() <-chan struct{} { return e.conns.stop }
+
+// admission is a subscribe request that passed every check.
+type admission struct {
+	Topics      []string
+	LastEventID string
+	// Grant is the client's verified JWT, if it sent one.
+	Grant   *Grant
+	release func()
+}
+
+// Release frees the connection's place under the limits.
+func (a *admission) Release() { a.release() }
+
+// accept runs every check a subscribe request must pass, cheapest and
+// least revealing first. On failure it has written the answer, and the
+// handler returns the error it gives.
+func (e *Endpoint) accept(w http.ResponseWriter, r *http.Request) (*admission, error) {
+	query, err := parseQuery(r)
+	if err != nil {
+		return nil, writeError(w, r, http.StatusBadRequest, err)
+	}
+	grant, status, err := e.authenticateSubscriber(r)
+	if err != nil {
+		return nil, writeError(w, r, status, err)
+	}
+	topics, err := e.subscriptionTopics(r, query)
+	if err != nil {
+		return nil, writeError(w, r, http.StatusBadRequest, err)
+	}
+	if status, err := e.checkPrivate(topics, grant); err != nil {
+		return nil, writeError(w, r, status, err)
+	}
+	release, status, err := e.reserve(r)
+	if err != nil {
+		w.Header().Set("Retry-After", "5")
+		return nil, writeError(w, r, status, err)
+	}
+	return &admission{Topics: topics, LastEventID: lastEventID(r, query), Grant: grant, release: release}, nil
+}
+
+// authenticateSubscriber verifies the client's JWT, if it sent one, and
+// makes its string claims placeholders: {http.push.jwt.sub}, ...
+func (e *Endpoint) authenticateSubscriber(r *http.Request) (*Grant, int, error) {
+	if !e.JWT.enabled() {
+		return nil, 0, nil
+	}
+	g, err := e.authenticate(r)
+	switch {
+	case err == errNoToken:
+		return nil, 0, nil
+	case err != nil:
+		return nil, http.StatusUnauthorized, err
+	case g.FromCookie && !cookieRequestAllowed(r):
+		return nil, http.StatusForbidden, errors.New("a token from a cookie needs a same-origin request")
+	}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	for k, v := range g.Claims {
+		if s, ok := v.(string); ok {
+			repl.Set("http.push.jwt."+k, s)
+		}
+	}
+	return g, 0, nil
+}
+
+// cookieRequestAllowed: browsers send cookies on cross-site requests
+// too, but then set Origin (CORS, WebSocket) or Sec-Fetch-Site. A
+// same-origin EventSource GET carries no Origin, so Sec-Fetch-Site
+// vouches for it.
+func cookieRequestAllowed(r *http.Request) bool {
+	if r.Header.Get("Origin") != "" {
+		return sameOrigin(r)
+	}
+	return r.Header.Get("Sec-Fetch-Site") == "same-origin"
+}
+
+// checkPrivate refuses topics that match a private pattern unless the
+// grant may subscribe to them.
+func (e *Endpoint) checkPrivate(topics []string, g *Grant) (int, error) {
+	for _, t := range topics {
+		if !matchAny(e.Private, t) {
+			continue
+		}
+		if g == nil {
+			return http.StatusUnauthorized, fmt.Errorf("topic %q is private: send a token", t)
+		}
+		if !g.CanSubscribe(t) {
+			return http.StatusForbidden, fmt.Errorf("token may not subscribe to private topic %q", t)
+		}
+	}
+	return 0, nil
+}
+
+// reserve takes a place under max_connections and max_connections_per_ip.
+func (e *Endpoint) reserve(r *http.Request) (func(), int, error) {
+	c := e.conns
+	if n := c.open.Add(1); e.MaxConnections > 0 && n > int64(e.MaxConnections) {
+		c.open.Add(-1)
+		return nil, http.StatusServiceUnavailable, errors.New("too many connections")
+	}
+	if e.MaxConnectionsPerIP == 0 {
+		return func() { c.open.Add(-1) }, 0, nil
+	}
+	ip := clientIP(r)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.perIP[ip] >= e.MaxConnectionsPerIP {
+		c.open.Add(-1)
+		return nil, http.StatusTooManyRequests, fmt.Errorf("too many connections from %s", ip)
+	}
+	c.perIP[ip]++
+	return func() {
+		c.mu.Lock()
+		if c.perIP[ip]--; c.perIP[ip] <= 0 {
+			delete(c.perIP, ip)
+		}
+		c.mu.Unlock()
+		c.open.Add(-1)
+	}, 0, nil
+}
+
+// clientIP is the client's address as Caddy determined it, which honours
+// the server's trusted_proxies.
+func clientIP(r *http.Request) string {
+	if ip, ok := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string); ok && ip != "" {
+		return ip
+	}
+	host, _, _ := net.SplitHostPort(r.RemoteAddr)
+	return host
+}
+
+// subscriptionTopics resolves the topics of one request: the expanded
+// templates, or the `topic` query parameters when there are none.
+func (e *Endpoint) subscriptionTopics(r *http.Request, query url.Values) ([]string, error) {
+	var topics []string
+	if len(e.Topics) > 0 {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		for _, tmpl := range e.Topics {
+			// an unknown or empty placeholder would widen the topic
+			// ("user/" for every anonymous user): drop the template
+			if t, err := repl.ReplaceOrErr(tmpl, true, true); err == nil && t != "" {
+				topics = append(topics, t)
+			}
+		}
+	} else {
+		topics = query["topic"]
+	}
+	slices.Sort(topics)
+	topics = slices.Compact(topics)
+	if len(topics) == 0 {
+		return nil, errors.New("no topic to subscribe to")
+	}
+	if len(topics) > e.MaxTopics {
+		return nil, fmt.Errorf("too many topics: %d (the limit is %d)", len(topics), e.MaxTopics)
+	}
+	for _, t := range topics {
+		if err := ValidateTopic(t); err != nil {
+			return nil, err
+		}
+	}
+	return topics, nil
+}
+
+// lastEventID is the id a client resumes from: the Last-Event-ID header,
+// or the lastEventId query parameter for clients that cannot set headers.
+func lastEventID(r *http.Request, query url.Values) string {
+	if id := r.Header.Get("Last-Event-ID"); id != "" {
+		return id
+	}
+	return query.Get("lastEventId")
+}
+
+// parseQuery refuses malformed query strings rather than silently
+// dropping the parameters it cannot decode.
+func parseQuery(r *http.Request) (url.Values, error) {
+	q, err := url.ParseQuery(r.URL.RawQuery)
+	if err != nil {
+		return nil, fmt.Errorf("malformed query string: %v", err)
+	}
+	return q, nil
+}
+
+// writeError answers with status and a one-line plain-text reason. When
+// the site has handle_errors routes, it leaves the answer to them.
+func writeError(w http.ResponseWriter, r *http.Request, status int, err error) error {
+	if srv, ok := r.Context().Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok &&
+		srv.Errors != nil && len(srv.Errors.Routes) > 0 {
+		return caddyhttp.Error(status, err)
+	}
+	msg := strings.ReplaceAll(err.Error(), "\n", " ")
+	h := w.Header()
+	h.Set("Content-Type", "text/plain; charset=utf-8")
+	h.Set("X-Content-Type-Options", "nosniff")
+	h.Set("Content-Length", strconv.Itoa(len(msg)+1))
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg+"\n")
+	return nil
+}
+
+// subscribeError maps a hub error to its status.
+func subscribeError(w http.ResponseWriter, r *http.Request, err error) error {
+	if errors.Is(err, ErrUnavailable) {
+		w.Header().Set("Retry-After", "5")
+		return writeError(w, r, http.StatusServiceUnavailable, err)
+	}
+	return writeError(w, r, http.StatusInternalServerError, err)
+}

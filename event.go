@@ -1,0 +1,231 @@
+package push
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+)
+
+// MaxTopicLength is the longest topic, in bytes.
+const MaxTopicLength = 256
+
+// maxIDLength bounds what we parse from a client's Last-Event-ID.
+const maxIDLength = 128
+
+// Message is what a publisher sends: the part of an event that is not
+// assigned by the hub.
+type Message struct {
+	// Topics the event goes to; at least one.
+	Topics []string `json:"topics"`
+	// Type is the SSE event type (`event:` field); empty means "message".
+	Type string `json:"event,omitempty"`
+	// Data is the UTF-8 payload; it may hold newlines.
+	Data string `json:"data"`
+	// Retry, in milliseconds, is sent as the SSE `retry:` field when > 0.
+	Retry int64 `json:"retry,omitempty"`
+}
+
+// Validate reports the first problem that would keep m from being published
+// or encoded faithfully.
+func (m Message) Validate() error {
+	if len(m.Topics) == 0 {
+		return fmt.Errorf("no topic")
+	}
+	for _, t := range m.Topics {
+		if err := ValidateTopic(t); err != nil {
+			return err
+		}
+	}
+	if len(m.Type) > MaxTopicLength {
+		return fmt.Errorf("event type is longer than %d bytes", MaxTopicLength)
+	}
+	if !utf8.ValidString(m.Type) || strings.IndexFunc(m.Type, unicode.IsControl) >= 0 {
+		return fmt.Errorf("event type %q has invalid UTF-8 or control characters", m.Type)
+	}
+	if !utf8.ValidString(m.Data) {
+		return fmt.Errorf("data is not valid UTF-8")
+	}
+	if m.Retry < 0 {
+		return fmt.Errorf("retry must not be negative")
+	}
+	return nil
+}
+
+// ValidateTopic checks SPEC's rule: a non-empty UTF-8 string of at most
+// 256 bytes with no control characters.
+func ValidateTopic(t string) error {
+	switch {
+	case t == "":
+		return fmt.Errorf("empty topic")
+	case len(t) > MaxTopicLength:
+		return fmt.Errorf("topic %.40q... is longer than %d bytes", t, MaxTopicLength)
+	case !utf8.ValidString(t):
+		return fmt.Errorf("topic %q is not valid UTF-8", t)
+	case strings.IndexFunc(t, unicode.IsControl) >= 0:
+		return fmt.Errorf("topic %q has control characters", t)
+	}
+	return nil
+}
+
+// Event is a published message with the identity its hub gave it. Events
+// are shared, read-only, by every subscriber that receives them.
+type Event struct {
+	Message
+	// ID is opaque to clients and strictly increasing per hub.
+	ID string `json:"id"`
+	// Seq orders the events of one hub epoch; it is the number inside ID.
+	Seq uint64 `json:"-"`
+	// Time is when the broker stored the event; history_ttl counts from it.
+	Time time.Time `json:"-"`
+
+	sseOnce sync.Once
+	sse     []byte
+
+	// WebSocket messages by format and topic: read without a lock by
+	// every connection, replaced whole (under wsMu) when one is added
+	wsMu sync.Mutex
+	ws   atomic.Pointer[map[string]*websocket.PreparedMessage]
+
+	// kept by the in-memory broker, under its lock: how many topic
+	// histories hold the event, and its estimated size
+	refs int
+	size int64
+}
+
+// FormatID builds an event id from a hub epoch and a sequence number.
+func FormatID(epoch string, seq uint64) string {
+	return epoch + "-" + strconv.FormatUint(seq, 10)
+}
+
+// ParseID splits an id made by FormatID. ok is false for anything else,
+// including ids that are too long to be ours.
+func ParseID(id string) (epoch string, seq uint64, ok bool) {
+	if len(id) > maxIDLength {
+		return "", 0, false
+	}
+	i := strings.LastIndexByte(id, '-')
+	if i <= 0 {
+		return "", 0, false
+	}
+	epoch = id[:i]
+	for _, c := range []byte(epoch) {
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'z') {
+			return "", 0, false
+		}
+	}
+	digits := id[i+1:]
+	if len(digits) > 1 && digits[0] == '0' {
+		return "", 0, false // not an id we made
+	}
+	seq, err := strconv.ParseUint(digits, 10, 64)
+	if err != nil {
+		return "", 0, false
+	}
+	return epoch, seq, true
+}
+
+// SSE returns the event in the text/event-stream format, encoded once and
+// shared by every subscriber.
+func (e *Event) SSE() []byte {
+	e.sseOnce.Do(func() {
+		e.sse = appendSSE(nil, e.ID, e.Type, e.Data, e.Retry)
+	})
+	return e.sse
+}
+
+// appendSSE writes one event. Data is split on every line terminator the
+// SSE parser knows (CRLF, LF, CR) so no payload can start a field or an
+// event of its own; the type and id are validated never to hold one.
+func appendSSE(b []byte, id, typ, data string, retry int64) []byte {
+	if id != "" {
+		b = append(b, "id: "...)
+		b = append(b, id...)
+		b = append(b, '\n')
+	}
+	if typ != "" {
+		b = append(b, "event: "...)
+		b = append(b, typ...)
+		b = append(b, '\n')
+	}
+	if retry > 0 {
+		b = append(b, "retry: "...)
+		b = strconv.AppendInt(b, retry, 10)
+		b = append(b, '\n')
+	}
+	for {
+		b = append(b, "data: "...)
+		i := strings.IndexAny(data, "\r\n")
+		if i < 0 {
+			b = append(b, data...)
+			b = append(b, '\n')
+			break
+		}
+		b = append(b, data[:i]...)
+		b = append(b, '\n')
+		if data[i] == '\r' && i+1 < len(data) && data[i+1] == '\n' {
+			i++
+		}
+		data = data[i+1:]
+	}
+	return append(b, '\n')
+}
+
+// wsMessage returns the event as a WebSocket message, prepared once per
+// format and topic and shared by every connection. In json format the
+// topic is the first of the event's topics the subscription follows
+// (subscribed is sorted).
+func (e *Event) wsMessage(format string, subscribed []string) *websocket.PreparedMessage {
+	key := FormatText
+	var topic string
+	if format == FormatJSON {
+		topic = e.Topics[0]
+		for _, t := range e.Topics {
+			if _, ok := slices.BinarySearch(subscribed, t); ok {
+				topic = t
+				break
+			}
+		}
+		key = topic
+	}
+	if m := e.ws.Load(); m != nil && (*m)[key] != nil {
+		return (*m)[key]
+	}
+	e.wsMu.Lock()
+	defer e.wsMu.Unlock()
+	old := e.ws.Load()
+	if old != nil && (*old)[key] != nil {
+		return (*old)[key]
+	}
+	data := []byte(e.Data)
+	if format == FormatJSON {
+		data = encodeFrame(wsFrame{ID: e.ID, Topic: topic, Event: e.Type, Data: e.Data})
+	}
+	pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, data)
+	m := make(map[string]*websocket.PreparedMessage, 1)
+	if old != nil {
+		maps.Copy(m, *old)
+	}
+	m[key] = pm
+	e.ws.Store(&m)
+	return pm
+}
+
+// encodeFrame writes a json-format frame, leaving <, > and & as they are.
+func encodeFrame(f wsFrame) []byte {
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	_ = enc.Encode(f)
+	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+}

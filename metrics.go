@@ -1,0 +1,85 @@
+package push
+
+import (
+	"errors"
+	"sync/atomic"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Transports, as metric labels.
+const (
+	TransportSSE = "sse"
+	TransportWS  = "ws"
+)
+
+var transports = [...]string{TransportSSE, TransportWS}
+
+// hubStats are a hub's counters. They live in the hub, not in a
+// configuration's metrics registry, so they survive reloads; each
+// configuration registers a collector that reads them.
+type hubStats struct {
+	published    atomic.Uint64
+	perTransport [len(transports)]transportStats
+}
+
+type transportStats struct {
+	connections atomic.Int64
+	delivered   atomic.Uint64
+	replayed    atomic.Uint64
+	slow        atomic.Uint64
+}
+
+func (s *hubStats) of(transport string) *transportStats {
+	if transport == TransportWS {
+		return &s.perTransport[1]
+	}
+	return &s.perTransport[0]
+}
+
+var (
+	descConnections = prometheus.NewDesc("caddy_push_connections",
+		"Open subscriber connections.", []string{"hub", "transport"}, nil)
+	descPublished = prometheus.NewDesc("caddy_push_events_published_total",
+		"Events published to the hub from this process.", []string{"hub"}, nil)
+	descDelivered = prometheus.NewDesc("caddy_push_events_delivered_total",
+		"Events written to subscribers, live or replayed.", []string{"hub", "transport"}, nil)
+	descReplayed = prometheus.NewDesc("caddy_push_events_replayed_total",
+		"Events replayed to resuming subscribers.", []string{"hub", "transport"}, nil)
+	descSlow = prometheus.NewDesc("caddy_push_slow_disconnects_total",
+		"Subscribers disconnected because they fell too far behind.", []string{"hub", "transport"}, nil)
+)
+
+// collector exposes the hubs of one configuration.
+type collector struct{ app *App }
+
+func (c collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow} {
+		ch <- d
+	}
+}
+
+func (c collector) Collect(ch chan<- prometheus.Metric) {
+	for name, hub := range c.app.hubs {
+		s := &hub.stats
+		ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(s.published.Load()), name)
+		for _, t := range transports {
+			ts := s.of(t)
+			ch <- prometheus.MustNewConstMetric(descConnections, prometheus.GaugeValue, float64(ts.connections.Load()), name, t)
+			ch <- prometheus.MustNewConstMetric(descDelivered, prometheus.CounterValue, float64(ts.delivered.Load()), name, t)
+			ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(ts.replayed.Load()), name, t)
+			ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(ts.slow.Load()), name, t)
+		}
+	}
+}
+
+func registerMetrics(reg *prometheus.Registry, a *App) error {
+	if reg == nil {
+		return nil
+	}
+	err := reg.Register(collector{app: a})
+	if errors.As(err, new(prometheus.AlreadyRegisteredError)) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,218 @@
+// Package push gives Caddy sites real-time push: Server-Sent Events
+// streams, WebSocket endpoints and an HTTP publish route over named hubs.
+package push
+
+import (
+	"encoding/json"
+	"fmt"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// DefaultHub is the hub every handler uses unless told otherwise. It always
+// exists, with default settings unless the push app configures it.
+const DefaultHub = "default"
+
+// Defaults of a hub's history.
+const (
+	DefaultHistory         = 1000
+	DefaultHistoryTTL      = time.Hour
+	DefaultHistoryMaxBytes = 64 << 20
+)
+
+// hubs holds every hub of the process, keyed by name and broker config, so
+// that a hub and its history outlive the configuration that made it: a
+// reload provisions the new config (taking a reference) before the old one
+// cleans up (dropping its reference).
+var hubs = caddy.NewUsagePool()
+
+// live maps a hub name to the hub of the newest configuration, for the Go
+// API (LookupHub).
+var live sync.Map
+
+// App is the `push` app: it owns the hubs that push handlers subscribe to
+// and publish on.
+type App struct {
+	// Hubs by name. A hub named "default" exists even when not listed.
+	Hubs map[string]*HubConfig `json:"hubs,omitempty"`
+
+	hubs   map[string]*Hub
+	keys   []string
+	logger *zap.Logger
+}
+
+// HubConfig configures one hub.
+type HubConfig struct {
+	// History is how many events are kept per topic for replay to clients
+	// that resume with a Last-Event-ID. 0 keeps none. Default: 1000.
+	History *int `json:"history,omitempty"`
+	// HistoryTTL is how long an event is kept for replay. Default: 1h.
+	HistoryTTL caddy.Duration `json:"history_ttl,omitempty"`
+	// HistoryMaxBytes bounds the memory the hub's whole history may take,
+	// in bytes; beyond it the oldest events are dropped first, and clients
+	// resuming from before them get push.reset. Default: 67108864 (64 MiB).
+	HistoryMaxBytes int64 `json:"history_max_bytes,omitempty"`
+	// BrokerRaw is the backend that stores and fans out the hub's events.
+	// Default: memory (this process only).
+	BrokerRaw json.RawMessage `json:"broker,omitempty" caddy:"namespace=push.brokers inline_key=broker"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "push",
+		New: func() caddy.Module { return new(App) },
+	}
+}
+
+// Provision opens (or, after a reload, takes over) every hub.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	if a.Hubs == nil {
+		a.Hubs = make(map[string]*HubConfig)
+	}
+	if a.Hubs[DefaultHub] == nil {
+		a.Hubs[DefaultHub] = new(HubConfig)
+	}
+	a.hubs = make(map[string]*Hub, len(a.Hubs))
+	names := make([]string, 0, len(a.Hubs))
+	for name := range a.Hubs {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	for _, name := range names {
+		hub, err := a.provisionHub(ctx, name, a.Hubs[name])
+		if err != nil {
+			return fmt.Errorf("loading hub %q: %v", name, err)
+		}
+		a.hubs[name] = hub
+		live.Store(name, hub)
+	}
+	if err := registerMetrics(ctx.GetMetricsRegistry(), a); err != nil {
+		return fmt.Errorf("registering metrics: %v", err)
+	}
+	return nil
+}
+
+func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub, error) {
+	if name == "" {
+		return nil, fmt.Errorf("hub name must not be empty")
+	}
+	limits := HistoryLimits{Events: DefaultHistory, TTL: DefaultHistoryTTL, MaxBytes: DefaultHistoryMaxBytes}
+	if hc.History != nil {
+		if *hc.History < 0 {
+			return nil, fmt.Errorf("history must not be negative")
+		}
+		limits.Events = *hc.History
+	}
+	if hc.HistoryTTL < 0 {
+		return nil, fmt.Errorf("history_ttl must not be negative")
+	}
+	if hc.HistoryTTL > 0 {
+		limits.TTL = time.Duration(hc.HistoryTTL)
+	}
+	if hc.HistoryMaxBytes < 0 {
+		return nil, fmt.Errorf("history_max_bytes must not be negative")
+	}
+	if hc.HistoryMaxBytes > 0 {
+		limits.MaxBytes = hc.HistoryMaxBytes
+	}
+	brokerConfig := string(hc.BrokerRaw)
+	var factory BrokerFactory = MemoryBroker{}
+	if hc.BrokerRaw != nil {
+		mod, err := ctx.LoadModule(hc, "BrokerRaw")
+		if err != nil {
+			return nil, fmt.Errorf("loading broker: %v", err)
+		}
+		factory = mod.(BrokerFactory)
+	}
+	// the broker config is part of the key: changing it starts a new hub,
+	// while changing only the history limits keeps hub and history
+	key := name + "\x00" + brokerConfig
+	logger := a.logger.With(zap.String("hub", name))
+	val, loaded, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
+		hub := newHub(name)
+		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Logger: logger})
+		if err != nil {
+			return nil, err
+		}
+		hub.broker = b
+		logger.Info("hub started", zap.Int("history", limits.Events), zap.Duration("history_ttl", limits.TTL))
+		return hub, nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	hub := val.(*Hub)
+	if loaded {
+		hub.broker.SetHistory(limits)
+	}
+	a.keys = append(a.keys, key)
+	return hub, nil
+}
+
+// Start is a no-op: hubs run from Provision on.
+func (a *App) Start() error { return nil }
+
+// Stop is a no-op: handlers end their streams when their server shuts down.
+func (a *App) Stop() error { return nil }
+
+// Cleanup drops this configuration's reference to its hubs; a hub closes
+// when no configuration uses it any more.
+func (a *App) Cleanup() error {
+	for _, key := range a.keys {
+		if _, err := hubs.Delete(key); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Hub returns the named hub of this configuration.
+func (a *App) Hub(name string) (*Hub, error) {
+	if name == "" {
+		name = DefaultHub
+	}
+	hub, ok := a.hubs[name]
+	if !ok {
+		return nil, fmt.Errorf("unknown hub %q: define it in the push global option", name)
+	}
+	return hub, nil
+}
+
+// Destruct closes the hub's broker once no configuration uses the hub.
+func (h *Hub) Destruct() error {
+	live.CompareAndDelete(h.name, h)
+	return h.broker.Close()
+}
+
+// LookupHub returns the running hub with that name, so that any code in
+// the process (another Caddy module, a program embedding Caddy) can
+// publish:
+//
+//	if hub, ok := push.LookupHub("default"); ok {
+//		id, err := hub.Publish(ctx, push.Message{Topics: []string{"news"}, Data: "hi"})
+//	}
+func LookupHub(name string) (*Hub, bool) {
+	v, ok := live.Load(name)
+	if !ok {
+		return nil, false
+	}
+	return v.(*Hub), true
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ caddy.Destructor   = (*Hub)(nil)
+)

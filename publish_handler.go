@@ -1,0 +1,304 @@
+package push
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"crypto/subtle"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(PublishHandler{})
+}
+
+// Defaults of the publish route's size limits.
+const (
+	DefaultMaxBody = 1 << 20
+	DefaultMaxData = 64 << 10
+)
+
+// PublishHandler publishes events to a hub from HTTP POST requests, with
+// Mercure's form fields or a JSON body.
+type PublishHandler struct {
+	// Hub is the name of the hub to publish to. Default: default.
+	Hub string `json:"hub,omitempty"`
+	// Token, when set, is a Bearer token that may publish to any topic.
+	// Placeholders are expanded once at load, so {env.PUSH_TOKEN} reads it
+	// from the environment. Default: none.
+	Token string `json:"token,omitempty"`
+	JWT
+	// Anonymous lets anyone publish without credentials; without it, a
+	// route with neither token nor jwt_key refuses to load. Default: false.
+	Anonymous bool `json:"anonymous,omitempty"`
+	// MaxBody is the largest request body accepted, in bytes; larger
+	// bodies get 413. Default: 1048576 (1 MiB).
+	MaxBody int64 `json:"max_body,omitempty"`
+	// MaxData is the largest event data accepted, in bytes once decoded
+	// from the form or JSON; larger data gets 413. Default: 65536 (64 KiB).
+	MaxData int64 `json:"max_data,omitempty"`
+
+	hub       *Hub
+	tokenHash *[sha256.Size]byte
+	logger    *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (PublishHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.push_publish",
+		New: func() caddy.Module { return new(PublishHandler) },
+	}
+}
+
+// Provision resolves the hub and the token.
+func (h *PublishHandler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.MaxBody == 0 {
+		h.MaxBody = DefaultMaxBody
+	}
+	if h.MaxData == 0 {
+		h.MaxData = DefaultMaxData
+	}
+	if h.MaxBody < 0 || h.MaxData < 0 {
+		return fmt.Errorf("max_body and max_data must not be negative")
+	}
+	if h.Token != "" {
+		token := caddy.NewReplacer().ReplaceKnown(h.Token, "")
+		if token == "" {
+			return fmt.Errorf("token %q is empty once its placeholders are expanded", h.Token)
+		}
+		sum := sha256.Sum256([]byte(token))
+		h.tokenHash = &sum
+	}
+	if err := h.provisionJWT(); err != nil {
+		return err
+	}
+	if h.Anonymous && (h.Token != "" || h.JWT.enabled()) {
+		return fmt.Errorf("anonymous contradicts token and jwt_key: choose one")
+	}
+	switch {
+	case h.Anonymous:
+		h.logger.Warn("publish route is anonymous: anyone who can reach it may publish")
+	case h.Token == "" && !h.JWT.enabled():
+		return fmt.Errorf("push_publish needs token or jwt_key; write anonymous to let anyone publish")
+	}
+	appIface, err := ctx.App("push")
+	if err != nil {
+		return fmt.Errorf("loading push app: %v", err)
+	}
+	h.hub, err = appIface.(*App).Hub(h.Hub)
+	return err
+}
+
+// ServeHTTP publishes one event and answers with its id.
+func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if r.Method != http.MethodPost {
+		w.Header().Set("Allow", http.MethodPost)
+		return writeError(w, r, http.StatusMethodNotAllowed, errors.New("method not allowed: publish with POST"))
+	}
+	grant, status, err := h.authorize(r)
+	if err != nil {
+		if status == http.StatusUnauthorized {
+			w.Header().Set("WWW-Authenticate", `Bearer realm="push"`)
+		}
+		return writeError(w, r, status, err)
+	}
+	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil || mediaType != "application/x-www-form-urlencoded" && mediaType != "application/json" {
+		return writeError(w, r, http.StatusUnsupportedMediaType,
+			errors.New("content type must be application/x-www-form-urlencoded or application/json"))
+	}
+	if r.ContentLength > h.MaxBody {
+		return writeError(w, r, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", h.MaxBody))
+	}
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
+	if err != nil {
+		if errors.As(err, new(*http.MaxBytesError)) {
+			return writeError(w, r, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", h.MaxBody))
+		}
+		return writeError(w, r, http.StatusBadRequest, fmt.Errorf("reading body: %v", err))
+	}
+	var m Message
+	if mediaType == "application/json" {
+		m, err = parseJSONMessage(body)
+	} else {
+		m, err = parseFormMessage(body)
+	}
+	if err == nil {
+		err = m.Validate()
+	}
+	if err != nil {
+		return writeError(w, r, http.StatusBadRequest, err)
+	}
+	if int64(len(m.Data)) > h.MaxData {
+		return writeError(w, r, http.StatusRequestEntityTooLarge, fmt.Errorf("data is larger than %d bytes", h.MaxData))
+	}
+	if grant != nil {
+		for _, t := range m.Topics {
+			if !grant.CanPublish(t) {
+				return writeError(w, r, http.StatusForbidden, fmt.Errorf("token may not publish to topic %q", t))
+			}
+		}
+	}
+	id, err := h.hub.Publish(r.Context(), m)
+	if err != nil {
+		h.logger.Error("publish failed", zap.Strings("topics", m.Topics), zap.Error(err))
+		status := http.StatusInternalServerError
+		if errors.Is(err, ErrUnavailable) {
+			status = http.StatusServiceUnavailable
+			w.Header().Set("Retry-After", "1")
+		}
+		return writeError(w, r, status, err)
+	}
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.WriteHeader(http.StatusOK)
+	_, _ = io.WriteString(w, id)
+	return nil
+}
+
+// authorize checks the request's credentials. A nil grant with no error
+// may publish anywhere: the static token, or an anonymous route. A JWT
+// gives a grant whose publish patterns each topic must match.
+func (h *PublishHandler) authorize(r *http.Request) (*Grant, int, error) {
+	if h.tokenHash == nil && !h.JWT.enabled() {
+		return nil, 0, nil
+	}
+	if h.tokenHash != nil && h.tokenMatches(r) {
+		return nil, 0, nil
+	}
+	if h.JWT.enabled() {
+		g, err := h.authenticate(r)
+		switch {
+		case err == nil && g.FromCookie && !sameOrigin(r):
+			return nil, http.StatusForbidden, errors.New("a token from a cookie needs a same-origin request (Origin header)")
+		case err == nil:
+			return g, 0, nil
+		case err != errNoToken:
+			return nil, http.StatusUnauthorized, err
+		}
+	}
+	return nil, http.StatusUnauthorized, errors.New("missing or invalid bearer token")
+}
+
+// tokenMatches compares hashes, so the comparison takes the same time
+// whatever the token's length and content.
+func (h *PublishHandler) tokenMatches(r *http.Request) bool {
+	scheme, token, ok := strings.Cut(r.Header.Get("Authorization"), " ")
+	if !ok || !strings.EqualFold(scheme, "Bearer") {
+		return false
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return subtle.ConstantTimeCompare(sum[:], h.tokenHash[:]) == 1
+}
+
+// parseFormMessage reads Mercure's publish fields: topic (repeatable),
+// data, type and retry.
+func parseFormMessage(body []byte) (Message, error) {
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
+		return Message{}, fmt.Errorf("malformed form body: %v", err)
+	}
+	var m Message
+	for field, values := range form {
+		if field != "topic" && len(values) > 1 {
+			return Message{}, fmt.Errorf("field %q is given more than once", field)
+		}
+		switch field {
+		case "topic":
+			m.Topics = values
+		case "data":
+			m.Data = values[0]
+		case "type":
+			m.Type = values[0]
+		case "retry":
+			if m.Retry, err = strconv.ParseInt(values[0], 10, 64); err != nil || m.Retry < 0 {
+				return Message{}, fmt.Errorf("retry %q is not a number of milliseconds", values[0])
+			}
+		case "id":
+			return Message{}, errors.New("field \"id\" is not supported: the hub assigns event ids")
+		case "private":
+			return Message{}, errors.New("field \"private\" is not supported: protect topics on the subscribe side")
+		default:
+			return Message{}, fmt.Errorf("unknown field %q", field)
+		}
+	}
+	return m, nil
+}
+
+// jsonMessage is the JSON publish body.
+type jsonMessage struct {
+	Topics []string        `json:"topics"`
+	Topic  string          `json:"topic"`
+	Event  string          `json:"event"`
+	Data   json.RawMessage `json:"data"`
+	Retry  int64           `json:"retry"`
+}
+
+// parseJSONMessage reads {"topics":[...],"event":"...","data":...,"retry":N};
+// "topic" may name a single topic, and data that is not a string is sent
+// as compact JSON.
+func parseJSONMessage(body []byte) (Message, error) {
+	if !utf8.Valid(body) {
+		// encoding/json would quietly turn bad bytes into U+FFFD
+		return Message{}, errors.New("body is not valid UTF-8")
+	}
+	dec := json.NewDecoder(bytes.NewReader(body))
+	dec.DisallowUnknownFields()
+	var j jsonMessage
+	if err := dec.Decode(&j); err != nil {
+		return Message{}, fmt.Errorf("invalid JSON body: %v", err)
+	}
+	if dec.More() {
+		return Message{}, errors.New("invalid JSON body: more than one value")
+	}
+	m := Message{Topics: j.Topics, Type: j.Event, Retry: j.Retry}
+	if j.Topic != "" {
+		m.Topics = append(m.Topics, j.Topic)
+	}
+	data, err := decodeData(j.Data)
+	if err != nil {
+		return Message{}, err
+	}
+	m.Data = data
+	return m, nil
+}
+
+// decodeData turns a JSON "data" value into event data: a string as it
+// is, any other value compactly serialised, none as empty.
+func decodeData(raw json.RawMessage) (string, error) {
+	if len(raw) == 0 {
+		return "", nil
+	}
+	if raw[0] == '"' {
+		var s string
+		if err := json.Unmarshal(raw, &s); err != nil {
+			return "", fmt.Errorf("invalid JSON: %v", err)
+		}
+		return s, nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return "", fmt.Errorf("invalid JSON: %v", err)
+	}
+	return buf.String(), nil
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*PublishHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*PublishHandler)(nil)
+)

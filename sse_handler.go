@@ -1,0 +1,224 @@
+package push
+
+import (
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(SSEHandler{})
+}
+
+// Defaults of an SSE stream.
+const (
+	DefaultRetry     = 3 * time.Second
+	DefaultKeepalive = 15 * time.Second
+)
+
+// writeTimeout bounds one write to a client: a client that does not read
+// for this long is cut off instead of holding a goroutine forever. A
+// variable so tests can shorten it.
+var writeTimeout = 10 * time.Second
+
+// SSEHandler serves Server-Sent Events streams (text/event-stream) of a
+// hub's topics, with replay from Last-Event-ID.
+type SSEHandler struct {
+	Endpoint
+	// Retry is the reconnection delay sent to clients as `retry:` when the
+	// stream opens. Default: 3s.
+	Retry caddy.Duration `json:"retry,omitempty"`
+	// Keepalive is how long a stream may be idle before a `: keepalive`
+	// comment is sent, so proxies and clients see it is alive.
+	// Default: 15s.
+	Keepalive caddy.Duration `json:"keepalive,omitempty"`
+	// MaxDuration ends a stream after this long (±10% jitter, so clients
+	// do not come back all at once); the client reconnects at once and
+	// resumes from its last event, losing nothing. Default: 0 (off).
+	MaxDuration caddy.Duration `json:"max_duration,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (SSEHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.push_sse",
+		New: func() caddy.Module { return new(SSEHandler) },
+	}
+}
+
+// Provision resolves the hub and applies defaults.
+func (h *SSEHandler) Provision(ctx caddy.Context) error {
+	if h.Retry == 0 {
+		h.Retry = caddy.Duration(DefaultRetry)
+	}
+	if h.Keepalive == 0 {
+		h.Keepalive = caddy.Duration(DefaultKeepalive)
+	}
+	return h.provision(ctx, ctx.Logger())
+}
+
+// Validate checks the durations.
+func (h *SSEHandler) Validate() error {
+	if h.Retry < 0 || h.Keepalive < 0 || h.MaxDuration < 0 {
+		return fmt.Errorf("retry, keepalive and max_duration must not be negative")
+	}
+	return nil
+}
+
+// ServeHTTP subscribes the client and streams events until the client
+// leaves, the stream reaches max_duration, or the server shuts down.
+func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if r.Method != http.MethodGet {
+		w.Header().Set("Allow", http.MethodGet)
+		return writeError(w, r, http.StatusMethodNotAllowed, errors.New("method not allowed: subscribe with GET"))
+	}
+	a, err := h.accept(w, r)
+	if a == nil {
+		return err
+	}
+	defer a.Release()
+	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportSSE)
+	if err != nil {
+		return subscribeError(w, r, err)
+	}
+	defer sub.Close()
+	h.stream(w, r, sub, a.LastEventID == "")
+	return nil
+}
+
+// stream writes the opening, the backlog, then live events.
+func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscription, fresh bool) {
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
+	// no-transform keeps encode (and any proxy) from compressing, which
+	// would buffer the stream
+	hdr.Set("Cache-Control", "no-cache, no-transform")
+	hdr.Set("X-Accel-Buffering", "no")
+	hdr.Del("Content-Length")
+	w.WriteHeader(http.StatusOK)
+	rc := http.NewResponseController(w)
+	if !h.writeOpening(w, rc, sub, fresh) {
+		return
+	}
+
+	keepalive := time.NewTimer(time.Duration(h.Keepalive))
+	defer keepalive.Stop()
+	var end <-chan time.Time
+	if h.MaxDuration > 0 {
+		jitter := 0.9 + 0.2*rand.Float64()
+		t := time.NewTimer(time.Duration(float64(h.MaxDuration) * jitter))
+		defer t.Stop()
+		end = t.C
+	}
+	var batch []*Event
+	for {
+		select {
+		case <-sub.Ready():
+			batch = sub.Take(batch)
+			if !h.writeEvents(w, rc, sub, batch) {
+				return
+			}
+		case <-keepalive.C:
+			if !h.write(w, rc, []byte(": keepalive\n\n")) {
+				return
+			}
+		case <-sub.Ended():
+			if sub.FellBehind() {
+				h.logger.Debug("slow subscriber disconnected", zap.Strings("topics", sub.Topics))
+				return
+			}
+			h.goodbye(w, rc)
+			return
+		case <-end:
+			h.goodbye(w, rc)
+			return
+		case <-h.stopping():
+			h.goodbye(w, rc)
+			return
+		case <-r.Context().Done():
+			return
+		}
+		keepalive.Reset(time.Duration(h.Keepalive))
+	}
+}
+
+// writeOpening sends the retry, the starting id of a fresh client, a
+// comment (so the browser fires "open" at once), then the reset or the
+// backlog, which it releases: a long stream must not pin old events.
+func (h *SSEHandler) writeOpening(w http.ResponseWriter, rc *http.ResponseController, sub *Subscription, fresh bool) bool {
+	b := sub.Backlog
+	sub.Backlog.Events = nil
+	open := make([]byte, 0, 128)
+	open = append(open, "retry: "...)
+	open = strconv.AppendInt(open, time.Duration(h.Retry).Milliseconds(), 10)
+	open = append(open, '\n')
+	if fresh {
+		// a client that has seen nothing starts from now: the id makes
+		// its first reconnect resume from here, not from nothing
+		open = append(open, "id: "...)
+		open = append(open, b.Head...)
+		open = append(open, '\n')
+	}
+	open = append(open, ": ok\n\n"...)
+	if b.Reset != "" {
+		open = appendSSE(open, b.Head, "push.reset", b.Reset, 0)
+	}
+	return h.write(w, rc, open) && h.writeEvents(w, rc, sub, b.Events)
+}
+
+func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseController, sub *Subscription, events []*Event) bool {
+	if len(events) == 0 {
+		return true
+	}
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	for _, ev := range events {
+		if _, err := w.Write(ev.SSE()); err != nil {
+			return writeFailed(sub, err)
+		}
+	}
+	if err := rc.Flush(); err != nil {
+		return writeFailed(sub, err)
+	}
+	sub.Delivered(len(events))
+	return true
+}
+
+func (h *SSEHandler) write(w http.ResponseWriter, rc *http.ResponseController, p []byte) bool {
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	if _, err := w.Write(p); err != nil {
+		return false
+	}
+	return rc.Flush() == nil
+}
+
+// writeFailed counts a client that stopped reading as a slow consumer.
+// (A timeout, not os.ErrDeadlineExceeded: gorilla hides the error chain.)
+func writeFailed(sub *Subscription, err error) bool {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		sub.CutOff()
+	}
+	return false
+}
+
+// goodbye asks the client to come back soon, spread over a second so a
+// reload does not bring every client back in the same instant.
+func (h *SSEHandler) goodbye(w http.ResponseWriter, rc *http.ResponseController) {
+	ms := 100 + rand.IntN(900)
+	h.write(w, rc, []byte("retry: "+strconv.Itoa(ms)+"\n\n"))
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*SSEHandler)(nil)
+	_ caddy.Validator             = (*SSEHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*SSEHandler)(nil)
+)

@@ -1,0 +1,579 @@
+package push
+
+import (
+	"bufio"
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(WSHandler{})
+}
+
+// Defaults of a WebSocket endpoint.
+const (
+	DefaultPingInterval   = 30 * time.Second
+	DefaultPongTimeout    = 10 * time.Second
+	DefaultMaxMessageSize = 64 << 10
+	DefaultPublishRate    = 20
+	DefaultPublishBurst   = 40
+)
+
+// Close codes beyond RFC 6455's: the client fell behind and may resume.
+const CloseSlowConsumer = 4008
+
+// Message formats of a WebSocket endpoint.
+const (
+	FormatJSON = "json"
+	FormatText = "text"
+)
+
+// WSHandler serves WebSocket connections: the server pushes a hub's events,
+// and clients may publish to the topics the handler allows.
+type WSHandler struct {
+	Endpoint
+	// Publish are templates of the topics a client's own messages may go
+	// to, expanded like Topics. Default: none (clients may not publish).
+	Publish []string `json:"publish,omitempty"`
+	// PingInterval is how often the server pings. Default: 30s.
+	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
+	// PongTimeout is how long after a ping the server waits for a pong
+	// before it drops the connection. Default: 10s.
+	PongTimeout caddy.Duration `json:"pong_timeout,omitempty"`
+	// MaxMessageSize is the largest client message, in bytes; a larger one
+	// closes the connection with 1009. Default: 65536 (64 KiB).
+	MaxMessageSize int64 `json:"max_message_size,omitempty"`
+	// Origins are the allowed values of the Origin header; "*" allows any.
+	// Default: only the request's own host.
+	Origins []string `json:"origins,omitempty"`
+	// Format is "json" (an envelope with id, topic, event and data) or
+	// "text" (the data alone). Default: json.
+	Format string `json:"format,omitempty"`
+	// Presence publishes push.join and push.leave events to the
+	// connection's topics when a client connects and leaves. Default: false.
+	Presence bool `json:"presence,omitempty"`
+	// Compression negotiates permessage-deflate, which saves bandwidth at
+	// the cost of a compressor's memory per connection. Default: false.
+	Compression bool `json:"compression,omitempty"`
+	// PublishRate is how many messages per second a client may publish on
+	// average. Default: 20.
+	PublishRate float64 `json:"publish_rate,omitempty"`
+	// PublishBurst is how many messages a client may publish at once
+	// before PublishRate applies; a client that keeps going beyond it is
+	// closed with 1008. Default: 40.
+	PublishBurst int `json:"publish_burst,omitempty"`
+
+	upgrader websocket.Upgrader
+	open     *openSockets
+}
+
+// writeBuffers are shared by every connection between writes, so an idle
+// connection holds no write buffer.
+var writeBuffers = new(sync.Pool)
+
+// CaddyModule returns the Caddy module information.
+func (WSHandler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.push_ws",
+		New: func() caddy.Module { return new(WSHandler) },
+	}
+}
+
+// Provision resolves the hub and applies defaults.
+func (h *WSHandler) Provision(ctx caddy.Context) error {
+	h.PingInterval = cmpOr(h.PingInterval, caddy.Duration(DefaultPingInterval))
+	h.PongTimeout = cmpOr(h.PongTimeout, caddy.Duration(DefaultPongTimeout))
+	h.MaxMessageSize = cmpOr(h.MaxMessageSize, DefaultMaxMessageSize)
+	h.Format = cmpOr(h.Format, FormatJSON)
+	h.PublishRate = cmpOr(h.PublishRate, DefaultPublishRate)
+	h.PublishBurst = cmpOr(h.PublishBurst, DefaultPublishBurst)
+	logger := ctx.Logger()
+	if err := h.provision(ctx, logger); err != nil {
+		return err
+	}
+	for _, t := range h.Publish {
+		if err := ValidateTopic(t); err != nil {
+			return fmt.Errorf("publish template: %v", err)
+		}
+	}
+	if slices.Contains(h.Origins, "*") {
+		logger.Warn("websocket accepts any origin: pages on other sites can connect with their visitors' cookies")
+	}
+	h.upgrader = websocket.Upgrader{
+		ReadBufferSize:    1024,
+		WriteBufferSize:   1024,
+		WriteBufferPool:   writeBuffers,
+		EnableCompression: h.Compression,
+		CheckOrigin:       func(*http.Request) bool { return true }, // checked before, with a clear answer
+	}
+	h.open = &openSockets{conns: make(map[*websocket.Conn]struct{})}
+	go func() {
+		<-h.stopping()
+		h.open.closeAll()
+	}()
+	return nil
+}
+
+func cmpOr[T comparable](v, def T) T {
+	var zero T
+	if v == zero {
+		return def
+	}
+	return v
+}
+
+// Validate checks the options.
+func (h *WSHandler) Validate() error {
+	if h.Format != FormatJSON && h.Format != FormatText {
+		return fmt.Errorf("format must be json or text, not %q", h.Format)
+	}
+	if h.PingInterval < 0 || h.PongTimeout < 0 || h.MaxMessageSize < 0 || h.PublishRate < 0 || h.PublishBurst < 0 {
+		return fmt.Errorf("ping_interval, pong_timeout, max_message_size, publish_rate and publish_burst must not be negative")
+	}
+	return nil
+}
+
+// ServeHTTP upgrades the request and runs the connection.
+func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if !websocket.IsWebSocketUpgrade(r) {
+		w.Header().Set("Upgrade", "websocket")
+		return writeError(w, r, http.StatusUpgradeRequired, errors.New("this endpoint speaks WebSocket"))
+	}
+	if !h.originAllowed(r) {
+		return writeError(w, r, http.StatusForbidden, fmt.Errorf("origin %q is not allowed", r.Header.Get("Origin")))
+	}
+	a, err := h.accept(w, r)
+	if a == nil {
+		return err
+	}
+	defer a.Release()
+	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportWS)
+	if err != nil {
+		return subscribeError(w, r, err)
+	}
+	defer sub.Close()
+	conn, err := h.upgrader.Upgrade(hijacker{w}, r, nil)
+	if err != nil {
+		return nil // the upgrader has answered
+	}
+	h.open.add(conn)
+	defer h.open.remove(conn)
+	s := &socket{h: h, conn: conn, sub: sub, publish: h.publishTopics(r, a.Grant), replies: make(chan []byte, 8)}
+	s.run(r, a)
+	return nil
+}
+
+// hijacker lets gorilla hijack through Caddy's wrapped ResponseWriter,
+// which it cannot type-assert to http.Hijacker.
+type hijacker struct{ http.ResponseWriter }
+
+func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
+	return http.NewResponseController(h.ResponseWriter).Hijack()
+}
+
+// originAllowed: browsers send cookies on cross-site WebSocket handshakes,
+// and nothing like CORS stops a page reading the connection, so the
+// Origin must be ours or listed.
+func (h *WSHandler) originAllowed(r *http.Request) bool {
+	origin := r.Header.Get("Origin")
+	if origin == "" {
+		return true // not a browser
+	}
+	if len(h.Origins) == 0 {
+		u, err := url.Parse(origin)
+		return err == nil && strings.EqualFold(u.Host, r.Host)
+	}
+	return slices.ContainsFunc(h.Origins, func(o string) bool { return o == "*" || strings.EqualFold(o, origin) })
+}
+
+// publishTopics are the topics this client may publish to: the expanded
+// publish templates, narrowed by the JWT's publish claims when the
+// handler verifies JWTs.
+func (h *WSHandler) publishTopics(r *http.Request, g *Grant) []string {
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	var topics []string
+	for _, tmpl := range h.Publish {
+		t, err := repl.ReplaceOrErr(tmpl, true, true)
+		if err != nil || t == "" || ValidateTopic(t) != nil {
+			continue
+		}
+		if h.JWT.enabled() && (g == nil || !g.CanPublish(t)) {
+			continue
+		}
+		topics = append(topics, t)
+	}
+	return topics
+}
+
+// openSockets tracks hijacked connections: http.Server.Shutdown does not
+// know them, so the handler closes them itself, with 1001, when its server
+// shuts down or its config unloads.
+type openSockets struct {
+	mu     sync.Mutex
+	conns  map[*websocket.Conn]struct{}
+	closed bool
+}
+
+func (o *openSockets) add(c *websocket.Conn) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.closed {
+		go goingAway(c)
+		return
+	}
+	o.conns[c] = struct{}{}
+}
+
+func (o *openSockets) remove(c *websocket.Conn) {
+	o.mu.Lock()
+	delete(o.conns, c)
+	o.mu.Unlock()
+}
+
+func (o *openSockets) closeAll() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	o.closed = true
+	for c := range o.conns {
+		go goingAway(c)
+	}
+}
+
+// goingAway tells a client the server is leaving and bounds everything
+// the connection's goroutines still do to a second, so no write stuck on
+// a client that does not read holds up a reload. WriteControl is safe
+// beside the writer's writes.
+func goingAway(c *websocket.Conn) {
+	_ = c.NetConn().SetDeadline(time.Now().Add(closeGrace))
+	_ = c.WriteControl(websocket.CloseMessage,
+		websocket.FormatCloseMessage(websocket.CloseGoingAway, "server is reloading or stopping"), time.Now().Add(closeGrace))
+}
+
+// closeGrace is how long a closing connection waits for the client to
+// answer the close frame.
+const closeGrace = time.Second
+
+// socket is one WebSocket connection: the handler's goroutine writes, one
+// reader goroutine reads (gorilla allows one of each).
+type socket struct {
+	h       *WSHandler
+	conn    *websocket.Conn
+	sub     *Subscription
+	publish []string
+	replies chan []byte // error frames from the reader to the writer
+	id      string
+	// set by the reader before it ends: how the writer should close
+	closeCode   int
+	closeReason string
+}
+
+func (s *socket) run(r *http.Request, a *admission) {
+	s.id = connectionID()
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		s.closeCode, s.closeReason = s.read(r.Context())
+	}()
+	if s.h.Presence {
+		s.announce(r, a, "push.join")
+		defer s.announce(r, a, "push.leave")
+	}
+	code, reason := s.write(readerDone)
+	s.close(code, reason, readerDone)
+}
+
+// close sends the close frame, if any, and lets the client answer before
+// the TCP connection closes: closing with unread client data would reset
+// the connection, and the client would lose the close frame.
+func (s *socket) close(code int, reason string, readerDone <-chan struct{}) {
+	netConn := s.conn.NetConn()
+	_ = netConn.SetReadDeadline(time.Now().Add(closeGrace))
+	if code != 0 {
+		_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(closeGrace))
+	}
+	<-readerDone
+	_, _ = io.Copy(io.Discard, netConn) // what the reader left, until the client closes or the grace ends
+	_ = s.conn.Close()
+}
+
+// write sends the backlog, then live events, pings and error frames,
+// until the connection must end; it returns the close code to send.
+func (s *socket) write(readerDone <-chan struct{}) (int, string) {
+	b := s.sub.Backlog
+	s.sub.Backlog.Events = nil
+	if b.Reset != "" {
+		if !s.send(websocket.TextMessage, encodeFrame(wsFrame{ID: b.Head, Event: "push.reset", Data: b.Reset})) {
+			return 0, ""
+		}
+	}
+	if !s.writeEvents(b.Events) {
+		return 0, ""
+	}
+	ping := time.NewTicker(time.Duration(s.h.PingInterval))
+	defer ping.Stop()
+	var batch []*Event
+	for {
+		// an ended subscription goes first, before the events it cannot take
+		select {
+		case <-s.sub.Ended():
+			return s.ended()
+		default:
+		}
+		select {
+		case <-s.sub.Ready():
+			batch = s.sub.Take(batch)
+			if !s.writeEvents(batch) {
+				return s.failed()
+			}
+		case frame := <-s.replies:
+			if !s.send(websocket.TextMessage, frame) {
+				return 0, ""
+			}
+		case <-ping.C:
+			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+				return 0, ""
+			}
+		case <-s.sub.Ended():
+			return s.ended()
+		case <-s.h.stopping():
+			return websocket.CloseGoingAway, "server is reloading or stopping"
+		case <-readerDone:
+			// send the reader's last error frames before its close
+			for len(s.replies) > 0 && s.send(websocket.TextMessage, <-s.replies) {
+			}
+			return s.closeCode, s.closeReason
+		}
+	}
+}
+
+// ended says how to close when the hub ended the subscription.
+func (s *socket) ended() (int, string) {
+	if s.sub.FellBehind() {
+		return CloseSlowConsumer, "slow consumer: reconnect and resume"
+	}
+	return websocket.CloseServiceRestart, "the hub lost events: reconnect and resume"
+}
+
+// failed says how to close after a failed write: a subscriber cut off
+// for being slow is told so. (After a write timed out, gorilla sends
+// nothing more, rightly: the frame may have gone out half.)
+func (s *socket) failed() (int, string) {
+	select {
+	case <-s.sub.Ended():
+		return s.ended()
+	default:
+		return 0, ""
+	}
+}
+
+func (s *socket) send(messageType int, data []byte) bool {
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return s.conn.WriteMessage(messageType, data) == nil
+}
+
+func (s *socket) writeEvents(events []*Event) bool {
+	if len(events) == 0 {
+		return true
+	}
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	for _, ev := range events {
+		if err := s.conn.WritePreparedMessage(ev.wsMessage(s.h.Format, s.sub.Topics)); err != nil {
+			return writeFailed(s.sub, err)
+		}
+	}
+	s.sub.Delivered(len(events))
+	return true
+}
+
+// read handles pongs and client messages until the connection ends, and
+// returns the close code to send, if any.
+func (s *socket) read(ctx context.Context) (int, string) {
+	c := s.conn
+	c.SetReadLimit(s.h.MaxMessageSize)
+	deadline := func() time.Time {
+		return time.Now().Add(time.Duration(s.h.PingInterval + s.h.PongTimeout))
+	}
+	_ = c.SetReadDeadline(deadline())
+	c.SetPongHandler(func(string) error { return c.SetReadDeadline(deadline()) })
+	limit := newRateLimit(s.h.PublishRate, s.h.PublishBurst)
+	for {
+		kind, data, err := c.ReadMessage()
+		if err != nil {
+			return 0, "" // gorilla has answered a close, or sent 1009 for a message over the limit
+		}
+		_ = c.SetReadDeadline(deadline())
+		var problem string
+		switch {
+		case kind != websocket.TextMessage:
+			problem = "binary messages are not supported"
+		default:
+			switch limit.take(time.Now()) {
+			case rateExceeded:
+				problem = "publish rate exceeded: slow down"
+			case rateAbused:
+				return websocket.ClosePolicyViolation, "publish rate exceeded"
+			default:
+				if err := s.publishFrame(ctx, data); err != nil {
+					problem = err.Error()
+				}
+			}
+		}
+		if problem != "" && !s.reply(problem) {
+			return websocket.ClosePolicyViolation, "too many errors"
+		}
+	}
+}
+
+// reply queues an error frame. It reports false when the queue is full:
+// a client that provokes errors faster than they can be sent is closed
+// rather than allowed to grow the queue.
+func (s *socket) reply(msg string) bool {
+	frame, _ := json.Marshal(map[string]string{"error": msg})
+	select {
+	case s.replies <- frame:
+		return true
+	default:
+		return false
+	}
+}
+
+func (s *socket) publishFrame(ctx context.Context, frame []byte) error {
+	if len(s.publish) == 0 {
+		return errors.New("this endpoint does not accept messages")
+	}
+	m, err := parseClientFrame(frame, s.publish)
+	if err != nil {
+		return err
+	}
+	if err := m.Validate(); err != nil {
+		return err
+	}
+	_, err = s.sub.hub.Publish(ctx, m)
+	return err
+}
+
+// announce publishes a presence event about this connection.
+func (s *socket) announce(r *http.Request, a *admission, event string) {
+	who := map[string]string{"connection": s.id}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if user, _ := repl.GetString("http.auth.user.id"); user != "" {
+		who["user"] = user
+	} else if a.Grant != nil {
+		if sub, ok := a.Grant.Claims["sub"].(string); ok {
+			who["user"] = sub
+		}
+	}
+	data, _ := json.Marshal(who)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := s.sub.hub.Publish(ctx, Message{Topics: s.sub.Topics, Type: event, Data: string(data)}); err != nil {
+		s.h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
+	}
+}
+
+func connectionID() string {
+	b := make([]byte, 8)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// wsFrame is a server message in json format.
+type wsFrame struct {
+	ID    string `json:"id"`
+	Topic string `json:"topic,omitempty"`
+	Event string `json:"event,omitempty"`
+	Data  string `json:"data"`
+}
+
+// clientFrame is a client message: {"topic","event","data"}.
+type clientFrame struct {
+	Topic string          `json:"topic"`
+	Event string          `json:"event"`
+	Data  json.RawMessage `json:"data"`
+}
+
+// parseClientFrame reads a client message. An object with only the
+// envelope's fields is the envelope; with a single allowed topic, any other
+// text is the data. The topic must be one the client may publish to.
+func parseClientFrame(frame []byte, allowed []string) (Message, error) {
+	var f clientFrame
+	dec := json.NewDecoder(strings.NewReader(string(frame)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&f); err != nil || dec.More() {
+		if len(allowed) == 1 {
+			return Message{Topics: allowed, Data: string(frame)}, nil
+		}
+		return Message{}, errors.New(`a message must be {"topic":"...","event":"...","data":...}`)
+	}
+	if f.Topic == "" && len(allowed) == 1 {
+		f.Topic = allowed[0]
+	}
+	if !slices.Contains(allowed, f.Topic) {
+		return Message{}, fmt.Errorf("may not publish to topic %q", f.Topic)
+	}
+	data, err := decodeData(f.Data)
+	if err != nil {
+		return Message{}, err
+	}
+	return Message{Topics: []string{f.Topic}, Type: f.Event, Data: data}, nil
+}
+
+// rateLimit is a token bucket: rate per second, up to burst at once. A
+// client that keeps sending once the bucket is empty is abusing it.
+type rateLimit struct {
+	rate, tokens, burst float64
+	last                time.Time
+	refused             int
+}
+
+type rateVerdict int
+
+const (
+	rateOK rateVerdict = iota
+	rateExceeded
+	rateAbused
+)
+
+func newRateLimit(rate float64, burst int) *rateLimit {
+	return &rateLimit{rate: rate, tokens: float64(burst), burst: float64(burst)}
+}
+
+func (l *rateLimit) take(now time.Time) rateVerdict {
+	if !l.last.IsZero() {
+		l.tokens = min(l.burst, l.tokens+now.Sub(l.last).Seconds()*l.rate)
+	}
+	l.last = now
+	if l.tokens >= 1 {
+		l.tokens--
+		l.refused = 0
+		return rateOK
+	}
+	if l.refused++; l.refused > int(l.burst) {
+		return rateAbused
+	}
+	return rateExceeded
+}
+
+// Interface guards
+var (
+	_ caddy.Provisioner           = (*WSHandler)(nil)
+	_ caddy.Validator             = (*WSHandler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*WSHandler)(nil)
+)
