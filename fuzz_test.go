@@ -1,0 +1,123 @@
+package push
+
+import (
+	"slices"
+	"strings"
+	"testing"
+	"unicode/utf8"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// Fuzz targets for everything a client or a config author can hand us.
+// .ci/run runs each for a few seconds; the seeds in testdata/fuzz and the
+// f.Add calls below run with every plain `go test`.
+
+// FuzzPublishBody: no body may panic the parsers, and whatever they
+// accept must be a message that validates and encodes to one SSE event.
+func FuzzPublishBody(f *testing.F) {
+	for _, s := range []string{
+		"topic=a&data=hello", "topic=a&topic=b&type=x&retry=100", "topic=%ff", "data=%zz",
+		`{"topic":"a","data":"x"}`, `{"topics":["a","b"],"event":"e","data":{"k":[1,2]}}`,
+		`{"topic":"a","retry":-1}`, `{"data":null}`, `[]`, `{"topic":"a"}{}`, "\xff\xfe",
+	} {
+		f.Add([]byte(s), s[0] == '{' || s[0] == '[')
+	}
+	f.Fuzz(func(t *testing.T, body []byte, asJSON bool) {
+		parse := parseFormMessage
+		if asJSON {
+			parse = parseJSONMessage
+		}
+		m, err := parse(body)
+		if err != nil || m.Validate() != nil {
+			return
+		}
+		ev := &Event{Message: m, ID: "e-1"}
+		count := 0
+		wantData := strings.NewReplacer("\r\n", "\n", "\r", "\n").Replace(m.Data)
+		_ = parseSSE(strings.NewReader(string(ev.SSE())), func(it sseItem) bool {
+			if it.Event != nil {
+				count++
+				if it.Event.Data != wantData || it.Event.ID != "e-1" {
+					t.Fatalf("event %+v from message %+v", it.Event, m)
+				}
+			}
+			return true
+		})
+		if count != 1 {
+			t.Fatalf("message %+v encoded to %d events", m, count)
+		}
+	})
+}
+
+// FuzzParseID: Last-Event-ID is client input. Whatever parses must
+// format back to the same id.
+func FuzzParseID(f *testing.F) {
+	for _, s := range []string{"abc-1", "dn3hidxcge5b-42", "-1", "a-", "A-1", "a-b-3", "a-18446744073709551616", "a-007", "x\x00-1", strings.Repeat("9", 10000)} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, id string) {
+		epoch, seq, ok := ParseID(id)
+		if !ok {
+			return
+		}
+		if got := FormatID(epoch, seq); got != id {
+			t.Fatalf("ParseID(%q) = %q, %d; formats back as %q", id, epoch, seq, got)
+		}
+		if len(id) > maxIDLength || !utf8.ValidString(epoch) {
+			t.Fatalf("accepted %q", id)
+		}
+	})
+}
+
+// FuzzCaddyfile: any Caddyfile text given to our unmarshalers must give
+// a config or an error, never a panic.
+func FuzzCaddyfile(f *testing.F) {
+	for _, s := range []string{
+		"push {\n hub default {\n history 10\n history_ttl 1m\n broker memory\n }\n}",
+		"push_sse {\n topics a {query.b}\n retry 1s\n keepalive 2s\n max_duration 3s\n max_connections 4\n}",
+		"push_publish {\n token x\n max_body 1MiB\n}",
+		"push_ws {\n publish a/{query.b}\n format text\n presence\n publish_rate 2.5\n origins *\n}",
+		"push {\n hub\n}", "push_sse {\n retry\n}", "push_sse {\n topics \"open", "push_ws <<EOF\n", "push_publish x y", "push {\n hub a {\n broker nope\n }\n}",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, text string) {
+		// not NewTestDispenser: it exits the process on text the lexer
+		// refuses (an open quote or heredoc), which Caddy reports as an
+		// error before any unmarshaler sees it
+		tokens, err := caddyfile.Tokenize([]byte(text), "Caddyfile")
+		if err != nil {
+			return
+		}
+		for _, u := range []caddyfile.Unmarshaler{new(App), new(SSEHandler), new(WSHandler), new(PublishHandler)} {
+			_ = u.UnmarshalCaddyfile(caddyfile.NewDispenser(tokens))
+		}
+	})
+}
+
+// FuzzClientFrame: whatever a WebSocket client sends, the parser gives a
+// message to one allowed topic, or an error; never a panic, never another
+// topic.
+func FuzzClientFrame(f *testing.F) {
+	for _, s := range []string{
+		"hello", `{"data":"x"}`, `{"topic":"a","event":"e","data":{"k":1}}`, `{"topic":"z","data":"x"}`,
+		`{"topic":"a","data":"x","more":1}`, `{"topic":"a"}{"topic":"b"}`, `[1,2]`, `"str"`, "\xff", "",
+	} {
+		f.Add([]byte(s), true)
+		f.Add([]byte(s), false)
+	}
+	f.Fuzz(func(t *testing.T, frame []byte, single bool) {
+		allowed := []string{"a", "b"}
+		if single {
+			allowed = allowed[:1]
+		}
+		m, err := parseClientFrame(frame, allowed)
+		if err != nil {
+			return
+		}
+		if len(m.Topics) != 1 || !slices.Contains(allowed, m.Topics[0]) {
+			t.Fatalf("frame %q went to %v", frame, m.Topics)
+		}
+	})
+}

@@ -1,0 +1,652 @@
+package push
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"os"
+	"runtime"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+const basicSite = `
+http://127.0.0.1:PORT {
+	push_sse /events
+	push_sse /news {
+		topics news
+		retry 1500ms
+	}
+	push_publish /publish {
+		anonymous
+	}
+}
+`
+
+func header(kv ...string) http.Header {
+	h := http.Header{}
+	for i := 0; i < len(kv); i += 2 {
+		h.Set(kv[i], kv[i+1])
+	}
+	return h
+}
+
+// publishN publishes n numbered events to topic and returns their ids.
+func (c *testCaddy) publishN(topic string, n int) []string {
+	c.t.Helper()
+	ids := make([]string, n)
+	for i := range ids {
+		status, id := c.publish("/publish", "topic="+url.QueryEscape(topic)+"&data="+strconv.Itoa(i))
+		if status != 200 {
+			c.t.Fatalf("publish %d: %d %s", i, status, id)
+		}
+		ids[i] = id
+	}
+	return ids
+}
+
+func TestSSEOpensAtOnceWithHeaders(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	s := subscribe(t, c.URL+"/news", nil)
+	h := s.Resp.Header
+	if s.Resp.StatusCode != 200 ||
+		h.Get("Content-Type") != "text/event-stream; charset=utf-8" ||
+		!strings.Contains(h.Get("Cache-Control"), "no-cache") ||
+		h.Get("X-Accel-Buffering") != "no" || h.Get("Content-Encoding") != "" {
+		t.Fatalf("status %d, headers %v", s.Resp.StatusCode, h)
+	}
+	// no event is published: the opening must be flushed on its own
+	if it, _ := s.next(time.Second); it.Retry != 1500 {
+		t.Fatalf("first item %+v, want retry 1500", it)
+	}
+	if it, _ := s.next(time.Second); it.ID == "" {
+		t.Fatalf("second item %+v, want the hub's head id", it)
+	}
+	if it, _ := s.next(time.Second); it.Comment == "" {
+		t.Fatalf("third item %+v, want a comment", it)
+	}
+}
+
+func TestSSEDeliversPublishedEvent(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	s := subscribe(t, c.URL+"/news", nil)
+	status, id := c.publish("/publish", "topic=news&data=hello&type=greet&retry=2500")
+	if status != 200 {
+		t.Fatalf("publish: %d %s", status, id)
+	}
+	ev := s.nextEvent(2 * time.Second)
+	if ev.ID != id || ev.Type != "greet" || ev.Data != "hello" || ev.Retry != 2500 {
+		t.Fatalf("got %+v, want id %s", ev, id)
+	}
+}
+
+// The exact bytes: event: only when set, one data: line per line.
+func TestSSEWireFormat(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	resp, err := http.Get(c.URL + "/news")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	br := bufio.NewReader(resp.Body)
+	readUntilBlank(t, br) // opening
+	_, id1 := c.post("/publish", "application/json", `{"topic":"news","data":"a\r\nb\rc\nd"}`)
+	_, id2 := c.post("/publish", "application/json", `{"topic":"news","event":"x","data":""}`)
+	want := "id: " + id1 + "\ndata: a\ndata: b\ndata: c\ndata: d\n\n" +
+		"id: " + id2 + "\nevent: x\ndata: \n\n"
+	got := readUntilBlank(t, br) + readUntilBlank(t, br)
+	if got != want {
+		t.Fatalf("got %q\nwant %q", got, want)
+	}
+}
+
+func readUntilBlank(t *testing.T, br *bufio.Reader) string {
+	t.Helper()
+	var b strings.Builder
+	for {
+		line, err := br.ReadString('\n')
+		if err != nil {
+			t.Fatalf("reading stream: %v (so far %q)", err, b.String())
+		}
+		b.WriteString(line)
+		if line == "\n" {
+			return b.String()
+		}
+	}
+}
+
+func TestSSENoInjection(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	s := subscribe(t, c.URL+"/news", nil)
+	payloads := []string{
+		"x\n\nevent: evil\ndata: y",
+		"\rid: 9",
+		"\r\n\r\ndata: z\r\n\r\n",
+		"nul\x00inside",
+		": comment\nretry: 1",
+		"",
+	}
+	for _, p := range payloads {
+		data, _ := json.Marshal(p)
+		body := `{"topic":"news","data":` + string(data) + `}`
+		if status, msg := c.post("/publish", "application/json", body); status != 200 {
+			t.Fatalf("publish %q: %d %s", p, status, msg)
+		}
+	}
+	// SSE carries every line break as LF
+	lf := strings.NewReplacer("\r\n", "\n", "\r", "\n")
+	for _, p := range payloads {
+		ev := s.nextEvent(2 * time.Second)
+		if want := lf.Replace(p); ev.Data != want || ev.Type != "message" || ev.Retry != 1500 {
+			t.Fatalf("got %+v, want data %q as a plain message", ev, want)
+		}
+	}
+	s.quiet(100 * time.Millisecond)
+}
+
+func TestSSETopics(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events
+	push_sse /room {
+		topics room/{query.room} user/{http.auth.user.id} lobby
+	}
+	push_sse /nobody {
+		topics user/{http.auth.user.id}
+	}
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	// a two-topic event reaches a subscriber of both once
+	both := subscribe(t, c.URL+"/events?topic=a&topic=b", nil)
+	// the user template is dropped: no user; the query one expands
+	room := subscribe(t, c.URL+"/room?room=42", nil)
+	_, id1 := c.publish("/publish", "topic=a&topic=b&data=ab")
+	_, id2 := c.publish("/publish", "topic=room/42&data=r")
+	_, _ = c.publish("/publish", "topic=user/&data=leak")
+	_, id4 := c.publish("/publish", "topic=lobby&data=l")
+	if ev := both.nextEvent(time.Second); ev.ID != id1 || ev.Data != "ab" {
+		t.Fatalf("both got %+v", ev)
+	}
+	both.quiet(100 * time.Millisecond)
+	if evs := room.events(2, time.Second); evs[0].ID != id2 || evs[1].ID != id4 {
+		t.Fatalf("room got %+v", evs)
+	}
+
+	for _, tc := range []struct{ path, want string }{
+		{"/events", "no topic"},
+		{"/nobody", "no topic"},
+		{"/events?topic=" + strings.Repeat("x", 257), "longer than 256"},
+		{"/events?topic=a%00b", "control"},
+		{"/events?topic=%ff", "UTF-8"},
+		{"/events?topic=%zz", "malformed query"},
+		{"/events?" + strings.Repeat("topic=t&", 0) + manyTopics(33), "too many topics"},
+	} {
+		status, body := do(t, mustRequest(t, "GET", c.URL+tc.path))
+		if status != 400 || !strings.Contains(body, tc.want) || strings.Count(body, "\n") != 1 {
+			t.Errorf("GET %.60s: %d %q, want 400 with %q", tc.path, status, body, tc.want)
+		}
+	}
+}
+
+func manyTopics(n int) string {
+	q := url.Values{}
+	for i := range n {
+		q.Add("topic", "t"+strconv.Itoa(i))
+	}
+	return q.Encode()
+}
+
+func mustRequest(t testing.TB, method, u string) *http.Request {
+	t.Helper()
+	req, err := http.NewRequest(method, u, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return req
+}
+
+func TestSSEResume(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	ids := c.publishN("news", 5)
+	for name, open := range map[string]func() *sseClient{
+		"header": func() *sseClient { return subscribe(t, c.URL+"/news", header("Last-Event-ID", ids[1])) },
+		"query":  func() *sseClient { return subscribe(t, c.URL+"/news?lastEventId="+url.QueryEscape(ids[1]), nil) },
+	} {
+		s := open()
+		evs := s.events(3, time.Second)
+		for i, ev := range evs {
+			if ev.ID != ids[i+2] || ev.Data != strconv.Itoa(i+2) {
+				t.Fatalf("%s: event %d is %+v, want id %s", name, i, ev, ids[i+2])
+			}
+		}
+		s.quiet(50 * time.Millisecond)
+	}
+	// resuming from the newest id replays nothing and then goes live
+	s := subscribe(t, c.URL+"/news", header("Last-Event-ID", ids[4]))
+	s.quiet(50 * time.Millisecond)
+	_, id := c.publish("/publish", "topic=news&data=live")
+	if ev := s.nextEvent(time.Second); ev.ID != id {
+		t.Fatalf("got %+v, want live %s", ev, id)
+	}
+}
+
+func TestSSEResetWhenIDCannotBeResumed(t *testing.T) {
+	c := startCaddy(t, `
+{
+	push {
+		hub default {
+			history 3
+		}
+		hub short {
+			history_ttl 300ms
+		}
+	}
+}
+http://127.0.0.1:PORT {
+	push_sse /news {
+		topics news
+	}
+	push_sse /short {
+		hub short
+		topics news
+	}
+	push_publish /publish {
+		anonymous
+	}
+	push_publish /publish-short {
+		hub short
+		anonymous
+	}
+}`)
+	ids := c.publishN("news", 6)
+	epoch, seq, _ := ParseID(ids[0])
+	_, shortID := c.publish("/publish-short", "topic=news&data=old")
+	time.Sleep(400 * time.Millisecond)
+	cases := map[string]struct{ path, id string }{
+		"unknown":       {"/news", "garbage"},
+		"ahead":         {"/news", FormatID(epoch, seq+100)},
+		"earlier epoch": {"/news", FormatID("abc", seq)},
+		"10 KB":         {"/news", strings.Repeat("9", 10000)},
+		"trimmed":       {"/news", ids[1]},
+		"expired":       {"/short", FormatID(strings.Split(shortID, "-")[0], 0)},
+	}
+	for name, tc := range cases {
+		s := subscribe(t, c.URL+tc.path, header("Last-Event-ID", tc.id))
+		ev := s.nextEvent(time.Second)
+		if ev.Type != "push.reset" || ev.Data == "" || ev.ID == "" {
+			t.Errorf("%s: first event %+v, want push.reset with a reason and the head id", name, ev)
+		}
+		s.quiet(50 * time.Millisecond)
+	}
+	// within history: no reset
+	s := subscribe(t, c.URL+"/news", header("Last-Event-ID", ids[2]))
+	if evs := s.events(3, time.Second); evs[0].ID != ids[3] || evs[2].ID != ids[5] {
+		t.Fatalf("got %+v", evs)
+	}
+	// after a reset, resuming from the reset's id loses nothing
+	s = subscribe(t, c.URL+"/news", header("Last-Event-ID", "garbage"))
+	reset := s.nextEvent(time.Second)
+	s.Close()
+	_, id := c.publish("/publish", "topic=news&data=after")
+	s = subscribe(t, c.URL+"/news", header("Last-Event-ID", reset.ID))
+	if ev := s.nextEvent(time.Second); ev.ID != id {
+		t.Fatalf("after reset got %+v, want %s", ev, id)
+	}
+}
+
+// Clients resume while a publisher runs: each sees every event after its
+// id exactly once, in order, across the backlog/live boundary.
+func TestSSEReplayRacingLive(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	hub, _ := LookupHub("default")
+	const n = 400
+	ids := make(chan string, n)
+	go func() {
+		for i := range n {
+			id, err := hub.Publish(context.Background(), Message{Topics: []string{"news"}, Data: strconv.Itoa(i)})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			ids <- id
+		}
+	}()
+	var all []string
+	var wg sync.WaitGroup
+	for len(all) < n {
+		all = append(all, <-ids)
+		if len(all)%40 != 0 {
+			continue
+		}
+		from := len(all) - 1
+		s := subscribe(t, c.URL+"/news", header("Last-Event-ID", all[from]))
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for want := from + 1; want < n; want++ {
+				ev := s.nextEvent(5 * time.Second)
+				if ev.Data != strconv.Itoa(want) {
+					t.Errorf("resumed after %d: got data %s, want %d", from, ev.Data, want)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestSSEKeepalive(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events {
+		keepalive 100ms
+	}
+}`)
+	s := subscribe(t, c.URL+"/events?topic=x", nil)
+	deadline := time.Now().Add(time.Second)
+	for time.Now().Before(deadline) {
+		if it, _ := s.next(time.Second); it.Comment == "keepalive" {
+			return
+		}
+	}
+	t.Fatal("no keepalive comment")
+}
+
+// max_duration ends the stream with a short retry; the client resumes and
+// gets what was published while it was away.
+func TestSSEMaxDurationResumesLosslessly(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events {
+		max_duration 300ms
+	}
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	start := time.Now()
+	s := subscribe(t, c.URL+"/events?topic=x", nil)
+	_, id1 := c.publish("/publish", "topic=x&data=1")
+	items := s.ended(2 * time.Second)
+	if d := time.Since(start); d < 250*time.Millisecond || d > 1500*time.Millisecond { // 300ms ±10%, plus a loaded machine
+		t.Fatalf("stream lasted %v, want 300ms ±10%%", d)
+	}
+	last := items[len(items)-1]
+	if last.Retry <= 0 || last.Retry > 1000 {
+		t.Fatalf("stream ended with %+v, want a short retry", last)
+	}
+	_, id2 := c.publish("/publish", "topic=x&data=2")
+	s = subscribe(t, c.URL+"/events?topic=x", header("Last-Event-ID", id1))
+	if ev := s.nextEvent(time.Second); ev.ID != id2 {
+		t.Fatalf("resumed with %+v, want %s", ev, id2)
+	}
+}
+
+func TestSSEMaxConnections(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events {
+		max_connections 2
+	}
+}`)
+	a := subscribe(t, c.URL+"/events?topic=x", nil)
+	subscribe(t, c.URL+"/events?topic=x", nil)
+	third := subscribe(t, c.URL+"/events?topic=x", nil)
+	if third.Resp.StatusCode != 503 || third.Resp.Header.Get("Retry-After") == "" {
+		t.Fatalf("third: %d %v, want 503 with Retry-After", third.Resp.StatusCode, third.Resp.Header)
+	}
+	a.Close()
+	waitFor(t, time.Second, func() bool {
+		s := subscribe(t, c.URL+"/events?topic=x", nil)
+		return s.Resp.StatusCode == 200
+	})
+}
+
+func waitFor(t testing.TB, d time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("condition not met within %v", d)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// A reload ends open streams at once with a short retry, keeps the hub
+// and its history, and a client resuming with its last id misses nothing.
+func TestSSEReloadKeepsHistory(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	s := subscribe(t, c.URL+"/news", nil)
+	_, id1 := c.publish("/publish", "topic=news&data=before")
+	if ev := s.nextEvent(time.Second); ev.ID != id1 {
+		t.Fatalf("got %+v", ev)
+	}
+	hub, _ := LookupHub("default")
+	start := time.Now()
+	c.Load(basicSite)
+	items := s.ended(time.Second)
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("stream ended %v after reload", d)
+	}
+	if len(items) == 0 || items[len(items)-1].Retry > 1000 || items[len(items)-1].Retry <= 0 {
+		t.Fatalf("stream ended with %+v, want a short retry", items)
+	}
+	if h2, _ := LookupHub("default"); h2 != hub {
+		t.Fatal("reload replaced the hub")
+	}
+	id2, _ := hub.Publish(context.Background(), Message{Topics: []string{"news"}, Data: "during"})
+	_, id3 := c.publish("/publish", "topic=news&data=after")
+	s = subscribe(t, c.URL+"/news", header("Last-Event-ID", id1))
+	if evs := s.events(2, time.Second); evs[0].ID != id2 || evs[1].ID != id3 {
+		t.Fatalf("resumed with %+v, want %s %s", evs, id2, id3)
+	}
+	s.Close()
+	waitNoGoroutine(t, "(*SSEHandler).stream")
+}
+
+// waitNoGoroutine fails when a goroutine running fn is still alive.
+func waitNoGoroutine(t testing.TB, fn string) {
+	t.Helper()
+	waitFor(t, 2*time.Second, func() bool {
+		buf := make([]byte, 1<<20)
+		return !strings.Contains(string(buf[:runtime.Stack(buf, true)]), fn)
+	})
+}
+
+// caddy stop must not wait on open streams, even with the default
+// eternal grace period.
+func TestSSEStopDoesNotHang(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	s := subscribe(t, c.URL+"/news", nil)
+	s.next(time.Second)
+	c.Load(`http://127.0.0.1:PORT {
+	respond "other config"
+}`)
+	s.ended(time.Second)
+	waitNoGoroutine(t, "(*SSEHandler).stream")
+}
+
+func TestSSEBehindEncode(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	encode zstd gzip
+	push_sse /events
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	s := subscribe(t, c.URL+"/events?topic=x", header("Accept-Encoding", "gzip, zstd"))
+	if ce := s.Resp.Header.Get("Content-Encoding"); ce != "" {
+		t.Fatalf("Content-Encoding %q on an event stream", ce)
+	}
+	if it, _ := s.next(time.Second); it.Retry == 0 {
+		t.Fatalf("opening not flushed through encode: %+v", it)
+	}
+	_, id := c.publish("/publish", "topic=x&data=y")
+	if ev := s.nextEvent(time.Second); ev.ID != id {
+		t.Fatalf("got %+v", ev)
+	}
+}
+
+func TestSSEOverHTTP2(t *testing.T) {
+	storage, err := os.MkdirTemp("", "push-h2-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(storage) }) // after Caddy stops
+	c := startCaddy(t, `
+{
+	skip_install_trust
+	storage file_system `+storage+`
+}
+https://localhost:PORT {
+	tls internal
+	push_sse /events
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	client := &http.Client{Transport: &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // the test's own internal CA
+		ForceAttemptHTTP2: true,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, "127.0.0.1:"+c.port)
+		},
+	}}
+	base := "https://localhost:" + c.port
+	// the internal CA issues the certificate in the background
+	waitFor(t, 10*time.Second, func() bool {
+		resp, err := client.Get(base + "/publish")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	s := subscribeWith(t, client, base+"/events?topic=x", nil)
+	if s.Resp.ProtoMajor != 2 {
+		t.Fatalf("protocol %s, want HTTP/2", s.Resp.Proto)
+	}
+	s.next(time.Second)
+	req, _ := http.NewRequest("POST", base+"/publish", strings.NewReader("topic=x&data=h2"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if ev := s.nextEvent(time.Second); ev.Data != "h2" {
+		t.Fatalf("got %+v", ev)
+	}
+}
+
+// A client that stops reading is cut off; the others keep receiving and
+// the hub never waits for it.
+func TestSSESlowConsumer(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events
+	metrics /metrics
+}`)
+	// a raw client that sends its request and never reads
+	stuck, err := net.Dial("tcp", "127.0.0.1:"+c.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stuck.Close()
+	if tcp, ok := stuck.(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(4096)
+	}
+	fmt.Fprintf(stuck, "GET /events?topic=x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+	fast := subscribe(t, c.URL+"/events?topic=x", nil)
+	hub, _ := LookupHub("default")
+	waitFor(t, time.Second, func() bool { return hub.stats.of(TransportSSE).connections.Load() == 2 })
+
+	const n = 3000
+	start := time.Now()
+	pacedFlood(t, "x", n, 8<<10, 200, func(i int) {
+		if ev := fast.nextEvent(5 * time.Second); len(ev.Data) != 8<<10 {
+			t.Fatalf("event %d: %d bytes", i, len(ev.Data))
+		}
+	})
+	t.Logf("fast client got %d events of 8 KiB in %v", n, time.Since(start))
+	waitFor(t, 3*time.Second, func() bool { return hub.stats.of(TransportSSE).slow.Load() == 1 })
+	waitFor(t, 3*time.Second, func() bool { return hub.stats.of(TransportSSE).connections.Load() == 1 })
+	status, body := do(t, mustRequest(t, "GET", c.URL+"/metrics"))
+	if status != 200 || !strings.Contains(body, `caddy_push_slow_disconnects_total{hub="default",transport="sse"} 1`) {
+		t.Fatalf("metrics: %d\n%s", status, grepLines(body, "caddy_push"))
+	}
+}
+
+func grepLines(s, sub string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, sub) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
+}
+
+func TestSSEMethodNotAllowed(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	req := mustRequest(t, "POST", c.URL+"/news")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 405 || resp.Header.Get("Allow") != "GET" || len(b) == 0 {
+		t.Fatalf("%d %v %q", resp.StatusCode, resp.Header, b)
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events
+	push_publish /publish {
+		anonymous
+	}
+	metrics /metrics
+}`)
+	s := subscribe(t, c.URL+"/events?topic=m", nil)
+	ids := c.publishN("m", 3)
+	s.events(3, time.Second)
+	r := subscribe(t, c.URL+"/events?topic=m", header("Last-Event-ID", ids[0]))
+	r.events(2, time.Second)
+	want := []string{
+		`caddy_push_connections{hub="default",transport="sse"} 2`,
+		`caddy_push_events_published_total{hub="default"} 3`,
+		`caddy_push_events_delivered_total{hub="default",transport="sse"} 5`,
+		`caddy_push_events_replayed_total{hub="default",transport="sse"} 2`,
+		`caddy_push_slow_disconnects_total{hub="default",transport="sse"} 0`,
+	}
+	// a client can read an event before the server has counted it
+	var body string
+	deadline := time.Now().Add(2 * time.Second)
+	for {
+		_, body = do(t, mustRequest(t, "GET", c.URL+"/metrics"))
+		missing := slices.DeleteFunc(slices.Clone(want), func(w string) bool { return strings.Contains(body, w) })
+		if len(missing) == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("metrics lack %v:\n%s", missing, grepLines(body, "caddy_push"))
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
