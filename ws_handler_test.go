@@ -1,11 +1,16 @@
 package push
 
 import (
+	"bufio"
+	"bytes"
+	"context"
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -541,5 +546,84 @@ http://127.0.0.1:PORT {
 		case <-time.After(2 * time.Second):
 			t.Fatal("a sustained flood was not closed")
 		}
+	}
+}
+
+// BenchmarkNetworkFanout publishes through the Go API to 500 clients of
+// one topic over real loopback connections through Caddy, SSE and
+// WebSocket (json format) in the same run, so that their costs compare
+// as a ratio. ns/delivery is wall time per event delivered to one client,
+// server and clients together, on the benchmark's machine. Publishing
+// stays at most 64 events ahead of the clients, so none is cut off.
+func BenchmarkNetworkFanout(b *testing.B) {
+	const clients, window = 500, 64
+	c := startCaddy(b, wsSite)
+	hub, _ := LookupHub("default")
+	transport := &http.Transport{MaxIdleConnsPerHost: clients}
+	b.Cleanup(transport.CloseIdleConnections)
+	open := map[string]func(topic string, delivered *atomic.Int64) io.Closer{
+		"sse": func(topic string, delivered *atomic.Int64) io.Closer {
+			resp, err := (&http.Client{Transport: transport}).Get(c.URL + "/events?topic=" + topic)
+			if err != nil || resp.StatusCode != http.StatusOK {
+				b.Fatalf("subscribing: %v %v", err, resp)
+			}
+			go func() {
+				br := bufio.NewReader(resp.Body)
+				for {
+					line, err := br.ReadSlice('\n')
+					if err != nil {
+						return
+					}
+					if bytes.HasPrefix(line, []byte("data: ")) {
+						delivered.Add(1)
+					}
+				}
+			}()
+			return resp.Body
+		},
+		"ws": func(topic string, delivered *atomic.Int64) io.Closer {
+			conn, _, err := websocket.DefaultDialer.Dial(strings.Replace(c.URL, "http", "ws", 1)+"/ws?topic="+topic, nil)
+			if err != nil {
+				b.Fatalf("dialing: %v", err)
+			}
+			go func() {
+				for {
+					_, r, err := conn.NextReader()
+					if err != nil {
+						return
+					}
+					_, _ = io.Copy(io.Discard, r)
+					delivered.Add(1)
+				}
+			}()
+			return conn
+		},
+	}
+	for _, name := range []string{"sse", "ws"} {
+		b.Run(name, func(b *testing.B) {
+			var delivered atomic.Int64
+			for range clients {
+				defer open[name]("bench-"+name, &delivered).Close()
+			}
+			msg := Message{Topics: []string{"bench-" + name}, Data: strings.Repeat("x", 256)}
+			sent := int64(0)
+			wait := func(upTo int64) {
+				for deadline := time.Now().Add(10 * time.Second); delivered.Load() < upTo*clients; time.Sleep(50 * time.Microsecond) {
+					if time.Now().After(deadline) {
+						b.Fatalf("%d of %d deliveries after 10s", delivered.Load(), upTo*clients)
+					}
+				}
+			}
+			b.ResetTimer()
+			for b.Loop() {
+				if _, err := hub.Publish(context.Background(), msg); err != nil {
+					b.Fatal(err)
+				}
+				sent++
+				wait(sent - window)
+			}
+			wait(sent)
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(sent*clients), "ns/delivery")
+		})
 	}
 }
