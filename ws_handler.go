@@ -175,7 +175,8 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	}
 	h.open.add(conn)
 	defer h.open.remove(conn)
-	s := &socket{h: h, conn: conn, sub: sub, publish: h.publishTopics(r, a.Grant), replies: make(chan []byte, 8)}
+	s := &socket{h: h, conn: conn, sub: sub, publish: h.publishTopics(r, a.Grant), replies: make(chan []byte, 8),
+		compress: h.Compression && offersDeflate(r)}
 	s.run(r, a)
 	return nil
 }
@@ -186,6 +187,21 @@ type hijacker struct{ http.ResponseWriter }
 
 func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
 	return http.NewResponseController(h.ResponseWriter).Hijack()
+}
+
+// offersDeflate reports whether the client offered permessage-deflate,
+// which gorilla then accepts when compression is on. (A wrong guess costs
+// no correctness: uncompressed messages are valid either way.)
+func offersDeflate(r *http.Request) bool {
+	for _, v := range r.Header.Values("Sec-WebSocket-Extensions") {
+		for ext := range strings.SplitSeq(v, ",") {
+			name, _, _ := strings.Cut(ext, ";")
+			if strings.TrimSpace(name) == "permessage-deflate" {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // originAllowed: browsers send cookies on cross-site WebSocket handshakes,
@@ -279,6 +295,10 @@ type socket struct {
 	publish []string
 	replies chan []byte // error frames from the reader to the writer
 	id      string
+	// compress: the client offered permessage-deflate and the handler
+	// allows it; frames: the writer's batch, reused
+	compress bool
+	frames   net.Buffers
 	// set by the reader before it ends: how the writer should close
 	closeCode   int
 	closeReason string
@@ -388,13 +408,33 @@ func (s *socket) send(messageType int, data []byte) bool {
 	return s.conn.WriteMessage(messageType, data) == nil
 }
 
+// writeEvents sends a batch of events. Uncompressed, the events' shared
+// frames go out in one write (writev): each frame is whole in it, so the
+// control frames gorilla's reader writes beside it (pong, close) land
+// between frames, never inside one.
 func (s *socket) writeEvents(events []*Event) bool {
 	if len(events) == 0 {
 		return true
 	}
-	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
-	for _, ev := range events {
-		if err := s.conn.WritePreparedMessage(ev.wsMessage(s.h.Format, s.sub.Topics)); err != nil {
+	deadline := time.Now().Add(writeTimeout)
+	if s.compress {
+		_ = s.conn.SetWriteDeadline(deadline)
+		for _, ev := range events {
+			if err := s.conn.WritePreparedMessage(ev.wsEncoding(s.h.Format, s.sub.Topics).Prepared()); err != nil {
+				return writeFailed(s.sub, err)
+			}
+		}
+	} else {
+		for _, ev := range events {
+			s.frames = append(s.frames, ev.wsEncoding(s.h.Format, s.sub.Topics).frame)
+		}
+		netConn := s.conn.NetConn()
+		_ = netConn.SetWriteDeadline(deadline)
+		batch := s.frames // WriteTo consumes it, and clears what it wrote
+		_, err := batch.WriteTo(netConn)
+		clear(s.frames)
+		s.frames = s.frames[:0]
+		if err != nil {
 			return writeFailed(s.sub, err)
 		}
 	}

@@ -186,6 +186,33 @@ func TestWSReceivesWhatSSEReceives(t *testing.T) {
 	}
 }
 
+// The writer sends the events' shared frames itself: every payload
+// length form of RFC 6455 (7-bit, 16-bit, 64-bit) must reach the client
+// whole, in both formats, one batch after another.
+func TestWSFrameLengths(t *testing.T) {
+	c := startCaddy(t, wsSite)
+	ws := mustDialWS(t, c.URL+"/ws?topic=sizes", nil)
+	text := mustDialWS(t, c.URL+"/text?topic=sizes", nil)
+	hub, _ := LookupHub("default")
+	sizes := []int{0, 1, 125, 126, 127, 65535, 65536, 200000}
+	ids := make([]string, len(sizes))
+	for i, n := range sizes {
+		var err error
+		if ids[i], err = hub.Publish(context.Background(), Message{Topics: []string{"sizes"}, Data: strings.Repeat("é", n/2) + strings.Repeat("x", n%2)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, n := range sizes {
+		want := strings.Repeat("é", n/2) + strings.Repeat("x", n%2)
+		if got := string(text.next(5 * time.Second)); got != want {
+			t.Fatalf("text frame of %d bytes: got %d bytes", n, len(got))
+		}
+		if f := ws.nextFrame(5 * time.Second); f.ID != ids[i] || f.Data != want {
+			t.Fatalf("json frame of %d bytes: id %s, %d bytes", n, f.ID, len(f.Data))
+		}
+	}
+}
+
 func TestWSClientPublish(t *testing.T) {
 	c := startCaddy(t, wsSite)
 	a := mustDialWS(t, c.URL+"/chat?room=1", nil)
