@@ -1,0 +1,217 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// readBufferSize is each connection's read buffer: a few events' worth,
+// as 19,000 of them share the machine with the server.
+const readBufferSize = 4096
+
+// dialer spreads connections over several loopback source addresses. One
+// address has about 28,000 ephemeral ports, and every connection the
+// client closes first holds its port in TIME_WAIT for a minute: churn
+// alone makes 40,000 in 20 s.
+type dialer struct {
+	timeout time.Duration
+	sources []net.IP
+	next    atomic.Uint64
+}
+
+func newDialer(timeout time.Duration, sources int) *dialer {
+	d := &dialer{timeout: timeout}
+	for i := range sources {
+		d.sources = append(d.sources, net.IPv4(127, 0, byte((i+2)>>8), byte(i+2)))
+	}
+	return d
+}
+
+func (d *dialer) dial(ctx context.Context, addr string) (net.Conn, error) {
+	nd := net.Dialer{Timeout: d.timeout}
+	if len(d.sources) > 0 {
+		nd.LocalAddr = &net.TCPAddr{IP: d.sources[d.next.Add(1)%uint64(len(d.sources))]}
+		// leave the port to connect(), which only needs the whole
+		// 4-tuple to be unique, instead of bind(), which wants the port
+		// free on that address for any destination
+		nd.Control = func(_, _ string, c syscall.RawConn) error {
+			var serr error
+			err := c.Control(func(fd uintptr) {
+				serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+			})
+			return errors.Join(err, serr)
+		}
+	}
+	return nd.DialContext(ctx, "tcp", addr)
+}
+
+// source yields a stream's payloads; a payload is valid until the next call.
+type source interface {
+	next() ([]byte, error)
+}
+
+type sseSource struct{ r *sseReader }
+
+func (s sseSource) next() ([]byte, error) {
+	ev, err := s.r.event()
+	return ev.Data, err
+}
+
+// wsJSONSource takes the payload out of caddy-push's JSON frames.
+type wsJSONSource struct{ r *wsReader }
+
+func (s wsJSONSource) next() ([]byte, error) {
+	frame, err := s.r.next()
+	if err != nil {
+		return nil, err
+	}
+	if data, ok := jsonData(frame); ok {
+		return data, nil
+	}
+	return frame, nil
+}
+
+// statusError is an HTTP status other than the one a request needs; it
+// is reported as the bare code ("503").
+type statusError int
+
+func (e statusError) Error() string { return strconv.Itoa(int(e)) }
+
+// open connects and subscribes to topic; it returns once the stream is
+// open (SSE response headers, or the WebSocket handshake, received).
+func open(ctx context.Context, d *dialer, t *target, transport, topic string) (net.Conn, source, error) {
+	ep, err := t.endpoint(t.subURL, topic, true)
+	if err != nil {
+		return nil, nil, err
+	}
+	conn, err := d.dial(ctx, ep.hostport)
+	if err != nil {
+		return nil, nil, stageError{"dial", err}
+	}
+	_ = conn.SetDeadline(time.Now().Add(d.timeout))
+	src, err := handshake(conn, ep, transport, t.wsJSON)
+	if err != nil {
+		conn.Close()
+		return nil, nil, stageError{"handshake", err}
+	}
+	_ = conn.SetDeadline(time.Time{})
+	return conn, src, nil
+}
+
+func handshake(conn net.Conn, ep endpoint, transport string, wsJSON bool) (source, error) {
+	req := "GET " + ep.requestURI + " HTTP/1.1\r\nHost: " + ep.host + "\r\n"
+	var accept string
+	if transport == "ws" {
+		var key string
+		key, accept = wsKey()
+		req += "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + "\r\n"
+	} else {
+		req += "Accept: text/event-stream\r\nCache-Control: no-cache\r\n"
+	}
+	if _, err := io.WriteString(conn, req+"\r\n"); err != nil {
+		return nil, err
+	}
+	br := bufio.NewReaderSize(conn, readBufferSize)
+	resp, err := http.ReadResponse(br, nil)
+	if err != nil {
+		return nil, err
+	}
+	if transport == "ws" {
+		if resp.StatusCode != http.StatusSwitchingProtocols {
+			return nil, statusError(resp.StatusCode)
+		}
+		if resp.Header.Get("Sec-WebSocket-Accept") != accept {
+			return nil, errors.New("bad Sec-WebSocket-Accept")
+		}
+		r := &wsReader{br: br, conn: conn}
+		if wsJSON {
+			return wsJSONSource{r}, nil
+		}
+		return r, nil
+	}
+	if resp.StatusCode != http.StatusOK {
+		return nil, statusError(resp.StatusCode)
+	}
+	return sseSource{newSSEReader(resp.Body, readBufferSize)}, nil
+}
+
+// stageError says where a connection failed: dial or handshake.
+type stageError struct {
+	stage string
+	err   error
+}
+
+func (e stageError) Error() string { return e.stage + ": " + e.err.Error() }
+func (e stageError) Unwrap() error { return e.err }
+
+// reason files an error under a short, stable name for counting:
+// "503", "timeout", "dial: connection refused", "handshake: eof".
+func reason(err error) string {
+	var status statusError
+	var ne net.Error
+	var errno syscall.Errno
+	var closed wsCloseError
+	stage := "read"
+	var se stageError
+	if errors.As(err, &se) {
+		stage = se.stage
+	}
+	switch {
+	case errors.As(err, &status):
+		return status.Error()
+	case errors.As(err, &closed):
+		return closed.Error()
+	case errors.Is(err, context.Canceled):
+		return "canceled"
+	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():
+		return "timeout"
+	case errors.As(err, &errno):
+		return stage + ": " + errno.Error()
+	case errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return stage + ": eof"
+	}
+	msg := err.Error()
+	if errors.As(err, &se) {
+		msg = se.err.Error()
+	}
+	return fmt.Sprintf("%s: %.60s", stage, msg)
+}
+
+// reasons counts failures by reason, from many goroutines.
+type reasons struct {
+	mu sync.Mutex
+	m  map[string]int
+}
+
+func (r *reasons) add(err error) {
+	k := reason(err)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.m == nil {
+		r.m = make(map[string]int)
+	}
+	r.m[k]++
+}
+
+func (r *reasons) snapshot() (map[string]int, int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	m, n := make(map[string]int, len(r.m)), 0
+	for k, v := range r.m {
+		m[k] = v
+		n += v
+	}
+	return m, n
+}

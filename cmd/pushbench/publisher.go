@@ -1,0 +1,208 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// publishTimeout bounds one publish request.
+const publishTimeout = 10 * time.Second
+
+type job struct {
+	topic int
+	seq   uint64
+}
+
+// publisher sends events through the publish route over a few keep-alive
+// connections, each owned by one worker goroutine.
+type publisher struct {
+	t      *target
+	topics []string
+	eps    []endpoint // per topic
+	size   int
+	dialer *dialer
+	jobs   chan job
+
+	seq      []uint64 // last sequence number per topic; the dispatcher's alone
+	next     int      // the topic of the next event, round robin
+	inflight sync.WaitGroup
+	workers  sync.WaitGroup
+
+	mu     sync.Mutex
+	acked  []bitmap // per topic: publishes the server answered 2xx
+	ackedN []int
+
+	sent     atomic.Int64
+	ok       atomic.Int64
+	failures reasons
+	rtt      atomicHist
+}
+
+func newPublisher(t *target, topics []string, size, conns int, timeout time.Duration) (*publisher, error) {
+	p := &publisher{
+		t: t, topics: topics, size: size,
+		dialer: newDialer(timeout, 0),
+		jobs:   make(chan job),
+		seq:    make([]uint64, len(topics)),
+		acked:  make([]bitmap, len(topics)),
+		ackedN: make([]int, len(topics)),
+	}
+	for _, topic := range topics {
+		ep, err := t.endpoint(t.pubURL, topic, true)
+		if err != nil {
+			return nil, err
+		}
+		p.eps = append(p.eps, ep)
+	}
+	for range conns {
+		p.workers.Go(p.work)
+	}
+	return p, nil
+}
+
+// run publishes at rate per second for d, spread round robin over the
+// topics, and returns when every request has been answered or has failed.
+// The publisher keeps at most one request in flight per connection, so a
+// server that answers slowly gets fewer publishes, not a pile of them;
+// what was not sent by the end of d is not sent.
+func (p *publisher) run(ctx context.Context, rate float64, d time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d+10*time.Millisecond)
+	defer cancel()
+	pace(ctx, rate, int(rate*d.Seconds()), func(int) {
+		if ctx.Err() != nil {
+			return
+		}
+		p.inflight.Add(1)
+		select {
+		case p.jobs <- job{p.next, p.seq[p.next] + 1}:
+			p.seq[p.next]++
+			p.next = (p.next + 1) % len(p.topics)
+		case <-ctx.Done():
+			p.inflight.Done()
+		}
+	})
+	p.inflight.Wait()
+}
+
+func (p *publisher) close() {
+	close(p.jobs)
+	p.workers.Wait()
+}
+
+// snapshot returns the acknowledged publishes, per topic.
+func (p *publisher) snapshot() (acked []bitmap, n []int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for i := range p.acked {
+		acked = append(acked, append(bitmap(nil), p.acked[i]...))
+	}
+	return acked, append([]int(nil), p.ackedN...)
+}
+
+func (p *publisher) work() {
+	var c *pubConn
+	for j := range p.jobs {
+		var err error
+		c, err = p.publish(c, j)
+		p.sent.Add(1)
+		if err != nil {
+			p.failures.add(err)
+		} else {
+			p.ok.Add(1)
+			p.mu.Lock()
+			p.acked[j.topic].set(j.seq)
+			p.ackedN[j.topic]++
+			p.mu.Unlock()
+		}
+		p.inflight.Done()
+	}
+	if c != nil {
+		c.conn.Close()
+	}
+}
+
+// pubConn is one keep-alive connection with its reusable buffers.
+type pubConn struct {
+	conn      net.Conn
+	br        *bufio.Reader
+	req, body []byte
+}
+
+// publish sends job j over c, dialling first if c is nil, and returns the
+// connection to use next (nil after an error or a Connection: close).
+func (p *publisher) publish(c *pubConn, j job) (*pubConn, error) {
+	ep := p.eps[j.topic]
+	if c == nil {
+		conn, err := p.dialer.dial(context.Background(), ep.hostport)
+		if err != nil {
+			return nil, stageError{"dial", err}
+		}
+		c = &pubConn{conn: conn, br: bufio.NewReaderSize(conn, readBufferSize)}
+	}
+	start := time.Now()
+	c.request(p.t, ep, p.topics[j.topic], j.seq, start.UnixNano(), p.size)
+	_ = c.conn.SetDeadline(start.Add(publishTimeout))
+	keep, err := c.roundTrip()
+	if err != nil || !keep {
+		c.conn.Close()
+		c = nil
+	}
+	if err == nil {
+		p.rtt.Record(int64(time.Since(start)))
+	}
+	return c, err
+}
+
+func (c *pubConn) request(t *target, ep endpoint, topic string, seq uint64, nanos int64, size int) {
+	ctype := "text/plain"
+	if t.form {
+		ctype = "application/x-www-form-urlencoded"
+		c.body = append(append(append(c.body[:0], "topic="...), url.QueryEscape(topic)...), "&data="...)
+		c.body = appendPayload(c.body, seq, nanos, size, '+')
+	} else {
+		c.body = appendPayload(c.body[:0], seq, nanos, size, ' ')
+	}
+	b := append(c.req[:0], "POST "...)
+	b = append(b, ep.requestURI...)
+	b = append(b, " HTTP/1.1\r\nHost: "...)
+	b = append(b, ep.host...)
+	b = append(b, "\r\nContent-Type: "...)
+	b = append(b, ctype...)
+	b = append(b, "\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(c.body)), 10)
+	if t.bearer != "" {
+		b = append(b, "\r\nAuthorization: Bearer "...)
+		b = append(b, t.bearer...)
+	}
+	b = append(b, "\r\n\r\n"...)
+	c.req = append(b, c.body...)
+}
+
+// roundTrip writes the request and reads the answer; keep is whether the
+// connection may carry the next one.
+func (c *pubConn) roundTrip() (keep bool, err error) {
+	if _, err := c.conn.Write(c.req); err != nil {
+		return false, err
+	}
+	resp, err := http.ReadResponse(c.br, nil)
+	if err != nil {
+		return false, err
+	}
+	_, err = io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil {
+		return false, err
+	}
+	if resp.StatusCode/100 != 2 {
+		return !resp.Close, statusError(resp.StatusCode)
+	}
+	return !resp.Close, nil
+}

@@ -1,0 +1,246 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	_ "github.com/caddy-push/push"
+)
+
+var errConnRefused = syscall.ECONNREFUSED
+
+func newBufReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, readBufferSize) }
+
+// startCaddy runs bench/Caddyfile's site in this process on a free
+// loopback port, and returns its address.
+func startCaddy(t *testing.T) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	site, err := os.ReadFile("../../bench/Caddyfile")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// the bench's own config, with the port given and no waiting on stop
+	cf := strings.ReplaceAll(string(site), "{$PUSH_BENCH_PORT:8090}", port)
+	cf = strings.Replace(cf, "grace_period 1s", "grace_period 1ns", 1)
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil {
+		t.Fatalf("adapting bench/Caddyfile: %v", err)
+	}
+	if err := caddy.Load(cfg, true); err != nil {
+		t.Fatalf("loading bench/Caddyfile: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := caddy.Stop(); err != nil {
+			t.Errorf("stopping caddy: %v", err)
+		}
+	})
+	return "127.0.0.1:" + port
+}
+
+func testConfig(t *testing.T, addr string, args ...string) *config {
+	t.Helper()
+	base := []string{"-addr", addr, "-n", "50", "-topics", "2", "-rate", "40", "-duration", "2s",
+		"-settle", "200ms", "-drain", "2s", "-sources", "4", "-pub-conns", "4", "-pid", strconv.Itoa(os.Getpid())}
+	c, _, err := parseFlags(append(base, args...), io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// checkComplete fails unless every acknowledged publish reached every
+// subscriber exactly once.
+func checkComplete(t *testing.T, r *result) {
+	t.Helper()
+	if r.Connected != r.Subscribers || r.ConnectFailures != nil || r.Disconnects != nil {
+		t.Errorf("connected %d of %d; failures %v; disconnects %v", r.Connected, r.Subscribers, r.ConnectFailures, r.Disconnects)
+	}
+	if r.PublishOK == 0 || r.PublishOK != r.Published || r.PublishFailures != nil {
+		t.Errorf("published %d, %d ok, failures %v", r.Published, r.PublishOK, r.PublishFailures)
+	}
+	if r.Missing != 0 || r.Duplicates != 0 || r.Malformed != 0 {
+		t.Errorf("missing %d, duplicates %d, malformed %d", r.Missing, r.Duplicates, r.Malformed)
+	}
+	if r.Expected == 0 || r.Delivered != r.Expected || r.Expected != uint64(r.PublishOK)*uint64(r.Subscribers/r.Topics) {
+		t.Errorf("delivered %d of %d expected, for %d publishes", r.Delivered, r.Expected, r.PublishOK)
+	}
+	if r.Latency.P50 <= 0 || r.Latency.P50 > r.Latency.P99 || r.Latency.P99 > r.Latency.Max {
+		t.Errorf("latency %+v", r.Latency)
+	}
+}
+
+func TestRunAgainstCaddyPush(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server and runs loads for seconds")
+	}
+	addr := startCaddy(t)
+	dir := t.TempDir()
+	var files []string
+	for _, transport := range []string{"sse", "ws"} {
+		t.Run(transport, func(t *testing.T) {
+			var progress bytes.Buffer
+			r, err := run(t.Context(), testConfig(t, addr, "-transport", transport), &progress)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, progress.String())
+			}
+			checkComplete(t, r)
+			if r.Server == nil || r.Server.RSSEndKB == 0 || r.Server.CPUSeconds <= 0 || r.Warnings != nil {
+				t.Errorf("server figures %+v; warnings %v", r.Server, r.Warnings)
+			}
+
+			var table bytes.Buffer
+			printResult(&table, r)
+			if !strings.Contains(table.String(), "missing           0") {
+				t.Errorf("table:\n%s", table.String())
+			}
+			b, err := json.Marshal(r)
+			if err != nil {
+				t.Fatal(err)
+			}
+			f := filepath.Join(dir, transport+".json")
+			if err := os.WriteFile(f, b, 0o644); err != nil {
+				t.Fatal(err)
+			}
+			files = append(files, f)
+		})
+	}
+
+	// the saved results compare and plot
+	results, err := readResults(files)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cmp bytes.Buffer
+	printComparison(&cmp, results)
+	if !strings.Contains(cmp.String(), "missing deliveries") || strings.Count(cmp.String(), "\n") < 10 {
+		t.Errorf("comparison:\n%s", cmp.String())
+	}
+	png := filepath.Join(dir, "cdf.png")
+	if err := plotCDF(png, results); err != nil {
+		t.Fatal(err)
+	}
+	if b, err := os.ReadFile(png); err != nil || !bytes.HasPrefix(b, []byte("\x89PNG")) {
+		t.Errorf("plot: %v", err)
+	}
+}
+
+// The ramp and the churn run too, briefly.
+func TestRampAndChurn(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server and runs loads for seconds")
+	}
+	addr := startCaddy(t)
+	t.Run("ramp", func(t *testing.T) {
+		c := testConfig(t, addr, "-scenario", "broadcast", "-n", "20", "-rate", "20", "-step", "500ms", "-duration", "1200ms", "-ramp", "2", "-p99-limit", "10s")
+		r, err := run(t.Context(), c, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkComplete(t, r)
+		// a step that could not keep its rate (a loaded CI machine) ends
+		// the ramp early; one that did doubles the rate
+		if len(r.Steps) == 0 || r.Steps[0].Rate != 20 || len(r.Steps) > 2 ||
+			len(r.Steps) == 2 && (!r.Steps[0].OK || r.Steps[1].Rate != 40) ||
+			(r.Sustained > 0) != (r.Steps[0].OK || r.Steps[len(r.Steps)-1].OK) {
+			t.Errorf("steps %+v, sustained %v", r.Steps, r.Sustained)
+		}
+	})
+	t.Run("churn", func(t *testing.T) {
+		c := testConfig(t, addr, "-transport", "ws", "-churn", "100", "-churn-hold", "20ms", "-duration", "1s")
+		r, err := run(t.Context(), c, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkComplete(t, r)
+		if ch := r.Churn; ch == nil || ch.Attempted != 100 || ch.Opened != 100 || ch.Failures != nil {
+			t.Errorf("churn %+v", ch)
+		}
+	})
+}
+
+func TestRunRefusesRemote(t *testing.T) {
+	c, _, err := parseFlags([]string{"-addr", "192.0.2.1:80"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := run(t.Context(), c, io.Discard); err == nil || !strings.Contains(err.Error(), "loopback") {
+		t.Fatalf("got %v", err)
+	}
+}
+
+func TestParseFlags(t *testing.T) {
+	c, _, err := parseFlags([]string{"-scenario", "fanout", "-n", "500", "-pid", "1,2", "-pid", "3"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.n != 500 || c.topics != 100 || c.rate != 1000 || c.size != 256 || c.duration != 30*time.Second {
+		t.Errorf("fanout with -n 500: %+v", c)
+	}
+	if len(c.pids) != 3 || c.pids[2] != 3 {
+		t.Errorf("pids %v", c.pids)
+	}
+	for _, args := range [][]string{
+		{"-scenario", "nope"},
+		{"-transport", "udp"},
+		{"-n", "2", "-topics", "3"},
+		{"-pid", "x"},
+		{"file.json"},
+		{"-compare"},
+	} {
+		if _, _, err := parseFlags(args, io.Discard); err == nil {
+			t.Errorf("%q: no error", args)
+		}
+	}
+	if _, files, err := parseFlags([]string{"-compare", "a.json", "b.json"}, io.Discard); err != nil || len(files) != 2 {
+		t.Errorf("-compare a b: %v %v", files, err)
+	}
+}
+
+func TestFileLimit(t *testing.T) {
+	c, _, _ := parseFlags([]string{"-n", "100000000"}, io.Discard)
+	err := checkFileLimit(c)
+	if err == nil || !strings.Contains(err.Error(), "hard limit") {
+		t.Fatalf("got %v", err)
+	}
+	c.n = 10
+	if err := checkFileLimit(c); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestComparison(t *testing.T) {
+	mk := func(target string, dps float64, missing uint64) *result {
+		return &result{Target: target, Transport: "sse", Scenario: "fanout", Connected: 10, DeliveriesPerSec: dps, Missing: missing,
+			Server: &serverResult{DeliveriesPerCPUSec: dps * 2}}
+	}
+	var b bytes.Buffer
+	// nchan first: caddy-push still gets the first column; medians of 3
+	printComparison(&b, []*result{mk("nchan", 100, 0), mk("caddy-push", 150, 0), mk("caddy-push", 900, 0), mk("caddy-push", 120, 0)})
+	out := b.String()
+	for _, want := range []string{"caddy-push  nchan  caddy-push/nchan", "deliveries/s  150  100  1.50×", "missing deliveries  0  0  ="} {
+		if !strings.Contains(strings.Join(strings.Fields(out), "  "), strings.Join(strings.Fields(want), "  ")) {
+			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+}
