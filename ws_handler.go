@@ -82,6 +82,9 @@ type WSHandler struct {
 
 	upgrader websocket.Upgrader
 	open     *openSockets
+	// ctx ends when the config unloads; client publishes run under it,
+	// since the request's context ends when ServeHTTP returns
+	ctx context.Context
 }
 
 // writeBuffers are shared by every connection between writes, so an idle
@@ -104,6 +107,7 @@ func (h *WSHandler) Provision(ctx caddy.Context) error {
 	h.Format = cmpOr(h.Format, FormatJSON)
 	h.PublishRate = cmpOr(h.PublishRate, DefaultPublishRate)
 	h.PublishBurst = cmpOr(h.PublishBurst, DefaultPublishBurst)
+	h.ctx = ctx
 	logger := ctx.Logger()
 	if err := h.provision(ctx, logger); err != nil {
 		return err
@@ -163,21 +167,33 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	if a == nil {
 		return err
 	}
-	defer a.Release()
 	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportWS)
 	if err != nil {
+		a.Release()
 		return subscribeError(w, r, err)
 	}
-	defer sub.Close()
 	conn, err := h.upgrader.Upgrade(hijacker{w}, r, nil)
 	if err != nil {
+		sub.Close()
+		a.Release()
 		return nil // the upgrader has answered
 	}
-	h.open.add(conn)
-	defer h.open.remove(conn)
 	s := &socket{h: h, conn: conn, sub: sub, publish: h.publishTopics(r, a.Grant), replies: make(chan []byte, 8),
-		compress: h.Compression && offersDeflate(r)}
-	s.run(r, a)
+		compress: h.Compression && offersDeflate(r), id: connectionID()}
+	if h.Presence {
+		s.presence = s.presenceData(r, a.Grant)
+	}
+	h.open.add(conn)
+	// The connection runs on goroutines of its own, as in gorilla's
+	// examples, and this one returns: deep in Caddy's middleware, its
+	// stack would be held for as long as the connection lasts (the access
+	// log records the upgrade, 101).
+	go func() {
+		defer a.Release()
+		defer sub.Close()
+		defer h.open.remove(conn)
+		s.run()
+	}()
 	return nil
 }
 
@@ -299,21 +315,22 @@ type socket struct {
 	// allows it; frames: the writer's batch, reused
 	compress bool
 	frames   net.Buffers
+	// presence: the data of this connection's push.join and push.leave
+	presence string
 	// set by the reader before it ends: how the writer should close
 	closeCode   int
 	closeReason string
 }
 
-func (s *socket) run(r *http.Request, a *admission) {
-	s.id = connectionID()
+func (s *socket) run() {
 	readerDone := make(chan struct{})
 	go func() {
 		defer close(readerDone)
-		s.closeCode, s.closeReason = s.read(r.Context())
+		s.closeCode, s.closeReason = s.read(s.h.ctx)
 	}()
 	if s.h.Presence {
-		s.announce(r, a, "push.join")
-		defer s.announce(r, a, "push.leave")
+		s.announce("push.join")
+		defer s.announce("push.leave")
 	}
 	code, reason := s.write(readerDone)
 	s.close(code, reason, readerDone)
@@ -509,21 +526,27 @@ func (s *socket) publishFrame(ctx context.Context, frame []byte) error {
 	return err
 }
 
-// announce publishes a presence event about this connection.
-func (s *socket) announce(r *http.Request, a *admission, event string) {
+// presenceData says who this connection is: its id and, when known, the
+// authenticated user.
+func (s *socket) presenceData(r *http.Request, g *Grant) string {
 	who := map[string]string{"connection": s.id}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if user, _ := repl.GetString("http.auth.user.id"); user != "" {
 		who["user"] = user
-	} else if a.Grant != nil {
-		if sub, ok := a.Grant.Claims["sub"].(string); ok {
+	} else if g != nil {
+		if sub, ok := g.Claims["sub"].(string); ok {
 			who["user"] = sub
 		}
 	}
 	data, _ := json.Marshal(who)
+	return string(data)
+}
+
+// announce publishes a presence event about this connection.
+func (s *socket) announce(event string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := s.sub.hub.Publish(ctx, Message{Topics: s.sub.Topics, Type: event, Data: string(data)}); err != nil {
+	if _, err := s.sub.hub.Publish(ctx, Message{Topics: s.sub.Topics, Type: event, Data: s.presence}); err != nil {
 		s.h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
 	}
 }
