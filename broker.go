@@ -222,9 +222,11 @@ func (m *memoryStore) compact() {
 	}
 }
 
-// eventSize estimates the memory an event holds, for history_max_bytes.
+// eventSize estimates the memory an event holds, for history_max_bytes:
+// its data three times over, since once subscribers have had it, it also
+// holds its SSE encoding and a WebSocket one, each about as large.
 func eventSize(ev *Event) int64 {
-	n := 200 + len(ev.Data) + len(ev.Type) + len(ev.ID)
+	n := 200 + 3*len(ev.Data) + len(ev.Type) + len(ev.ID)
 	for _, t := range ev.Topics {
 		n += 16 + len(t)
 	}
