@@ -375,11 +375,20 @@ http://127.0.0.1:PORT {
 		max_connections 1
 	}
 }`)
-	mustDialWS(t, c.URL+"/ws?topic=x", nil)
+	first := mustDialWS(t, c.URL+"/ws?topic=x", nil)
 	ws, err := dialWS(t, c.URL+"/ws?topic=x", nil)
 	if err == nil || ws.Resp == nil || ws.Resp.StatusCode != 503 {
 		t.Fatalf("second connection: %v %v, want 503", err, ws.Resp)
 	}
+	// the connection gives its place back when it ends
+	first.conn.Close()
+	waitFor(t, 2*time.Second, func() bool {
+		ws, err := dialWS(t, c.URL+"/ws?topic=x", nil)
+		if err == nil {
+			ws.conn.Close()
+		}
+		return err == nil
+	})
 }
 
 // A reload closes every open connection with 1001 at once; the client
