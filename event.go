@@ -2,7 +2,6 @@ package push
 
 import (
 	"bytes"
-	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"maps"
@@ -93,10 +92,10 @@ type Event struct {
 	sseOnce sync.Once
 	sse     []byte
 
-	// WebSocket encodings by format and topic: read without a lock by
+	// WebSocket messages by format and topic: read without a lock by
 	// every connection, replaced whole (under wsMu) when one is added
 	wsMu sync.Mutex
-	ws   atomic.Pointer[map[string]*wsEncoding]
+	ws   atomic.Pointer[map[string]*websocket.PreparedMessage]
 
 	// kept by the in-memory broker, under its lock: how many topic
 	// histories hold the event, and its estimated size
@@ -182,31 +181,11 @@ func appendSSE(b []byte, id, typ, data string, retry int64) []byte {
 	return append(b, '\n')
 }
 
-// wsEncoding is an event as one WebSocket connection format sends it,
-// built once and shared by every connection.
-type wsEncoding struct {
-	// frame is the whole uncompressed text frame, header and payload, so
-	// that a writer sends a batch of events in one write; the payload
-	// starts at payloadStart
-	frame        []byte
-	payloadStart int
-	// prepared is for connections that compress; built on first use
-	prepared    *websocket.PreparedMessage
-	prepareOnce sync.Once
-}
-
-// Prepared is the message for connections that negotiated compression.
-func (w *wsEncoding) Prepared() *websocket.PreparedMessage {
-	w.prepareOnce.Do(func() {
-		w.prepared, _ = websocket.NewPreparedMessage(websocket.TextMessage, w.frame[w.payloadStart:])
-	})
-	return w.prepared
-}
-
-// wsEncoding returns the event as a WebSocket message, encoded once per
-// format and topic. In json format the topic is the first of the event's
-// topics the subscription follows (subscribed is sorted).
-func (e *Event) wsEncoding(format string, subscribed []string) *wsEncoding {
+// wsMessage returns the event as a WebSocket message, prepared once per
+// format and topic and shared by every connection. In json format the
+// topic is the first of the event's topics the subscription follows
+// (subscribed is sorted).
+func (e *Event) wsMessage(format string, subscribed []string) *websocket.PreparedMessage {
 	key := FormatText
 	var topic string
 	if format == FormatJSON {
@@ -228,35 +207,18 @@ func (e *Event) wsEncoding(format string, subscribed []string) *wsEncoding {
 	if old != nil && (*old)[key] != nil {
 		return (*old)[key]
 	}
-	payload := []byte(e.Data)
+	data := []byte(e.Data)
 	if format == FormatJSON {
-		payload = encodeFrame(wsFrame{ID: e.ID, Topic: topic, Event: e.Type, Data: e.Data})
+		data = encodeFrame(wsFrame{ID: e.ID, Topic: topic, Event: e.Type, Data: e.Data})
 	}
-	enc := new(wsEncoding)
-	enc.frame = appendFrameHeader(make([]byte, 0, 10+len(payload)), len(payload))
-	enc.payloadStart = len(enc.frame)
-	enc.frame = append(enc.frame, payload...)
-	m := make(map[string]*wsEncoding, 1)
+	pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, data)
+	m := make(map[string]*websocket.PreparedMessage, 1)
 	if old != nil {
 		maps.Copy(m, *old)
 	}
-	m[key] = enc
+	m[key] = pm
 	e.ws.Store(&m)
-	return enc
-}
-
-// appendFrameHeader appends the header of a final, unmasked text frame
-// (RFC 6455, section 5.2), as a server sends it, with n bytes of payload.
-func appendFrameHeader(b []byte, n int) []byte {
-	b = append(b, 0x80|websocket.TextMessage)
-	switch {
-	case n < 126:
-		return append(b, byte(n))
-	case n <= 0xffff:
-		return binary.BigEndian.AppendUint16(append(b, 126), uint16(n))
-	default:
-		return binary.BigEndian.AppendUint64(append(b, 127), uint64(n))
-	}
+	return pm
 }
 
 // encodeFrame writes a json-format frame, leaving <, > and & as they are.

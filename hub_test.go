@@ -255,11 +255,11 @@ func TestHubLogCompacts(t *testing.T) {
 func BenchmarkWSMessage(b *testing.B) {
 	ev := &Event{Message: Message{Topics: []string{"t"}, Data: "payload"}, ID: "abc-1"}
 	subscribed := []string{"t"}
-	ev.wsEncoding(FormatJSON, subscribed)
+	ev.wsMessage(FormatJSON, subscribed)
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		for pb.Next() {
-			_ = ev.wsEncoding(FormatJSON, subscribed)
+			_ = ev.wsMessage(FormatJSON, subscribed)
 		}
 	})
 }

@@ -178,8 +178,8 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 		a.Release()
 		return nil // the upgrader has answered
 	}
-	s := &socket{h: h, conn: conn, sub: sub, publish: h.publishTopics(r, a.Grant), replies: make(chan []byte, 8),
-		compress: h.Compression && offersDeflate(r), id: connectionID()}
+	s := &socket{h: h, conn: conn, out: conn.NetConn().(*batchConn), sub: sub, publish: h.publishTopics(r, a.Grant),
+		replies: make(chan []byte, 8), id: connectionID()}
 	if h.Presence {
 		s.presence = s.presenceData(r, a.Grant)
 	}
@@ -198,26 +198,76 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 }
 
 // hijacker lets gorilla hijack through Caddy's wrapped ResponseWriter,
-// which it cannot type-assert to http.Hijacker.
+// which it cannot type-assert to http.Hijacker, and hands gorilla the
+// connection as a batchConn.
 type hijacker struct{ http.ResponseWriter }
 
 func (h hijacker) Hijack() (net.Conn, *bufio.ReadWriter, error) {
-	return http.NewResponseController(h.ResponseWriter).Hijack()
+	conn, brw, err := http.NewResponseController(h.ResponseWriter).Hijack()
+	if err != nil {
+		return nil, nil, err
+	}
+	return &batchConn{Conn: conn}, brw, nil
 }
 
-// offersDeflate reports whether the client offered permessage-deflate,
-// which gorilla then accepts when compression is on. (A wrong guess costs
-// no correctness: uncompressed messages are valid either way.)
-func offersDeflate(r *http.Request) bool {
-	for _, v := range r.Header.Values("Sec-WebSocket-Extensions") {
-		for ext := range strings.SplitSeq(v, ",") {
-			name, _, _ := strings.Cut(ext, ";")
-			if strings.TrimSpace(name) == "permessage-deflate" {
-				return true
-			}
-		}
+// batchConn lets a connection's writer send a batch of events in one
+// write. gorilla still writes every frame, so its protocol state holds
+// (no data frame after a close frame); between hold and flush its writes
+// are gathered, whole frames one after another, including the control
+// frames other goroutines write meanwhile (the reader's pongs and closes,
+// the 1001 of a reload), and go out together.
+type batchConn struct {
+	net.Conn
+	mu      sync.Mutex
+	holding bool
+	buf     *[]byte // from batchBufs while holding, so an idle connection holds none
+	// err is a failed flush: a batch may have gone out half, so nothing
+	// more may be written (gorilla does the same after its own failures)
+	err error
+}
+
+var batchBufs = sync.Pool{New: func() any { return new([]byte) }}
+
+func (c *batchConn) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	if c.err != nil {
+		c.mu.Unlock()
+		return 0, c.err
 	}
-	return false
+	if c.holding {
+		*c.buf = append(*c.buf, p...)
+		c.mu.Unlock()
+		return len(p), nil
+	}
+	c.mu.Unlock()
+	return c.Conn.Write(p)
+}
+
+// hold gathers writes until flush.
+func (c *batchConn) hold() {
+	c.mu.Lock()
+	c.holding = true
+	c.buf = batchBufs.Get().(*[]byte)
+	c.mu.Unlock()
+}
+
+// flush sends what was gathered, under the write deadline gorilla set.
+func (c *batchConn) flush() error {
+	c.mu.Lock()
+	buf := c.buf
+	c.holding, c.buf = false, nil
+	c.mu.Unlock()
+	_, err := c.Conn.Write(*buf)
+	if cap(*buf) <= 64<<10 { // a huge batch is not worth keeping
+		*buf = (*buf)[:0]
+		batchBufs.Put(buf)
+	}
+	if err != nil {
+		c.mu.Lock()
+		c.err = err
+		c.mu.Unlock()
+	}
+	return err
 }
 
 // originAllowed: browsers send cookies on cross-site WebSocket handshakes,
@@ -311,10 +361,7 @@ type socket struct {
 	publish []string
 	replies chan []byte // error frames from the reader to the writer
 	id      string
-	// compress: the client offered permessage-deflate and the handler
-	// allows it; frames: the writer's batch, reused
-	compress bool
-	frames   net.Buffers
+	out     *batchConn // conn's net.Conn
 	// presence: the data of this connection's push.join and push.leave
 	presence string
 	// set by the reader before it ends: how the writer should close
@@ -425,35 +472,25 @@ func (s *socket) send(messageType int, data []byte) bool {
 	return s.conn.WriteMessage(messageType, data) == nil
 }
 
-// writeEvents sends a batch of events. Uncompressed, the events' shared
-// frames go out in one write (writev): each frame is whole in it, so the
-// control frames gorilla's reader writes beside it (pong, close) land
-// between frames, never inside one.
+// writeEvents sends a batch of events, their shared prepared frames
+// gathered into one write.
 func (s *socket) writeEvents(events []*Event) bool {
 	if len(events) == 0 {
 		return true
 	}
-	deadline := time.Now().Add(writeTimeout)
-	if s.compress {
-		_ = s.conn.SetWriteDeadline(deadline)
-		for _, ev := range events {
-			if err := s.conn.WritePreparedMessage(ev.wsEncoding(s.h.Format, s.sub.Topics).Prepared()); err != nil {
-				return writeFailed(s.sub, err)
-			}
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	var err error
+	s.out.hold()
+	for _, ev := range events {
+		if err = s.conn.WritePreparedMessage(ev.wsMessage(s.h.Format, s.sub.Topics)); err != nil {
+			break // a close frame went out first: what is gathered still goes
 		}
-	} else {
-		for _, ev := range events {
-			s.frames = append(s.frames, ev.wsEncoding(s.h.Format, s.sub.Topics).frame)
-		}
-		netConn := s.conn.NetConn()
-		_ = netConn.SetWriteDeadline(deadline)
-		batch := s.frames // WriteTo consumes it, and clears what it wrote
-		_, err := batch.WriteTo(netConn)
-		clear(s.frames)
-		s.frames = s.frames[:0]
-		if err != nil {
-			return writeFailed(s.sub, err)
-		}
+	}
+	if ferr := s.out.flush(); err == nil {
+		err = ferr
+	}
+	if err != nil {
+		return writeFailed(s.sub, err)
 	}
 	s.sub.Delivered(len(events))
 	return true

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"strconv"
 	"strings"
@@ -210,6 +211,40 @@ func TestWSFrameLengths(t *testing.T) {
 		if f := ws.nextFrame(5 * time.Second); f.ID != ids[i] || f.Data != want {
 			t.Fatalf("json frame of %d bytes: id %s, %d bytes", n, f.ID, len(f.Data))
 		}
+	}
+}
+
+// A batch reaches the other end as one write (on a pipe, one Read gets
+// at most one Write); once a flush has failed, nothing more is written.
+func TestBatchConn(t *testing.T) {
+	near, far := net.Pipe()
+	c := &batchConn{Conn: near}
+	read := make(chan string)
+	go func() {
+		buf := make([]byte, 64)
+		n, _ := far.Read(buf)
+		read <- string(buf[:n])
+	}()
+	c.hold()
+	for _, frame := range []string{"one", "two", "three"} {
+		if _, err := c.Write([]byte(frame)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := c.flush(); err != nil {
+		t.Fatal(err)
+	}
+	if got := <-read; got != "onetwothree" {
+		t.Fatalf("one read got %q", got)
+	}
+	far.Close()
+	c.hold()
+	_, _ = c.Write([]byte("lost"))
+	if err := c.flush(); err == nil {
+		t.Fatal("flush to a closed pipe succeeded")
+	}
+	if _, err := c.Write([]byte("after")); err == nil {
+		t.Fatal("a write after a failed flush went through")
 	}
 }
 
