@@ -252,20 +252,22 @@ func (c *batchConn) hold() {
 }
 
 // flush sends what was gathered, under the write deadline gorilla set.
+// It writes under the lock, so a frame gorilla writes meanwhile (a close
+// from the reader, say) waits and goes after the batch, never before it.
 func (c *batchConn) flush() error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
 	buf := c.buf
 	c.holding, c.buf = false, nil
-	c.mu.Unlock()
-	_, err := c.Conn.Write(*buf)
+	var err error
+	if len(*buf) > 0 {
+		if _, err = c.Conn.Write(*buf); err != nil {
+			c.err = err
+		}
+	}
 	if cap(*buf) <= 64<<10 { // a huge batch is not worth keeping
 		*buf = (*buf)[:0]
 		batchBufs.Put(buf)
-	}
-	if err != nil {
-		c.mu.Lock()
-		c.err = err
-		c.mu.Unlock()
 	}
 	return err
 }
