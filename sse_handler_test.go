@@ -618,35 +618,49 @@ func TestMetrics(t *testing.T) {
 	c := startCaddy(t, `
 http://127.0.0.1:PORT {
 	push_sse /events
+	push_ws /ws
 	push_publish /publish {
 		anonymous
 	}
 	metrics /metrics
 }`)
 	s := subscribe(t, c.URL+"/events?topic=m", nil)
+	ws := mustDialWS(t, c.URL+"/ws?topic=m", nil)
 	ids := c.publishN("m", 3)
 	s.events(3, time.Second)
+	for range 3 {
+		ws.nextFrame(time.Second)
+	}
 	r := subscribe(t, c.URL+"/events?topic=m", header("Last-Event-ID", ids[0]))
 	r.events(2, time.Second)
-	want := []string{
+	// a client can read an event before the server has counted it
+	waitMetrics := func(want ...string) {
+		t.Helper()
+		var body string
+		deadline := time.Now().Add(2 * time.Second)
+		for {
+			_, body = do(t, mustRequest(t, "GET", c.URL+"/metrics"))
+			missing := slices.DeleteFunc(slices.Clone(want), func(w string) bool { return strings.Contains(body, w) })
+			if len(missing) == 0 {
+				return
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("metrics lack %v:\n%s", missing, grepLines(body, "caddy_push"))
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	waitMetrics(
 		`caddy_push_connections{hub="default",transport="sse"} 2`,
+		`caddy_push_connections{hub="default",transport="ws"} 1`,
 		`caddy_push_events_published_total{hub="default"} 3`,
 		`caddy_push_events_delivered_total{hub="default",transport="sse"} 5`,
+		`caddy_push_events_delivered_total{hub="default",transport="ws"} 3`,
 		`caddy_push_events_replayed_total{hub="default",transport="sse"} 2`,
 		`caddy_push_slow_disconnects_total{hub="default",transport="sse"} 0`,
-	}
-	// a client can read an event before the server has counted it
-	var body string
-	deadline := time.Now().Add(2 * time.Second)
-	for {
-		_, body = do(t, mustRequest(t, "GET", c.URL+"/metrics"))
-		missing := slices.DeleteFunc(slices.Clone(want), func(w string) bool { return strings.Contains(body, w) })
-		if len(missing) == 0 {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("metrics lack %v:\n%s", missing, grepLines(body, "caddy_push"))
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	)
+	// a WebSocket connection runs on after ServeHTTP: it leaves the gauge
+	// when it ends
+	ws.conn.Close()
+	waitMetrics(`caddy_push_connections{hub="default",transport="ws"} 0`)
 }
