@@ -576,7 +576,7 @@ http://127.0.0.1:PORT {
 
 	const n = 3000
 	start := time.Now()
-	pacedFlood(t, "x", n, 8<<10, 200, func(i int) {
+	pacedFlood(t, "x", n, 8<<10, 50, func(i int) {
 		if ev := fast.nextEvent(5 * time.Second); len(ev.Data) != 8<<10 {
 			t.Fatalf("event %d: %d bytes", i, len(ev.Data))
 		}

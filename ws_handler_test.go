@@ -489,7 +489,7 @@ func TestWSSlowConsumer(t *testing.T) {
 			time.Sleep(3 * time.Millisecond)
 		}
 	}()
-	pacedFlood(t, "s", 3000, 8<<10, 200, func(i int) {
+	pacedFlood(t, "s", 3000, 8<<10, 50, func(i int) {
 		if f := fast.nextFrame(5 * time.Second); len(f.Data) != 8<<10 {
 			t.Fatalf("frame %d: %d bytes", i, len(f.Data))
 		}
