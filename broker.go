@@ -30,6 +30,20 @@ type Broker interface {
 	Close() error
 }
 
+// Broadcaster is implemented by brokers that span several nodes: a command
+// given to one node's hub reaches the hubs of all the others.
+type Broadcaster interface {
+	// Broadcast hands c to the Command function of every other node's
+	// hub (not this one's).
+	Broadcast(ctx context.Context, c Command) error
+}
+
+// Command is an instruction to the local streams of a hub, sent to every
+// node by a Broadcaster.
+type Command struct {
+	Pause *PauseRequest `json:"pause,omitempty"`
+}
+
 // BrokerFactory is implemented by push.brokers.* modules. The module is
 // configuration only; the Broker it opens belongs to a hub, which may
 // outlive the configuration (hubs survive reloads).
@@ -51,7 +65,10 @@ type BrokerOptions struct {
 	// outage): the hub ends every local subscription, and each client
 	// resumes from its last id, with a replay or a push.reset.
 	Resync func()
-	Logger *zap.Logger
+	// Command must be called with every command another node broadcast;
+	// it does not block.
+	Command func(Command)
+	Logger  *zap.Logger
 }
 
 // HistoryLimits bounds what a broker keeps per topic for replay.

@@ -149,6 +149,7 @@ func parseHandler[T any, P handlerPtr[T]](h httpcaddyfile.Helper) (caddyhttp.Mid
 //		retry                  <duration>
 //		keepalive              <duration>
 //		max_duration           <duration>
+//		pause_for              <duration>
 //		max_connections        <count>
 //		max_connections_per_ip <count>
 //		max_topics             <count>
@@ -167,8 +168,6 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, parseDuration(d, &h.Retry)
 		case "keepalive":
 			return true, parseDuration(d, &h.Keepalive)
-		case "max_duration":
-			return true, parseDuration(d, &h.MaxDuration)
 		}
 		return false, nil
 	})
@@ -189,6 +188,8 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		compression
 //		publish_rate           <per second>
 //		publish_burst          <count>
+//		max_duration           <duration>
+//		pause_for              <duration>
 //		max_connections        <count>
 //		max_connections_per_ip <count>
 //		max_topics             <count>
@@ -290,6 +291,10 @@ func (e *Endpoint) unmarshalOption(d *caddyfile.Dispenser, opt string) (bool, er
 		return true, parseInt(d, &e.MaxConnections)
 	case "max_connections_per_ip":
 		return true, parseInt(d, &e.MaxConnectionsPerIP)
+	case "max_duration":
+		return true, parseDuration(d, &e.MaxDuration)
+	case "pause_for":
+		return true, parseDuration(d, &e.PauseFor)
 	case "max_topics":
 		return true, parseInt(d, &e.MaxTopics)
 	case "private":

@@ -173,19 +173,22 @@ func TestCaddyfilePushSSE(t *testing.T) {
 				retry 3s
 				keepalive 15s
 				max_duration 30m
+				pause_for 5m
 				max_connections 20000
 			}`,
 			want: SSEHandler{
-				Endpoint:    Endpoint{Hub: "default", Topics: []string{"news", "user/{http.auth.user.id}"}, MaxConnections: 20000},
-				Retry:       dur(3 * time.Second),
-				Keepalive:   dur(15 * time.Second),
-				MaxDuration: dur(30 * time.Minute),
+				Endpoint: Endpoint{Hub: "default", Topics: []string{"news", "user/{http.auth.user.id}"}, MaxConnections: 20000,
+					MaxDuration: dur(30 * time.Minute), PauseFor: dur(5 * time.Minute)},
+				Retry:     dur(3 * time.Second),
+				Keepalive: dur(15 * time.Second),
 			},
 		},
 		{name: "one topic with placeholder", input: "push_sse {\n\ttopics chat/{query.room}\n}", want: SSEHandler{Endpoint: Endpoint{Topics: []string{"chat/{query.room}"}}}},
 		{name: "retry in ms", input: "push_sse {\n\tretry 1500ms\n}", want: SSEHandler{Retry: dur(1500 * time.Millisecond)}},
 		{name: "retry 0 means default", input: "push_sse {\n\tretry 0\n}"},
-		{name: "max_duration in days", input: "push_sse {\n\tmax_duration 1d\n}", want: SSEHandler{MaxDuration: dur(24 * time.Hour)}},
+		{name: "max_duration in days", input: "push_sse {\n\tmax_duration 1d\n}", want: SSEHandler{Endpoint: Endpoint{MaxDuration: dur(24 * time.Hour)}}},
+		{name: "pause_for without a value", input: "push_sse {\n\tpause_for\n}", err: "wrong argument count or unexpected line ending after 'pause_for'"},
+		{name: "pause_for not a duration", input: "push_sse {\n\tpause_for soon\n}", err: "soon"},
 		{name: "max_connections 0", input: "push_sse {\n\tmax_connections 0\n}"},
 		{name: "hub only", input: "push_sse {\n\thub chat\n}", want: SSEHandler{Endpoint: Endpoint{Hub: "chat"}}},
 

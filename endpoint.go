@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"net/url"
@@ -13,6 +14,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -35,12 +37,25 @@ type Endpoint struct {
 	// with repeated `topic` query parameters. Default: none.
 	Topics []string `json:"topics,omitempty"`
 	// MaxConnections caps open connections on this handler; beyond it the
-	// server answers 503 with Retry-After. Default: 0 (no limit).
+	// server answers 503 with Retry-After, except that an SSE request
+	// accepting text/event-stream (as every EventSource does) gets a pause
+	// for that long, since EventSource never retries a non-200 answer.
+	// Default: 0 (no limit).
 	MaxConnections int `json:"max_connections,omitempty"`
 	// MaxConnectionsPerIP caps open connections from one client IP (as
 	// Caddy sees it, honouring trusted_proxies); beyond it the server
-	// answers 429. Default: 0 (no limit).
+	// answers 429 with Retry-After, or pauses an EventSource as
+	// max_connections does. Default: 0 (no limit).
 	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+	// MaxDuration ends a connection after this long (±10% jitter, so
+	// clients do not come back all at once); the client reconnects and
+	// resumes from its last event, losing nothing. Default: 0 (off).
+	MaxDuration caddy.Duration `json:"max_duration,omitempty"`
+	// PauseFor makes a connection that reaches max_duration pause instead:
+	// its client is told to come back after this long (±10% jitter), and
+	// resumes from its last event. Default: 0 (off: it comes back within
+	// a second).
+	PauseFor caddy.Duration `json:"pause_for,omitempty"`
 	// MaxTopics caps the topics of one subscription; more get 400.
 	// Default: 32.
 	MaxTopics int `json:"max_topics,omitempty"`
@@ -53,6 +68,40 @@ type Endpoint struct {
 	hub    *Hub
 	logger *zap.Logger
 	conns  *connections
+	// overLimit, when set, answers a request over a connection limit
+	// instead of the error status
+	overLimit func(w http.ResponseWriter, r *http.Request, status int, err error) error
+}
+
+// limitRetryAfter is when a client over a connection limit, or facing an
+// unavailable hub backend, is told to try again.
+const limitRetryAfter = 5 * time.Second
+
+// jittered spreads d by ±10%, so clients told the same time do not all
+// come back in the same instant.
+func jittered(d time.Duration) time.Duration {
+	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
+}
+
+// lifetime returns the timer that ends a connection at max_duration, and
+// its channel; both are nil without max_duration.
+func (e *Endpoint) lifetime() (*time.Timer, <-chan time.Time) {
+	if e.MaxDuration <= 0 {
+		return nil, nil
+	}
+	t := time.NewTimer(jittered(time.Duration(e.MaxDuration)))
+	return t, t.C
+}
+
+// expire ends a connection at max_duration: with pause_for it pauses the
+// subscription, and reports true (the connection goes on to end as paused);
+// otherwise it reports false and the connection says goodbye.
+func (e *Endpoint) expire(sub *Subscription) bool {
+	if e.PauseFor <= 0 {
+		return false
+	}
+	sub.Pause(time.Now().Add(jittered(time.Duration(e.PauseFor))))
+	return true
 }
 
 // connections counts a handler's open connections and ends them all when
@@ -69,8 +118,11 @@ type connections struct {
 func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 	e.logger = logger
 	e.conns = &connections{stop: make(chan struct{}), perIP: make(map[string]int)}
-	if e.MaxConnections < 0 || e.MaxConnectionsPerIP < 0 || e.MaxTopics < 0 {
-		return fmt.Errorf("max_connections, max_connections_per_ip and max_topics must not be negative")
+	if e.MaxConnections < 0 || e.MaxConnectionsPerIP < 0 || e.MaxTopics < 0 || e.MaxDuration < 0 || e.PauseFor < 0 {
+		return fmt.Errorf("max_connections, max_connections_per_ip, max_topics, max_duration and pause_for must not be negative")
+	}
+	if e.PauseFor > 0 && e.MaxDuration == 0 {
+		return fmt.Errorf("pause_for needs max_duration: streams pause when they reach it")
 	}
 	if e.MaxTopics == 0 {
 		e.MaxTopics = DefaultMaxTopics
@@ -145,7 +197,10 @@ func (e *Endpoint) accept(w http.ResponseWriter, r *http.Request) (*admission, e
 	}
 	release, status, err := e.reserve(r)
 	if err != nil {
-		w.Header().Set("Retry-After", "5")
+		if e.overLimit != nil {
+			return nil, e.overLimit(w, r, status, err)
+		}
+		w.Header().Set("Retry-After", strconv.Itoa(int(limitRetryAfter.Seconds())))
 		return nil, writeError(w, r, status, err)
 	}
 	return &admission{Topics: topics, LastEventID: lastEventID(r, query), Grant: grant, release: release}, nil
@@ -312,8 +367,22 @@ func writeError(w http.ResponseWriter, r *http.Request, status int, err error) e
 // subscribeError maps a hub error to its status.
 func subscribeError(w http.ResponseWriter, r *http.Request, err error) error {
 	if errors.Is(err, ErrUnavailable) {
-		w.Header().Set("Retry-After", "5")
+		w.Header().Set("Retry-After", strconv.Itoa(int(limitRetryAfter.Seconds())))
 		return writeError(w, r, http.StatusServiceUnavailable, err)
 	}
 	return writeError(w, r, http.StatusInternalServerError, err)
+}
+
+// acceptsEventStream reports whether the request's Accept header names
+// text/event-stream, as every EventSource's does.
+func acceptsEventStream(r *http.Request) bool {
+	for _, v := range r.Header.Values("Accept") {
+		for part := range strings.SplitSeq(v, ",") {
+			mt, _, _ := strings.Cut(part, ";")
+			if strings.EqualFold(strings.TrimSpace(mt), "text/event-stream") {
+				return true
+			}
+		}
+	}
+	return false
 }

@@ -147,6 +147,14 @@ func (e *Event) SSE() []byte {
 // appendSSE writes one event. Data is split on every line terminator the
 // SSE parser knows (CRLF, LF, CR) so no payload can start a field or an
 // event of its own; the type and id are validated never to hold one.
+// appendPause appends the pause block: come back at until. It has no id,
+// so the client's last id stays that of its last event; retry makes a
+// plain EventSource, which has no pause listener, wait as long.
+func appendPause(b []byte, now, until time.Time) []byte {
+	ms := max(until.Sub(now).Milliseconds(), 1)
+	return appendSSE(b, "", "pause", strconv.FormatInt(until.UnixMilli(), 10), ms)
+}
+
 func appendSSE(b []byte, id, typ, data string, retry int64) []byte {
 	if id != "" {
 		b = append(b, "id: "...)

@@ -2,9 +2,12 @@ package push
 
 import (
 	"context"
+	"errors"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Hub is one named channel space: its broker stores events, and the hub fans
@@ -105,9 +108,114 @@ func (h *Hub) resync() {
 	defer h.mu.RUnlock()
 	for _, subs := range h.topics {
 		for s := range subs {
-			s.end(false)
+			s.end(endResync, time.Time{})
 		}
 	}
+}
+
+// PauseRequest asks streams to close and their clients to come back later
+// (the "pause and reconnect" pattern): SSE clients get a pause event and a
+// matching retry, WebSocket clients a pause frame and close code 1013.
+type PauseRequest struct {
+	// Topics selects the streams that follow any of them; empty selects
+	// every stream of the hub.
+	Topics []string `json:"topics,omitempty"`
+	// For is how long the clients stay away. It must be positive.
+	For time.Duration `json:"for"`
+	// Jitter spreads the clients' return over For ± Jitter, so they do
+	// not all come back in the same instant.
+	Jitter time.Duration `json:"jitter,omitempty"`
+	// Fraction, between 0 and 1, is the share of the selected streams to
+	// pause, picked at random; 0 pauses them all.
+	Fraction float64 `json:"fraction,omitempty"`
+}
+
+// Validate reports a request that cannot be carried out.
+func (p PauseRequest) Validate() error {
+	switch {
+	case p.For <= 0:
+		return errors.New("pause needs a positive duration")
+	case p.Jitter < 0:
+		return errors.New("pause jitter must not be negative")
+	case !(p.Fraction >= 0 && p.Fraction <= 1): // NaN too
+		return errors.New("pause fraction must be between 0 and 1")
+	}
+	for _, t := range p.Topics {
+		if err := ValidateTopic(t); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// until picks one stream's return time.
+func (p PauseRequest) until(now time.Time) time.Time {
+	d := p.For
+	if p.Jitter > 0 {
+		d += time.Duration(rand.Int64N(2*int64(p.Jitter)+1)) - p.Jitter
+	}
+	return now.Add(max(d, 0))
+}
+
+// Pause pauses the matching streams of this process and returns how many
+// it paused. With a broker that spans nodes (Redis), the request also
+// reaches every other node, which pauses its own share; the count is this
+// node's.
+func (h *Hub) Pause(ctx context.Context, p PauseRequest) (int, error) {
+	if err := p.Validate(); err != nil {
+		return 0, err
+	}
+	n := h.pauseLocal(p)
+	if b, ok := h.broker.(Broadcaster); ok {
+		if err := b.Broadcast(ctx, Command{Pause: &p}); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// command carries out a command another node broadcast.
+func (h *Hub) command(c Command) {
+	if c.Pause != nil && c.Pause.Validate() == nil {
+		h.pauseLocal(*c.Pause)
+	}
+}
+
+func (h *Hub) pauseLocal(p PauseRequest) int {
+	h.mu.RLock()
+	seen := make(map[*Subscription]struct{})
+	var picked []*Subscription
+	add := func(subs map[*Subscription]struct{}) {
+		for s := range subs {
+			if _, dup := seen[s]; !dup && !s.isEnded() {
+				seen[s] = struct{}{}
+				picked = append(picked, s)
+			}
+		}
+	}
+	if len(p.Topics) == 0 {
+		for _, subs := range h.topics {
+			add(subs)
+		}
+	} else {
+		for _, t := range p.Topics {
+			add(h.topics[t])
+		}
+	}
+	h.mu.RUnlock()
+	if p.Fraction > 0 && p.Fraction < 1 {
+		// an exact share, so "half" is half, not half on average
+		rand.Shuffle(len(picked), func(i, j int) { picked[i], picked[j] = picked[j], picked[i] })
+		picked = picked[:int(float64(len(picked))*p.Fraction+0.5)]
+	}
+	now := time.Now()
+	n := 0
+	for _, s := range picked {
+		if s.end(endPause, p.until(now)) {
+			n++
+		}
+	}
+	return n
 }
 
 func (h *Hub) unsubscribe(s *Subscription) {
@@ -146,9 +254,21 @@ type Subscription struct {
 	notify  chan struct{}
 	ended   chan struct{}
 	endOnce sync.Once
-	behind  bool // why ended was closed; written before
-	closed  atomic.Bool
+	// why ended was closed, and until when a paused client stays away;
+	// written before it is closed
+	cause      endCause
+	pauseUntil time.Time
+	closed     atomic.Bool
 }
+
+// endCause is why the hub ended a subscription.
+type endCause uint8
+
+const (
+	endResync endCause = iota // the broker lost events
+	endSlow                   // the subscriber fell too far behind
+	endPause                  // paused: the client should come back later
+)
 
 func (s *Subscription) offer(ev *Event) {
 	s.mu.Lock()
@@ -168,31 +288,59 @@ func (s *Subscription) offer(ev *Event) {
 // CutOff ends the subscription of a subscriber that is too slow (its
 // queue is full, or a write to it timed out), and counts it.
 func (s *Subscription) CutOff() {
-	s.end(true)
+	s.end(endSlow, time.Time{})
 }
 
-func (s *Subscription) end(behind bool) {
+// Pause ends the subscription and asks its client to come back at until.
+func (s *Subscription) Pause(until time.Time) {
+	s.end(endPause, until)
+}
+
+// end closes Ended with its cause, once; it reports whether this call did.
+func (s *Subscription) end(cause endCause, until time.Time) bool {
+	done := false
 	s.endOnce.Do(func() {
-		s.behind = behind
-		if behind {
+		s.cause, s.pauseUntil = cause, until
+		switch cause {
+		case endSlow:
 			s.hub.stats.of(s.transport).slow.Add(1)
+		case endPause:
+			s.hub.stats.of(s.transport).paused.Add(1)
 		}
 		close(s.ended)
+		done = true
 	})
+	return done
+}
+
+func (s *Subscription) isEnded() bool {
+	select {
+	case <-s.ended:
+		return true
+	default:
+		return false
+	}
 }
 
 // Ready is signalled when events are waiting to be taken.
 func (s *Subscription) Ready() <-chan struct{} { return s.notify }
 
 // Ended is closed when the hub ends the subscription: the subscriber fell
-// too far behind (FellBehind), or the hub's broker lost events it cannot
-// deliver in order. The connection must then end so that the client
-// resumes from its last id, with a replay or a push.reset.
+// too far behind (FellBehind), it was paused (PausedUntil), or the hub's
+// broker lost events it cannot deliver in order. The connection must then
+// end so that the client resumes from its last id, with a replay or a
+// push.reset.
 func (s *Subscription) Ended() <-chan struct{} { return s.ended }
 
 // FellBehind reports, once Ended is closed, whether the subscriber was
 // cut off for being too slow.
-func (s *Subscription) FellBehind() bool { return s.behind }
+func (s *Subscription) FellBehind() bool { return s.cause == endSlow }
+
+// PausedUntil reports, once Ended is closed, whether the subscription was
+// paused, and when its client should come back.
+func (s *Subscription) PausedUntil() (time.Time, bool) {
+	return s.pauseUntil, s.cause == endPause
+}
 
 // Take moves the waiting events into buf (whose contents it overwrites)
 // and returns it. Passing the previous batch back in makes the steady

@@ -28,6 +28,7 @@ type transportStats struct {
 	delivered   atomic.Uint64
 	replayed    atomic.Uint64
 	slow        atomic.Uint64
+	paused      atomic.Uint64
 }
 
 func (s *hubStats) of(transport string) *transportStats {
@@ -48,13 +49,15 @@ var (
 		"Events replayed to resuming subscribers.", []string{"hub", "transport"}, nil)
 	descSlow = prometheus.NewDesc("caddy_push_slow_disconnects_total",
 		"Subscribers disconnected because they fell too far behind.", []string{"hub", "transport"}, nil)
+	descPaused = prometheus.NewDesc("caddy_push_pauses_total",
+		"Streams paused: told to come back later (max_duration with pause_for, or Hub.Pause).", []string{"hub", "transport"}, nil)
 )
 
 // collector exposes the hubs of one configuration.
 type collector struct{ app *App }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow} {
+	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow, descPaused} {
 		ch <- d
 	}
 }
@@ -69,6 +72,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descDelivered, prometheus.CounterValue, float64(ts.delivered.Load()), name, t)
 			ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(ts.replayed.Load()), name, t)
 			ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(ts.slow.Load()), name, t)
+			ch <- prometheus.MustNewConstMetric(descPaused, prometheus.CounterValue, float64(ts.paused.Load()), name, t)
 		}
 	}
 }

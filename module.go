@@ -140,7 +140,7 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 	logger := a.logger.With(zap.String("hub", name))
 	val, loaded, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
 		hub := newHub(name)
-		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Logger: logger})
+		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Command: hub.command, Logger: logger})
 		if err != nil {
 			return nil, err
 		}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -40,10 +41,6 @@ type SSEHandler struct {
 	// comment is sent, so proxies and clients see it is alive.
 	// Default: 15s.
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
-	// MaxDuration ends a stream after this long (±10% jitter, so clients
-	// do not come back all at once); the client reconnects at once and
-	// resumes from its last event, losing nothing. Default: 0 (off).
-	MaxDuration caddy.Duration `json:"max_duration,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -62,13 +59,14 @@ func (h *SSEHandler) Provision(ctx caddy.Context) error {
 	if h.Keepalive == 0 {
 		h.Keepalive = caddy.Duration(DefaultKeepalive)
 	}
+	h.overLimit = h.pauseOverLimit
 	return h.provision(ctx, ctx.Logger())
 }
 
 // Validate checks the durations.
 func (h *SSEHandler) Validate() error {
-	if h.Retry < 0 || h.Keepalive < 0 || h.MaxDuration < 0 {
-		return fmt.Errorf("retry, keepalive and max_duration must not be negative")
+	if h.Retry < 0 || h.Keepalive < 0 {
+		return fmt.Errorf("retry and keepalive must not be negative")
 	}
 	return nil
 }
@@ -87,6 +85,9 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	defer a.Release()
 	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportSSE)
 	if err != nil {
+		if errors.Is(err, ErrUnavailable) && acceptsEventStream(r) {
+			return h.pauseOverLimit(w, r, http.StatusServiceUnavailable, err)
+		}
 		return subscribeError(w, r, err)
 	}
 	defer sub.Close()
@@ -94,8 +95,32 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	return nil
 }
 
-// stream writes the opening, the backlog, then live events.
-func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscription, fresh bool) {
+// pauseOverLimit answers an EventSource that is over a connection limit,
+// or that the hub backend cannot serve now, with a pause for as long as
+// Retry-After would have said: EventSource gives up for good on any status
+// but 200, and comes back by itself after a pause. Other clients get the
+// status with Retry-After.
+func (h *SSEHandler) pauseOverLimit(w http.ResponseWriter, r *http.Request, status int, err error) error {
+	if !acceptsEventStream(r) {
+		w.Header().Set("Retry-After", strconv.Itoa(int(limitRetryAfter.Seconds())))
+		return writeError(w, r, status, err)
+	}
+	h.hub.stats.of(TransportSSE).paused.Add(1)
+	rc := h.openStream(w)
+	msg := make([]byte, 0, 128)
+	msg = append(msg, "retry: "...)
+	msg = strconv.AppendInt(msg, time.Duration(h.Retry).Milliseconds(), 10)
+	msg = append(msg, "\n: "...)
+	msg = append(msg, strings.ReplaceAll(err.Error(), "\n", " ")...)
+	msg = append(msg, "\n\n"...)
+	now := time.Now()
+	msg = appendPause(msg, now, now.Add(jittered(limitRetryAfter)))
+	h.write(w, rc, msg)
+	return nil
+}
+
+// openStream writes the stream's status and headers.
+func (h *SSEHandler) openStream(w http.ResponseWriter) *http.ResponseController {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	// no-transform keeps encode (and any proxy) from compressing, which
@@ -104,19 +129,21 @@ func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscri
 	hdr.Set("X-Accel-Buffering", "no")
 	hdr.Del("Content-Length")
 	w.WriteHeader(http.StatusOK)
-	rc := http.NewResponseController(w)
+	return http.NewResponseController(w)
+}
+
+// stream writes the opening, the backlog, then live events.
+func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscription, fresh bool) {
+	rc := h.openStream(w)
 	if !h.writeOpening(w, rc, sub, fresh) {
 		return
 	}
 
 	keepalive := time.NewTimer(time.Duration(h.Keepalive))
 	defer keepalive.Stop()
-	var end <-chan time.Time
-	if h.MaxDuration > 0 {
-		jitter := 0.9 + 0.2*rand.Float64()
-		t := time.NewTimer(time.Duration(float64(h.MaxDuration) * jitter))
-		defer t.Stop()
-		end = t.C
+	lifetime, end := h.lifetime()
+	if lifetime != nil {
+		defer lifetime.Stop()
 	}
 	var batch []*Event
 	for {
@@ -135,9 +162,16 @@ func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscri
 				h.logger.Debug("slow subscriber disconnected", zap.Strings("topics", sub.Topics))
 				return
 			}
+			if until, ok := sub.PausedUntil(); ok {
+				h.write(w, rc, appendPause(nil, time.Now(), until))
+				return
+			}
 			h.goodbye(w, rc)
 			return
 		case <-end:
+			if h.expire(sub) {
+				continue // ends as paused, through Ended
+			}
 			h.goodbye(w, rc)
 			return
 		case <-h.stopping():

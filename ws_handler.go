@@ -13,6 +13,7 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -38,6 +39,10 @@ const (
 
 // Close codes beyond RFC 6455's: the client fell behind and may resume.
 const CloseSlowConsumer = 4008
+
+// CloseTryAgainLater is RFC 6455's 1013 (registered in §11.7): the
+// connection was paused, and the reason says when to come back.
+const CloseTryAgainLater = 1013
 
 // Message formats of a WebSocket endpoint.
 const (
@@ -414,6 +419,10 @@ func (s *socket) write(readerDone <-chan struct{}) (int, string) {
 	}
 	ping := time.NewTicker(time.Duration(s.h.PingInterval))
 	defer ping.Stop()
+	lifetime, end := s.h.lifetime()
+	if lifetime != nil {
+		defer lifetime.Stop()
+	}
 	var batch []*Event
 	for {
 		// an ended subscription goes first, before the events it cannot take
@@ -438,6 +447,11 @@ func (s *socket) write(readerDone <-chan struct{}) (int, string) {
 			}
 		case <-s.sub.Ended():
 			return s.ended()
+		case <-end:
+			if s.h.expire(s.sub) {
+				continue // ends as paused, through Ended
+			}
+			return websocket.CloseGoingAway, "max_duration reached: reconnect and resume"
 		case <-s.h.stopping():
 			return websocket.CloseGoingAway, "server is reloading or stopping"
 		case <-readerDone:
@@ -449,10 +463,19 @@ func (s *socket) write(readerDone <-chan struct{}) (int, string) {
 	}
 }
 
-// ended says how to close when the hub ended the subscription.
+// ended says how to close when the hub ended the subscription; a paused
+// client first gets the pause frame.
 func (s *socket) ended() (int, string) {
 	if s.sub.FellBehind() {
 		return CloseSlowConsumer, "slow consumer: reconnect and resume"
+	}
+	if until, ok := s.sub.PausedUntil(); ok {
+		ms := strconv.FormatInt(until.UnixMilli(), 10)
+		// the same frame in either format: a pause is not an event, so it has no id
+		if !s.send(websocket.TextMessage, []byte(`{"event":"pause","data":"`+ms+`"}`)) {
+			return 0, ""
+		}
+		return CloseTryAgainLater, "paused: come back at " + ms + " (" + until.UTC().Format(time.RFC3339) + ")"
 	}
 	return websocket.CloseServiceRestart, "the hub lost events: reconnect and resume"
 }

@@ -93,12 +93,17 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 	if o.Resync == nil {
 		o.Resync = func() {}
 	}
+	if o.Command == nil {
+		o.Command = func(push.Command) {}
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &store{
 		client:  goredis.NewClient(opts),
 		prefix:  cmpOr(b.KeyPrefix, "push:"+o.Hub+":"),
 		deliver: o.Deliver,
 		resync:  o.Resync,
+		command: o.Command,
+		node:    newEpoch(),
 		logger:  o.Logger,
 		limits:  o.History,
 		cancel:  cancel,
@@ -121,6 +126,8 @@ type store struct {
 	prefix  string
 	deliver func(*push.Event)
 	resync  func()
+	command func(push.Command)
+	node    string // tells this node's own broadcasts from others'
 	logger  *zap.Logger
 	cancel  context.CancelFunc
 	done    chan struct{}
@@ -132,7 +139,8 @@ type store struct {
 
 // Keys, under the prefix: epoch (set once), seq (the counter), t:<topic>
 // (a stream per topic), all (the hub-wide stream, for catching up),
-// trimmed (hash: topic → newest seq trimmed away), and the events channel.
+// trimmed (hash: topic → newest seq trimmed away), the events channel and
+// the control channel (commands such as pause, for every node).
 func (s *store) key(name string) string { return s.prefix + name }
 
 // publishScript stores an event in every topic's stream and the hub-wide
@@ -230,6 +238,37 @@ func (s *store) Publish(ctx context.Context, ev *push.Event) error {
 	}
 	ev.Seq, ev.ID, ev.Time = seq, push.FormatID(epoch, seq), time.Now()
 	return nil
+}
+
+// control is a command on the control channel, with the node that sent it.
+type control struct {
+	Node    string       `json:"n"`
+	Command push.Command `json:"c"`
+}
+
+// Broadcast hands c to every other node following the hub. Like Pub/Sub,
+// it reaches the nodes connected now: a node away from Redis misses it.
+func (s *store) Broadcast(ctx context.Context, c push.Command) error {
+	payload, err := json.Marshal(control{Node: s.node, Command: c})
+	if err != nil {
+		return err
+	}
+	if err := s.client.Publish(ctx, s.key("control"), payload).Err(); err != nil {
+		return unavailable(err)
+	}
+	return nil
+}
+
+// receiveControl carries out another node's command.
+func (s *store) receiveControl(payload string) {
+	var c control
+	if err := json.Unmarshal([]byte(payload), &c); err != nil {
+		s.logger.Warn("unreadable command on the control channel", zap.Error(err))
+		return
+	}
+	if c.Node != s.node {
+		s.command(c.Command)
+	}
 }
 
 // seqAndEpoch reads the scripts' answer {seq, epoch}.
@@ -394,7 +433,7 @@ func (s *store) listen(ctx context.Context) {
 // delivers live events until the subscription fails. A node that starts
 // (a nil cursor) starts from now: its subscribers replay from the streams.
 func (s *store) follow(ctx context.Context, cur **cursor, connected func()) error {
-	ps := s.client.Subscribe(ctx, s.key("events"))
+	ps := s.client.Subscribe(ctx, s.key("events"), s.key("control"))
 	defer ps.Close()
 	s.mu.Lock()
 	s.ps = ps
@@ -429,6 +468,10 @@ func (s *store) follow(ctx context.Context, cur **cursor, connected func()) erro
 		}
 		m, ok := msg.(*goredis.Message)
 		if !ok {
+			continue
+		}
+		if m.Channel == s.key("control") {
+			s.receiveControl(m.Payload)
 			continue
 		}
 		ev, err := decode(m.Payload)
@@ -507,5 +550,6 @@ func (s *store) lost(why string) {
 var (
 	_ push.BrokerFactory    = Broker{}
 	_ push.Broker           = (*store)(nil)
+	_ push.Broadcaster      = (*store)(nil)
 	_ caddyfile.Unmarshaler = (*Broker)(nil)
 )
