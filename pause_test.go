@@ -398,3 +398,23 @@ http://127.0.0.1:0 {
 		t.Fatalf("got %v, want an error saying pause_for needs max_duration", err)
 	}
 }
+
+// A stream resumed with ?lastEventId (a new EventSource, as the article's
+// client opens) opens with that id, so a pause before any event still
+// hands the pause listener the right e.lastEventId.
+func TestSSEResumedStreamPausesWithItsID(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events {
+		max_duration 200ms
+		pause_for 1s
+	}
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	_, id1 := c.publish("/publish", "topic=x&data=1")
+	_, _ = c.publish("/publish", "topic=y&data=2") // the head moves on
+	s := subscribe(t, c.URL+"/events?topic=x&lastEventId="+id1, nil)
+	pauseOf(t, s.ended(2*time.Second), id1)
+}

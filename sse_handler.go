@@ -91,7 +91,7 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		return subscribeError(w, r, err)
 	}
 	defer sub.Close()
-	h.stream(w, r, sub, a.LastEventID == "")
+	h.stream(w, r, sub, a.LastEventID)
 	return nil
 }
 
@@ -133,9 +133,9 @@ func (h *SSEHandler) openStream(w http.ResponseWriter) *http.ResponseController 
 }
 
 // stream writes the opening, the backlog, then live events.
-func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscription, fresh bool) {
+func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscription, lastEventID string) {
 	rc := h.openStream(w)
-	if !h.writeOpening(w, rc, sub, fresh) {
+	if !h.writeOpening(w, rc, sub, lastEventID) {
 		return
 	}
 
@@ -184,21 +184,19 @@ func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscri
 	}
 }
 
-// writeOpening sends the retry, the starting id of a fresh client, a
-// comment (so the browser fires "open" at once), then the reset or the
-// backlog, which it releases: a long stream must not pin old events.
-func (h *SSEHandler) writeOpening(w http.ResponseWriter, rc *http.ResponseController, sub *Subscription, fresh bool) bool {
+// writeOpening sends the retry, the id the stream starts from, a comment
+// (so the browser fires "open" at once), then the reset or the backlog,
+// which it releases: a long stream must not pin old events.
+func (h *SSEHandler) writeOpening(w http.ResponseWriter, rc *http.ResponseController, sub *Subscription, lastEventID string) bool {
 	b := sub.Backlog
 	sub.Backlog.Events = nil
 	open := make([]byte, 0, 128)
 	open = append(open, "retry: "...)
 	open = strconv.AppendInt(open, time.Duration(h.Retry).Milliseconds(), 10)
 	open = append(open, '\n')
-	if fresh {
-		// a client that has seen nothing starts from now: the id makes
-		// its first reconnect resume from here, not from nothing
+	if id := startID(b, lastEventID); id != "" {
 		open = append(open, "id: "...)
-		open = append(open, b.Head...)
+		open = append(open, id...)
 		open = append(open, '\n')
 	}
 	open = append(open, ": ok\n\n"...)
@@ -206,6 +204,24 @@ func (h *SSEHandler) writeOpening(w http.ResponseWriter, rc *http.ResponseContro
 		open = appendSSE(open, b.Head, "push.reset", b.Reset, 0)
 	}
 	return h.write(w, rc, open) && h.writeEvents(w, rc, sub, b.Events)
+}
+
+// startID is the id a stream opens with, so that the client's last id is
+// right even before its first event: a fresh client starts from the head
+// (its first reconnect resumes from there, not from nothing), and a
+// client that resumed with ?lastEventId (a new EventSource, which knows no
+// id yet) from that id, so a pause listener reading e.lastEventId gets it.
+// After a reset, the push.reset event carries the head instead.
+func startID(b Backlog, lastEventID string) string {
+	switch {
+	case b.Reset != "":
+		return ""
+	case lastEventID == "":
+		return b.Head
+	}
+	// canonical, and so safe to echo: ParseID accepts no line breaks
+	epoch, seq, _ := ParseID(lastEventID)
+	return FormatID(epoch, seq)
 }
 
 func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseController, sub *Subscription, events []*Event) bool {

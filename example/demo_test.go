@@ -28,7 +28,8 @@ import (
 	_ "github.com/caddy-push/push/example/clock"
 )
 
-// demo is the repository's demo Caddyfile running in this process.
+// demo is a Caddy site running in this process: the repository's demo
+// Caddyfile, or a test's own.
 type demo struct {
 	t    *testing.T
 	base string
@@ -43,26 +44,39 @@ func startDemo(t *testing.T, edits ...string) *demo {
 	if err != nil {
 		t.Fatal(err)
 	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
 	root, err := filepath.Abs("site")
 	if err != nil {
 		t.Fatal(err)
 	}
-	edits = append(edits,
-		"\nhttp://localhost:8080 {", "\nhttp://127.0.0.1:"+port+" {",
-		"root * example/site", "root * "+root,
-		"{\n", "{\n\tadmin off\n\tpersist_config off\n")
+	edits = append(edits, "root * example/site", "root * "+root)
 	site := string(src)
 	for i := 0; i < len(edits); i += 2 {
 		if !strings.Contains(site, edits[i]) {
 			t.Fatalf("the demo Caddyfile has no %q", edits[i])
 		}
 		site = strings.Replace(site, edits[i], edits[i+1], 1)
+	}
+	return startSite(t, site)
+}
+
+// startSite runs a Caddyfile, which starts with a global options block and
+// serves http://localhost:8080, on a free loopback port instead.
+func startSite(t *testing.T, site string) *demo {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	l.Close()
+	for _, edit := range [][2]string{
+		{"\nhttp://localhost:8080 {", "\nhttp://127.0.0.1:" + port + " {"},
+		{"{\n", "{\n\tadmin off\n\tpersist_config off\n"},
+	} {
+		if !strings.Contains(site, edit[0]) {
+			t.Fatalf("the Caddyfile has no %q", edit[0])
+		}
+		site = strings.Replace(site, edit[0], edit[1], 1)
 	}
 	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(site), nil)
 	if err != nil {
@@ -272,11 +286,13 @@ func saveScreenshot(t *testing.T, ctx context.Context) {
 	}
 }
 
-// The server ends the stream (max_duration); the browser reconnects by
-// itself with Last-Event-ID, and every event published meanwhile — and
-// across a config reload — appears exactly once, in order.
+// The server pauses the stream (max_duration, pause_for): the page closes
+// it and comes back at the time the pause gave, with ?lastEventId=; a
+// config reload ends the stream and the browser reconnects by itself with
+// Last-Event-ID. Every event published meanwhile appears exactly once, in
+// order.
 func TestBrowserResumesLosslessly(t *testing.T) {
-	d := startDemo(t, "max_duration 20s", "max_duration 1s")
+	d := startDemo(t, "max_duration 20s", "max_duration 1s", "pause_for 5s", "pause_for 1s")
 	ctx := browser(t)
 	run(t, ctx, 10*time.Second,
 		chromedp.Navigate(d.base+"/"),
@@ -288,15 +304,17 @@ func TestBrowserResumesLosslessly(t *testing.T) {
 		if i == n/2 {
 			d.reload()
 		}
-		time.Sleep(75 * time.Millisecond)
+		time.Sleep(100 * time.Millisecond)
 	}
 	run(t, ctx, 10*time.Second, waitJS(fmt.Sprintf(`window.pushDemo.received.length >= %d`, n)))
 	time.Sleep(300 * time.Millisecond) // a duplicate would arrive now
 	var got []received
 	var resumed []string
+	var feedText string
 	run(t, ctx, 5*time.Second,
 		chromedp.Evaluate(`window.pushDemo.received`, &got),
 		chromedp.Evaluate(`window.pushDemo.resumedFrom`, &resumed),
+		chromedp.Text("#feed", &feedText),
 	)
 	if len(got) != n {
 		t.Fatalf("received %d events, want %d: %+v", len(got), n, got)
@@ -306,10 +324,15 @@ func TestBrowserResumesLosslessly(t *testing.T) {
 			t.Fatalf("event %d is %+v: out of order, lost or duplicated", i, ev)
 		}
 	}
-	// max_duration 1s streams and a reload: the browser came back by
-	// itself, with an id (how often depends on the machine's pace)
+	// 4s of streams that pause after 1s for 1s: the page came back by
+	// itself, with an id, and said so
 	if len(resumed) == 0 || resumed[0] == "" {
 		t.Fatalf("resumed from %v, want resumes with an id", resumed)
+	}
+	for _, note := range []string{"paused by the server until", "resumed after the pause"} {
+		if !strings.Contains(feedText, note) {
+			t.Fatalf("the feed does not show %q: %q", note, feedText)
+		}
 	}
 }
 

@@ -15,18 +15,26 @@ function append(list, text, kind) {
 }
 
 // ---- Live feed over Server-Sent Events ----------------------------------
+// The server pauses this stream now and then (event "pause", its data the
+// time to come back at, in Unix ms): the page closes it and reconnects
+// then, resuming with ?lastEventId= as a new EventSource has no
+// Last-Event-ID of its own.
 const feed = $('feed');
+const feedURL = '/events/pausing';
+let source = null;
 let lastId = '';
 let opened = false;
+let pausedUntil = 0; // set while paused, until the next open
 let reconnects = 0;
+window.pushDemo = { source: null, received: [], resumedFrom: [], pauses: [] }; // for the browser tests
 
-const source = new EventSource('/events/pausing');
-window.pushDemo = { source, received: [], resumedFrom: [] }; // for the browser tests
-
-function showState() {
-	$('ready-state').textContent = source.readyState + ' ' + stateNames[source.readyState];
+function showState(note) {
+	const state = source.readyState + ' ' + stateNames[source.readyState];
+	$('ready-state').textContent = note ? `${state}, ${note}` : state;
 }
-showState();
+
+// HH:MM:SS, local time.
+const clockTime = (ms) => new Date(ms).toTimeString().slice(0, 8);
 
 // Every event the page handles, and which handler got it.
 function record(e, via) {
@@ -35,50 +43,74 @@ function record(e, via) {
 	window.pushDemo.received.push({ id: e.lastEventId, type: e.type, data: e.data, via });
 }
 
-source.onopen = () => {
-	if (opened) {
-		reconnects++;
-		window.pushDemo.resumedFrom.push(lastId);
-		$('reconnects').textContent = reconnects;
-		append(feed, `reconnected, resuming after id ${lastId || 'given at connect'}`, 'note');
-	} else {
-		append(feed, 'connected', 'note');
-	}
-	opened = true;
+function connectFeed() {
+	const url = new URL(feedURL, location.href);
+	if (lastId) url.searchParams.set('lastEventId', lastId);
+	source = new EventSource(url);
+	window.pushDemo.source = source;
 	showState();
-};
 
-source.onerror = () => {
-	showState(); // CONNECTING while the browser retries, CLOSED if it gave up
-	append(feed, 'stream ended, the browser reconnects by itself', 'note');
-};
+	source.onopen = () => {
+		if (pausedUntil) {
+			reconnects++;
+			window.pushDemo.resumedFrom.push(lastId);
+			append(feed, `resumed after the pause, from id ${lastId || 'given at connect'}`, 'note');
+		} else if (opened) {
+			reconnects++;
+			window.pushDemo.resumedFrom.push(lastId);
+			append(feed, `reconnected, resuming after id ${lastId || 'given at connect'}`, 'note');
+		} else {
+			append(feed, 'connected', 'note');
+		}
+		$('reconnects').textContent = reconnects;
+		opened = true;
+		pausedUntil = 0;
+		showState();
+	};
 
-// Events without a type arrive here.
-source.onmessage = (e) => {
-	record(e, 'onmessage');
-	append(feed, `#${e.lastEventId} message: ${e.data}`);
-};
+	source.onerror = () => {
+		showState(); // CONNECTING while the browser retries, CLOSED if it gave up
+		append(feed, 'stream ended, the browser reconnects by itself', 'note');
+	};
 
-// Custom event types have their own listeners and never reach onmessage.
-source.addEventListener('like', (e) => {
-	record(e, 'like');
-	append(feed, `#${e.lastEventId} like: ${e.data}`, 'like');
-});
-source.addEventListener('alert', (e) => {
-	record(e, 'alert');
-	append(feed, `#${e.lastEventId} alert: ${e.data}`, 'alert');
-});
-source.addEventListener('tick', (e) => {
-	lastId = e.lastEventId;
-	$('last-id').textContent = lastId;
-	$('clock').textContent = e.data;
-});
-// The server could not fill a gap (history too short, server restarted):
-// an app would refetch its state here.
-source.addEventListener('push.reset', (e) => {
-	record(e, 'push.reset');
-	append(feed, `reset: ${e.data}`, 'alert');
-});
+	// Events without a type arrive here.
+	source.onmessage = (e) => {
+		record(e, 'onmessage');
+		append(feed, `#${e.lastEventId} message: ${e.data}`);
+	};
+
+	// Custom event types have their own listeners and never reach onmessage.
+	source.addEventListener('like', (e) => {
+		record(e, 'like');
+		append(feed, `#${e.lastEventId} like: ${e.data}`, 'like');
+	});
+	source.addEventListener('alert', (e) => {
+		record(e, 'alert');
+		append(feed, `#${e.lastEventId} alert: ${e.data}`, 'alert');
+	});
+	source.addEventListener('tick', (e) => {
+		lastId = e.lastEventId;
+		$('last-id').textContent = lastId;
+		$('clock').textContent = e.data;
+	});
+	// The server could not fill a gap (history too short, server restarted):
+	// an app would refetch its state here.
+	source.addEventListener('push.reset', (e) => {
+		record(e, 'push.reset');
+		append(feed, `reset: ${e.data}`, 'alert');
+	});
+	// The pause carries no id, so e.lastEventId is the stream's last one.
+	source.addEventListener('pause', (e) => {
+		lastId = e.lastEventId || lastId;
+		pausedUntil = +e.data;
+		source.close();
+		window.pushDemo.pauses.push({ id: e.lastEventId, until: pausedUntil, at: Date.now() });
+		showState(`paused until ${clockTime(pausedUntil)}`);
+		append(feed, `paused by the server until ${clockTime(pausedUntil)}`, 'note');
+		setTimeout(connectFeed, pausedUntil - Date.now());
+	});
+}
+connectFeed();
 
 // ---- Chat over WebSocket ------------------------------------------------
 const chat = $('chat');
