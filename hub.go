@@ -104,13 +104,36 @@ func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string
 // resync ends every subscription: the broker lost events it cannot
 // deliver in order, so each client must resume from its own last id.
 func (h *Hub) resync() {
+	for _, s := range h.matching(nil) {
+		s.end(endResync, time.Time{})
+	}
+}
+
+// matching returns the live subscriptions to any of topics (all of them
+// when topics is empty), each once. They are ended outside the hub's lock:
+// ending one may unsubscribe it.
+func (h *Hub) matching(topics []string) []*Subscription {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	for _, subs := range h.topics {
+	seen := make(map[*Subscription]struct{})
+	var out []*Subscription
+	add := func(subs map[*Subscription]struct{}) {
 		for s := range subs {
-			s.end(endResync, time.Time{})
+			if _, dup := seen[s]; !dup && !s.isEnded() {
+				seen[s] = struct{}{}
+				out = append(out, s)
+			}
 		}
 	}
+	if len(topics) == 0 {
+		for _, subs := range h.topics {
+			add(subs)
+		}
+	}
+	for _, t := range topics {
+		add(h.topics[t])
+	}
+	return out
 }
 
 // PauseRequest asks streams to close and their clients to come back later
@@ -182,27 +205,7 @@ func (h *Hub) command(c Command) {
 }
 
 func (h *Hub) pauseLocal(p PauseRequest) int {
-	h.mu.RLock()
-	seen := make(map[*Subscription]struct{})
-	var picked []*Subscription
-	add := func(subs map[*Subscription]struct{}) {
-		for s := range subs {
-			if _, dup := seen[s]; !dup && !s.isEnded() {
-				seen[s] = struct{}{}
-				picked = append(picked, s)
-			}
-		}
-	}
-	if len(p.Topics) == 0 {
-		for _, subs := range h.topics {
-			add(subs)
-		}
-	} else {
-		for _, t := range p.Topics {
-			add(h.topics[t])
-		}
-	}
-	h.mu.RUnlock()
+	picked := h.matching(p.Topics)
 	if p.Fraction > 0 && p.Fraction < 1 {
 		// an exact share, so "half" is half, not half on average
 		rand.Shuffle(len(picked), func(i, j int) { picked[i], picked[j] = picked[j], picked[i] })
@@ -232,6 +235,17 @@ func (h *Hub) unsubscribe(s *Subscription) {
 	h.stats.of(s.transport).connections.Add(-1)
 }
 
+// Sink takes a subscription's live events straight from the hub's
+// fan-out, instead of a goroutine taking them in batches (Ready, Take).
+// Its methods are called on the fan-out's goroutine and must not block.
+type Sink interface {
+	// Deliver writes one live event, in id order.
+	Deliver(ev *Event)
+	// Ended is called once when the hub ends the subscription; Ended's
+	// channel is closed, and FellBehind and PausedUntil say why.
+	Ended()
+}
+
 // maxPending is how many events a subscription may have queued before it is
 // a slow consumer and is disconnected (it can resume with its last id).
 const maxPending = 1024
@@ -251,6 +265,8 @@ type Subscription struct {
 
 	mu      sync.Mutex
 	pending []*Event
+	sink    Sink // once attached, never changes
+	told    bool // sink.Ended was called
 	notify  chan struct{}
 	ended   chan struct{}
 	endOnce sync.Once
@@ -272,6 +288,15 @@ const (
 
 func (s *Subscription) offer(ev *Event) {
 	s.mu.Lock()
+	if sink := s.sink; sink != nil {
+		// skipThrough is set before Attach, which published it under mu
+		skip := ev.Seq <= s.skipThrough
+		s.mu.Unlock()
+		if !skip {
+			sink.Deliver(ev)
+		}
+		return
+	}
 	if len(s.pending) >= maxPending {
 		s.mu.Unlock()
 		s.CutOff()
@@ -282,6 +307,26 @@ func (s *Subscription) offer(ev *Event) {
 	select {
 	case s.notify <- struct{}{}:
 	default:
+	}
+}
+
+// Attach hands the subscription's live events to sink from now on: the
+// events waiting now first, then each as the hub delivers it. Call it once
+// the backlog is written; nothing must call Take afterwards.
+func (s *Subscription) Attach(sink Sink) {
+	s.mu.Lock()
+	for _, ev := range s.pending {
+		if ev.Seq > s.skipThrough {
+			sink.Deliver(ev)
+		}
+	}
+	s.pending = nil
+	s.sink = sink
+	tell := s.isEnded() && !s.told // ended before the sink could hear of it
+	s.told = s.told || tell
+	s.mu.Unlock()
+	if tell {
+		sink.Ended()
 	}
 }
 
@@ -310,6 +355,16 @@ func (s *Subscription) end(cause endCause, until time.Time) bool {
 		close(s.ended)
 		done = true
 	})
+	if done {
+		s.mu.Lock()
+		sink := s.sink
+		tell := sink != nil && !s.told
+		s.told = s.told || tell
+		s.mu.Unlock()
+		if tell {
+			sink.Ended()
+		}
+	}
 	return done
 }
 

@@ -41,6 +41,8 @@ type SSEHandler struct {
 	// comment is sent, so proxies and clients see it is alive.
 	// Default: 15s.
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
+
+	engines *sseEngine
 }
 
 // CaddyModule returns the Caddy module information.
@@ -60,6 +62,7 @@ func (h *SSEHandler) Provision(ctx caddy.Context) error {
 		h.Keepalive = caddy.Duration(DefaultKeepalive)
 	}
 	h.overLimit = h.pauseOverLimit
+	h.engines = new(sseEngine)
 	return h.provision(ctx, ctx.Logger())
 }
 
@@ -82,16 +85,30 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if a == nil {
 		return err
 	}
-	defer a.Release()
 	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportSSE)
 	if err != nil {
+		a.Release()
 		if errors.Is(err, ErrUnavailable) && acceptsEventStream(r) {
 			return h.pauseOverLimit(w, r, http.StatusServiceUnavailable, err)
 		}
 		return subscribeError(w, r, err)
 	}
+	handOff := h.engineServes(r)
+	if handOff {
+		// the engine writes the body raw, so net/http must not chunk it:
+		// it ends when the connection closes
+		w.Header().Set("Transfer-Encoding", "identity")
+	}
+	rc := h.openStream(w)
+	ok := h.writeOpening(w, rc, sub, a.LastEventID)
+	if ok && handOff && h.handOff(w, sub, a.Release) {
+		return nil // the engine owns the stream now, and ends it
+	}
+	defer a.Release()
 	defer sub.Close()
-	h.stream(w, r, sub, a.LastEventID)
+	if ok {
+		h.stream(w, r, rc, sub)
+	}
 	return nil
 }
 
@@ -132,13 +149,9 @@ func (h *SSEHandler) openStream(w http.ResponseWriter) *http.ResponseController 
 	return http.NewResponseController(w)
 }
 
-// stream writes the opening, the backlog, then live events.
-func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, sub *Subscription, lastEventID string) {
-	rc := h.openStream(w)
-	if !h.writeOpening(w, rc, sub, lastEventID) {
-		return
-	}
-
+// stream writes live events on this goroutine, after the opening, where
+// the engine cannot take the stream over.
+func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, sub *Subscription) {
 	keepalive := time.NewTimer(time.Duration(h.Keepalive))
 	defer keepalive.Stop()
 	lifetime, end := h.lifetime()
@@ -259,11 +272,15 @@ func writeFailed(sub *Subscription, err error) bool {
 	return false
 }
 
-// goodbye asks the client to come back soon, spread over a second so a
-// reload does not bring every client back in the same instant.
+// goodbye asks the client to come back soon.
 func (h *SSEHandler) goodbye(w http.ResponseWriter, rc *http.ResponseController) {
-	ms := 100 + rand.IntN(900)
-	h.write(w, rc, []byte("retry: "+strconv.Itoa(ms)+"\n\n"))
+	h.write(w, rc, goodbye())
+}
+
+// goodbye is a short retry, spread over a second so a reload does not
+// bring every client back in the same instant.
+func goodbye() []byte {
+	return []byte("retry: " + strconv.Itoa(100+rand.IntN(900)) + "\n\n")
 }
 
 // Interface guards

@@ -1,0 +1,383 @@
+package engine
+
+import (
+	"bytes"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+)
+
+func newEngine(t testing.TB, opts Options) *Engine {
+	t.Helper()
+	if !Supported {
+		t.Skip("the engine runs on Linux only")
+	}
+	e, err := New(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.Close)
+	return e
+}
+
+// pair returns both ends of a loopback TCP connection; the server end's
+// send buffer is made small, so tests fill it quickly.
+func pair(t testing.TB, ln net.Listener) (server, client net.Conn) {
+	t.Helper()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, err = ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	return server, client
+}
+
+func listen(t testing.TB) net.Listener {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	return ln
+}
+
+func smallBuffers(t testing.TB, server, client net.Conn) {
+	t.Helper()
+	if err := server.(*net.TCPConn).SetWriteBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := client.(*net.TCPConn).SetReadBuffer(4096); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// ended collects the reason a connection ended.
+func ended() (func(error), chan error) {
+	ch := make(chan error, 1)
+	return func(err error) { ch <- err }, ch
+}
+
+func waitEnd(t testing.TB, ch chan error, within time.Duration) error {
+	t.Helper()
+	select {
+	case err := <-ch:
+		return err
+	case <-time.After(within):
+		t.Fatalf("connection did not end within %v", within)
+		return nil
+	}
+}
+
+func TestWriteThenHangup(t *testing.T) {
+	e := newEngine(t, Options{})
+	server, client := pair(t, listen(t))
+	onClose, why := ended()
+	c, err := e.Add(server, onClose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := []byte("data: hello\n\n")
+	if err := c.Write(msg); err != nil {
+		t.Fatal(err)
+	}
+	got := make([]byte, len(msg))
+	if _, err := io.ReadFull(client, got); err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("read %q, %v", got, err)
+	}
+	client.Close()
+	if err := waitEnd(t, why, time.Second); err != ErrHangup {
+		t.Fatalf("ended with %v, want ErrHangup", err)
+	}
+	if err := c.Write(msg); err != ErrClosed {
+		t.Fatalf("write after the end: %v, want ErrClosed", err)
+	}
+	if e.Len() != 0 {
+		t.Fatalf("engine still holds %d connections", e.Len())
+	}
+}
+
+// Input also ends a connection: its peers never send after the request.
+func TestInputEndsConnection(t *testing.T) {
+	e := newEngine(t, Options{})
+	server, client := pair(t, listen(t))
+	onClose, why := ended()
+	if _, err := e.Add(server, onClose); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = client.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
+	if err := waitEnd(t, why, time.Second); err != ErrHangup {
+		t.Fatalf("ended with %v, want ErrHangup", err)
+	}
+}
+
+// A reader that stalls, then drains: every byte arrives once, in order,
+// however the writes were split between the socket and the queue (the
+// reader takes odd sizes, so writes stop at every kind of boundary).
+func TestPartialWritesArriveInOrder(t *testing.T) {
+	for _, name := range []string{"tcp", "pipe"} {
+		t.Run(name, func(t *testing.T) {
+			e := newEngine(t, Options{MaxQueue: 100000})
+			var server, client net.Conn
+			if name == "tcp" {
+				server, client = pair(t, listen(t))
+				smallBuffers(t, server, client)
+			} else {
+				server, client = net.Pipe() // no descriptor: every write queues
+			}
+			c, err := e.Add(server, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want bytes.Buffer
+			for i := range 5000 {
+				p := []byte(fmt.Sprintf("id: %d\ndata: %s\n\n", i, strings.Repeat("x", i%97)))
+				want.Write(p)
+				if err := c.Write(p); err != nil {
+					t.Fatalf("write %d: %v", i, err)
+				}
+			}
+			if name == "tcp" {
+				c.mu.Lock()
+				queued := len(c.queue)
+				c.mu.Unlock()
+				if queued == 0 {
+					t.Fatal("nothing was queued: the test did not fill the socket")
+				}
+			}
+			time.Sleep(50 * time.Millisecond) // stalled
+			got := make([]byte, 0, want.Len())
+			buf := make([]byte, 1500)
+			for i := 1; len(got) < want.Len(); i++ {
+				_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				n, err := client.Read(buf[:1+i%len(buf)])
+				if err != nil {
+					t.Fatalf("read after %d of %d bytes: %v", len(got), want.Len(), err)
+				}
+				got = append(got, buf[:n]...)
+			}
+			if !bytes.Equal(got, want.Bytes()) {
+				t.Fatal("bytes arrived out of order or changed")
+			}
+		})
+	}
+}
+
+// A client that does not read is cut off when its queue passes MaxQueue,
+// and, with a short queue bound out of the way, when it cannot drain
+// within WriteTimeout.
+func TestSlowConsumerIsCutOff(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		opts Options
+	}{
+		{"queue bound", Options{MaxQueue: 8, WriteTimeout: time.Minute}},
+		{"write timeout", Options{MaxQueue: 1 << 20, WriteTimeout: 200 * time.Millisecond}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			e := newEngine(t, tc.opts)
+			server, client := pair(t, listen(t))
+			smallBuffers(t, server, client)
+			onClose, why := ended()
+			c, err := e.Add(server, onClose)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chunk := bytes.Repeat([]byte("x"), 1024)
+			start := time.Now()
+			for i := 0; i < 10000 && c.Write(chunk) == nil; i++ {
+			}
+			if err := waitEnd(t, why, 3*time.Second); err != ErrSlow {
+				t.Fatalf("ended with %v, want ErrSlow", err)
+			}
+			if tc.opts.WriteTimeout < time.Second && time.Since(start) < tc.opts.WriteTimeout {
+				t.Fatalf("cut off after %v, before the write timeout", time.Since(start))
+			}
+		})
+	}
+}
+
+// A peer that resets the connection while writes are queued ends it with
+// an error, and nothing is left behind.
+func TestPeerResetMidWrite(t *testing.T) {
+	e := newEngine(t, Options{MaxQueue: 1 << 20, WriteTimeout: time.Minute})
+	server, client := pair(t, listen(t))
+	smallBuffers(t, server, client)
+	onClose, why := ended()
+	c, err := e.Add(server, onClose)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := bytes.Repeat([]byte("y"), 1024)
+	for range 200 {
+		_ = c.Write(chunk)
+	}
+	_ = client.(*net.TCPConn).SetLinger(0) // close sends RST
+	client.Close()
+	if err := waitEnd(t, why, time.Second); err == nil || err == ErrClosed {
+		t.Fatalf("ended with %v, want a hang-up or write error", err)
+	}
+	if e.Len() != 0 {
+		t.Fatalf("engine still holds %d connections", e.Len())
+	}
+}
+
+func TestHeartbeatOnlyWhenIdle(t *testing.T) {
+	e := newEngine(t, Options{Heartbeat: []byte(":\n"), HeartbeatEvery: 100 * time.Millisecond})
+	ln := listen(t)
+	idleS, idle := pair(t, ln)
+	busyS, busy := pair(t, ln)
+	_, _ = e.Add(idleS, nil)
+	cb, _ := e.Add(busyS, nil)
+	stop := time.After(350 * time.Millisecond)
+	for loop := true; loop; {
+		select {
+		case <-stop:
+			loop = false
+		case <-time.After(20 * time.Millisecond):
+			_ = cb.Write([]byte("d\n"))
+		}
+	}
+	read := func(c net.Conn) string {
+		_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		b, _ := io.ReadAll(c)
+		return string(b)
+	}
+	if got := read(idle); !strings.HasPrefix(got, ":\n:\n") {
+		t.Fatalf("idle connection got %q, want heartbeats", got)
+	}
+	// once the writes stop it is idle too: look only while it was busy
+	if got := read(busy); strings.Contains(got[:strings.LastIndex(got, "d")], ":") {
+		t.Fatalf("busy connection got heartbeats: %q", got)
+	}
+}
+
+// Shutdown ends connections in every state (idle, backed up, mid-write)
+// within the grace, each after its last bytes where they can be sent.
+func TestShutdownEndsEveryConnection(t *testing.T) {
+	e := newEngine(t, Options{MaxQueue: 1 << 20, WriteTimeout: time.Minute})
+	ln := listen(t)
+	idleS, idle := pair(t, ln)
+	stuckS, stuck := pair(t, ln)
+	smallBuffers(t, stuckS, stuck)
+	var whys []chan error
+	for _, s := range []net.Conn{idleS, stuckS} {
+		onClose, why := ended()
+		c, err := e.Add(s, onClose)
+		if err != nil {
+			t.Fatal(err)
+		}
+		whys = append(whys, why)
+		if s == stuckS {
+			for range 500 {
+				_ = c.Write(bytes.Repeat([]byte("z"), 1024))
+			}
+		}
+	}
+	start := time.Now()
+	e.Shutdown(func() []byte { return []byte("bye\n") }, 300*time.Millisecond)
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("shutdown took %v", d)
+	}
+	for _, why := range whys {
+		waitEnd(t, why, time.Second)
+	}
+	_ = idle.SetReadDeadline(time.Now().Add(time.Second))
+	if b, _ := io.ReadAll(idle); string(b) != "bye\n" {
+		t.Fatalf("idle connection got %q, want its last bytes then EOF", b)
+	}
+	if _, err := e.Add(idleS, nil); err != ErrClosed {
+		t.Fatalf("add after shutdown: %v, want ErrClosed", err)
+	}
+}
+
+// Thousands of connections opened and closed leave no descriptor and no
+// goroutine behind. (5,000 pairs: both ends live in this process, under
+// its limit of open files.)
+func TestNoLeaks(t *testing.T) {
+	if testing.Short() {
+		t.Skip("opens 10,000 sockets")
+	}
+	e := newEngine(t, Options{})
+	ln := listen(t)
+	runtime.GC()
+	fds, goroutines := openFDs(t), runtime.NumGoroutine()
+	const n = 5000
+	clients := make([]net.Conn, 0, n)
+	conns := make([]*Conn, 0, n)
+	closed := make(chan error, n)
+	for range n {
+		s, c := pair(t, ln)
+		clients = append(clients, c)
+		conn, err := e.Add(s, func(err error) { closed <- err })
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, conn)
+	}
+	for i, c := range clients {
+		if i%2 == 0 {
+			c.Close() // half hang up
+		} else {
+			conns[i].Close() // half are closed by their owner
+		}
+	}
+	for range n {
+		waitEnd(t, closed, 5*time.Second)
+	}
+	for _, c := range clients {
+		c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) && (openFDs(t) > fds || runtime.NumGoroutine() > goroutines) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if got := openFDs(t); got > fds {
+		t.Fatalf("%d descriptors open after, %d before", got, fds)
+	}
+	if got := runtime.NumGoroutine(); got > goroutines {
+		t.Fatalf("%d goroutines after, %d before", got, goroutines)
+	}
+	if e.Len() != 0 {
+		t.Fatalf("engine still holds %d connections", e.Len())
+	}
+}
+
+func openFDs(t testing.TB) int {
+	entries, err := os.ReadDir("/proc/self/fd")
+	if err != nil {
+		t.Skip("no /proc/self/fd")
+	}
+	return len(entries)
+}
+
+// Close stops the engine's goroutine and closes its epoll descriptors.
+func TestCloseStopsTheEngine(t *testing.T) {
+	if !Supported {
+		t.Skip("the engine runs on Linux only")
+	}
+	fds := openFDs(t)
+	e, err := New(Options{Heartbeat: []byte(":\n"), HeartbeatEvery: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.Close()
+	e.Close()
+	select {
+	case <-e.done:
+	default:
+		t.Fatal("the engine's goroutine still runs")
+	}
+	if got := openFDs(t); got > fds {
+		t.Fatalf("%d descriptors open after, %d before", got, fds)
+	}
+}

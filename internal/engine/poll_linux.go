@@ -1,0 +1,117 @@
+package engine
+
+import (
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Supported reports whether this platform has the engine.
+const Supported = true
+
+// poller is one epoll instance, and an eventfd that wakes its goroutine
+// to stop.
+type poller struct {
+	epfd, wake int
+	stopOnce   sync.Once
+}
+
+// wakeID marks the eventfd's events; connections are numbered from 1.
+const wakeID = 0
+
+func newPoller() (*poller, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, err
+	}
+	wake, err := unix.Eventfd(0, unix.EFD_NONBLOCK|unix.EFD_CLOEXEC)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, err
+	}
+	p := &poller{epfd: epfd, wake: wake}
+	if err := p.add(wake, wakeID); err != nil {
+		p.close()
+		return nil, err
+	}
+	return p, nil
+}
+
+// add watches fd for input and hang-up, level-triggered: the connection
+// ends at its first event, so an event is never left unhandled.
+func (p *poller) add(fd int, id uint64) error {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	return unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+}
+
+func (p *poller) del(fd int) {
+	_ = unix.EpollCtl(p.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+}
+
+// stop wakes the goroutine for good; it reports false if it was stopped.
+func (p *poller) stop() bool {
+	stopped := false
+	p.stopOnce.Do(func() {
+		var one = [8]byte{1}
+		_, _ = unix.Write(p.wake, one[:])
+		stopped = true
+	})
+	return stopped
+}
+
+func (p *poller) close() {
+	unix.Close(p.wake)
+	unix.Close(p.epfd)
+}
+
+// run is the engine's one goroutine: it waits for connection events and
+// for heartbeat ticks, until stop.
+func (e *Engine) run() {
+	defer close(e.done)
+	events := make([]unix.EpollEvent, 256)
+	heartbeat := e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0
+	next := time.Now().Add(e.opts.HeartbeatEvery)
+	for {
+		timeout := -1
+		if heartbeat {
+			timeout = max(int(time.Until(next).Milliseconds()), 0)
+		}
+		n, err := unix.EpollWait(e.p.epfd, events, timeout)
+		if err != nil && err != unix.EINTR {
+			return
+		}
+		for _, ev := range events[:max(n, 0)] {
+			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
+			if id == wakeID {
+				return
+			}
+			e.event(id)
+		}
+		if heartbeat && !time.Now().Before(next) {
+			e.heartbeat()
+			next = time.Now().Add(e.opts.HeartbeatEvery)
+		}
+	}
+}
+
+// writeNow writes what the socket takes without blocking.
+func (c *Conn) writeNow(p []byte) (int, error) {
+	if c.fd < 0 {
+		return 0, nil
+	}
+	n := 0
+	for n < len(p) {
+		m, err := unix.Write(c.fd, p[n:])
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return n, nil
+		case err != nil:
+			return n, err
+		}
+		n += m
+	}
+	return n, nil
+}

@@ -1,0 +1,77 @@
+package push
+
+import (
+	"net/http"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddy-push/push/internal/engine"
+)
+
+// goroutinesIn counts the goroutines whose stack holds fn.
+func goroutinesIn(fn string) int {
+	buf := make([]byte, 4<<20)
+	n := 0
+	for _, g := range strings.Split(string(buf[:runtime.Stack(buf, true)]), "\n\n") {
+		if strings.Contains(g, fn) {
+			n++
+		}
+	}
+	return n
+}
+
+// Over cleartext HTTP/1.1 the engine owns the streams: no goroutine and no
+// request stays per stream, the body is raw (not chunked) and ends with
+// the connection, events arrive, and a client that leaves is seen and
+// gives its place back.
+func TestSSEStreamsLeaveNetHTTP(t *testing.T) {
+	if !engine.Supported || engineOff {
+		t.Skip("the connection engine is off")
+	}
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events {
+		max_connections 100
+	}
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	hub, _ := LookupHub("default")
+	conns := func() int64 { return hub.stats.of(TransportSSE).connections.Load() }
+	const n = 100
+	streams := make([]*sseClient, n)
+	for i := range streams {
+		streams[i] = subscribe(t, c.URL+"/events?topic=x", nil)
+		if r := streams[i].Resp; r.StatusCode != 200 || len(r.TransferEncoding) != 0 || !r.Close {
+			t.Fatalf("stream %d: %d, transfer-encoding %v, close %v; want 200, raw, ending with the connection",
+				i, r.StatusCode, r.TransferEncoding, r.Close)
+		}
+	}
+	if got := goroutinesIn("(*SSEHandler).ServeHTTP") + goroutinesIn("(*SSEHandler).stream"); got != 0 {
+		t.Fatalf("%d goroutines still serve streams", got)
+	}
+	// net/http's per-connection goroutines are gone too: only the clients'
+	// readers remain (one per stream, in this process)
+	if got := goroutinesIn("net/http.(*conn).serve"); got != 0 {
+		t.Fatalf("%d net/http connection goroutines for %d hijacked streams", got, n)
+	}
+	_, id := c.publish("/publish", "topic=x&data=hello")
+	for i, s := range streams {
+		if ev := s.nextEvent(time.Second); ev.ID != id || ev.Data != "hello" {
+			t.Fatalf("stream %d got %+v, want %s", i, ev, id)
+		}
+	}
+	for _, s := range streams {
+		s.Close()
+	}
+	waitFor(t, 2*time.Second, func() bool { return conns() == 0 })
+	// every place is free again
+	for range n {
+		if s := subscribe(t, c.URL+"/events?topic=x", nil); s.Resp.StatusCode != http.StatusOK {
+			t.Fatalf("after the clients left: %d", s.Resp.StatusCode)
+		}
+	}
+}
