@@ -95,7 +95,7 @@ type Event struct {
 	// WebSocket messages by format and topic: read without a lock by
 	// every connection, replaced whole (under wsMu) when one is added
 	wsMu sync.Mutex
-	ws   atomic.Pointer[map[string]*websocket.PreparedMessage]
+	ws   atomic.Pointer[map[string]*wsEncoding]
 
 	// kept by the in-memory broker, under its lock: how many topic
 	// histories hold the event, and its estimated size
@@ -189,11 +189,29 @@ func appendSSE(b []byte, id, typ, data string, retry int64) []byte {
 	return append(b, '\n')
 }
 
-// wsMessage returns the event as a WebSocket message, prepared once per
-// format and topic and shared by every connection. In json format the
-// topic is the first of the event's topics the subscription follows
-// (subscribed is sorted).
+// wsEncoding is an event as one WebSocket message: prepared for gorilla
+// (connections on goroutines), and as a whole server frame (connections
+// the engine writes).
+type wsEncoding struct {
+	pm    *websocket.PreparedMessage
+	frame []byte
+}
+
+// wsMessage returns the event as a WebSocket message for gorilla.
 func (e *Event) wsMessage(format string, subscribed []string) *websocket.PreparedMessage {
+	return e.wsEncoded(format, subscribed).pm
+}
+
+// wsFrame returns the event as a whole unmasked text frame.
+func (e *Event) wsFrame(format string, subscribed []string) []byte {
+	return e.wsEncoded(format, subscribed).frame
+}
+
+// wsEncoded returns the event's WebSocket encodings, made once per format
+// and topic and shared by every connection. In json format the topic is
+// the first of the event's topics the subscription follows (subscribed is
+// sorted).
+func (e *Event) wsEncoded(format string, subscribed []string) *wsEncoding {
 	key := FormatText
 	var topic string
 	if format == FormatJSON {
@@ -220,13 +238,14 @@ func (e *Event) wsMessage(format string, subscribed []string) *websocket.Prepare
 		data = encodeFrame(wsFrame{ID: e.ID, Topic: topic, Event: e.Type, Data: e.Data})
 	}
 	pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, data)
-	m := make(map[string]*websocket.PreparedMessage, 1)
+	enc := &wsEncoding{pm: pm, frame: appendServerFrame(nil, opText, data)}
+	m := make(map[string]*wsEncoding, 1)
 	if old != nil {
 		maps.Copy(m, *old)
 	}
-	m[key] = pm
+	m[key] = enc
 	e.ws.Store(&m)
-	return pm
+	return enc
 }
 
 // encodeFrame writes a json-format frame, leaving <, > and & as they are.

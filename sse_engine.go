@@ -6,68 +6,25 @@ import (
 	"sync"
 	"time"
 
-	"go.uber.org/zap"
-
 	"github.com/caddy-push/push/internal/engine"
 )
 
-// engineOff keeps every SSE stream on a goroutine of its own, as on
-// platforms without the engine: CADDY_PUSH_ENGINE=off, for comparison and
-// as a way out should the engine misbehave.
+// engineOff keeps every stream on goroutines of its own, as on platforms
+// without the engine: CADDY_PUSH_ENGINE=off, for comparison and as a way
+// out should the engine misbehave.
 var engineOff = os.Getenv("CADDY_PUSH_ENGINE") == "off"
-
-// sseEngine is a handler's connection engine, made at its first stream
-// (Provision stays cheap) and shut down with the handler.
-type sseEngine struct {
-	mu  sync.Mutex
-	eng *engine.Engine
-}
-
-// engineServes reports whether the engine can own this request's stream:
-// a cleartext HTTP/1.x connection, which can be hijacked and written raw.
-// HTTP/2 and HTTP/3 streams cannot be hijacked, and a TLS connection
-// cannot be written without blocking; those keep a goroutine.
-func (h *SSEHandler) engineServes(r *http.Request) bool {
-	return engine.Supported && !engineOff && r.ProtoMajor == 1 && r.TLS == nil
-}
-
-// engine returns the handler's engine, starting it if need be; nil when
-// the handler is stopping or the engine cannot start.
-func (h *SSEHandler) engine() *engine.Engine {
-	h.engines.mu.Lock()
-	defer h.engines.mu.Unlock()
-	if h.engines.eng != nil {
-		return h.engines.eng
-	}
-	select {
-	case <-h.stopping():
-		return nil
-	default:
-	}
-	eng, err := engine.New(engine.Options{
-		MaxQueue:       maxPending,
-		WriteTimeout:   writeTimeout,
-		Heartbeat:      []byte(": keepalive\n\n"),
-		HeartbeatEvery: time.Duration(h.Keepalive),
-	})
-	if err != nil {
-		h.logger.Warn("connection engine unavailable; streams keep a goroutine each", zap.Error(err))
-		return nil
-	}
-	h.engines.eng = eng
-	go func() {
-		<-h.stopping()
-		eng.Shutdown(goodbye, closeGrace)
-	}()
-	return eng
-}
 
 // handOff gives the stream, its opening written, to the engine, and
 // reports whether the engine took it; the handler then returns, and the
 // stream holds no goroutine and no request state. release frees its place
 // under the connection limits when it ends.
 func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release func()) bool {
-	eng := h.engine()
+	eng := h.engines.get(engine.Options{
+		MaxQueue:       maxPending,
+		WriteTimeout:   writeTimeout,
+		Heartbeat:      []byte(": keepalive\n\n"),
+		HeartbeatEvery: time.Duration(h.Keepalive),
+	}, h.stopping(), goodbye, h.logger)
 	if eng == nil {
 		return false
 	}
@@ -76,7 +33,7 @@ func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release f
 		return false
 	}
 	st := &sseStream{h: h, sub: sub, release: release}
-	conn, err := eng.Add(nc, st.closed)
+	conn, err := eng.Add(nc, engine.Handlers{OnClose: st.closed})
 	if err != nil {
 		// the engine is shutting down (a reload): come back soon
 		_ = nc.SetWriteDeadline(time.Now().Add(closeGrace))

@@ -42,7 +42,7 @@ type SSEHandler struct {
 	// Default: 15s.
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 
-	engines *sseEngine
+	engines *handlerEngine
 }
 
 // CaddyModule returns the Caddy module information.
@@ -62,7 +62,7 @@ func (h *SSEHandler) Provision(ctx caddy.Context) error {
 		h.Keepalive = caddy.Duration(DefaultKeepalive)
 	}
 	h.overLimit = h.pauseOverLimit
-	h.engines = new(sseEngine)
+	h.engines = new(handlerEngine)
 	return h.provision(ctx, ctx.Logger())
 }
 
@@ -93,7 +93,7 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		}
 		return subscribeError(w, r, err)
 	}
-	handOff := h.engineServes(r)
+	handOff := engineServes(r)
 	if handOff {
 		// the engine writes the body raw, so net/http must not chunk it:
 		// it ends when the connection closes

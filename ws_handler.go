@@ -13,7 +13,6 @@ import (
 	"net/http"
 	"net/url"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -21,7 +20,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/gorilla/websocket"
-	"go.uber.org/zap"
 )
 
 func init() {
@@ -87,6 +85,7 @@ type WSHandler struct {
 
 	upgrader websocket.Upgrader
 	open     *openSockets
+	engines  *handlerEngine
 	// ctx ends when the config unloads; client publishes run under it,
 	// since the request's context ends when ServeHTTP returns
 	ctx context.Context
@@ -133,6 +132,7 @@ func (h *WSHandler) Provision(ctx caddy.Context) error {
 		CheckOrigin:       func(*http.Request) bool { return true }, // checked before, with a clear answer
 	}
 	h.open = &openSockets{conns: make(map[*websocket.Conn]struct{})}
+	h.engines = new(handlerEngine)
 	go func() {
 		<-h.stopping()
 		h.open.closeAll()
@@ -183,10 +183,13 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 		a.Release()
 		return nil // the upgrader has answered
 	}
+	if engineServes(r) && h.handOff(conn, sub, a, r) {
+		return nil // the engine owns the connection now, and ends it
+	}
 	s := &socket{h: h, conn: conn, out: conn.NetConn().(*batchConn), sub: sub, publish: h.publishTopics(r, a.Grant),
 		replies: make(chan []byte, 8), id: connectionID()}
 	if h.Presence {
-		s.presence = s.presenceData(r, a.Grant)
+		s.presence = presenceData(r, a.Grant, s.id)
 	}
 	h.open.add(conn)
 	// The connection runs on goroutines of its own, as in gorilla's
@@ -383,8 +386,8 @@ func (s *socket) run() {
 		s.closeCode, s.closeReason = s.read(s.h.ctx)
 	}()
 	if s.h.Presence {
-		s.announce("push.join")
-		defer s.announce("push.leave")
+		announce(s.h, s.sub, "push.join", s.presence)
+		defer announce(s.h, s.sub, "push.leave", s.presence)
 	}
 	code, reason := s.write(readerDone)
 	s.close(code, reason, readerDone)
@@ -466,18 +469,11 @@ func (s *socket) write(readerDone <-chan struct{}) (int, string) {
 // ended says how to close when the hub ended the subscription; a paused
 // client first gets the pause frame.
 func (s *socket) ended() (int, string) {
-	if s.sub.FellBehind() {
-		return CloseSlowConsumer, "slow consumer: reconnect and resume"
+	code, reason, frame := endedWith(s.sub)
+	if frame != nil && !s.send(websocket.TextMessage, frame) {
+		return 0, ""
 	}
-	if until, ok := s.sub.PausedUntil(); ok {
-		ms := strconv.FormatInt(until.UnixMilli(), 10)
-		// the same frame in either format: a pause is not an event, so it has no id
-		if !s.send(websocket.TextMessage, []byte(`{"event":"pause","data":"`+ms+`"}`)) {
-			return 0, ""
-		}
-		return CloseTryAgainLater, "paused: come back at " + ms + " (" + until.UTC().Format(time.RFC3339) + ")"
-	}
-	return websocket.CloseServiceRestart, "the hub lost events: reconnect and resume"
+	return code, reason
 }
 
 // failed says how to close after a failed write: a subscriber cut off
@@ -549,7 +545,7 @@ func (s *socket) read(ctx context.Context) (int, string) {
 			case rateAbused:
 				return websocket.ClosePolicyViolation, "publish rate exceeded"
 			default:
-				if err := s.publishFrame(ctx, data); err != nil {
+				if err := publishFrame(ctx, s.sub.hub, s.publish, data); err != nil {
 					problem = err.Error()
 				}
 			}
@@ -573,25 +569,27 @@ func (s *socket) reply(msg string) bool {
 	}
 }
 
-func (s *socket) publishFrame(ctx context.Context, frame []byte) error {
-	if len(s.publish) == 0 {
+// publishFrame publishes a client's message to one of the topics it may
+// publish to.
+func publishFrame(ctx context.Context, hub *Hub, allowed []string, frame []byte) error {
+	if len(allowed) == 0 {
 		return errors.New("this endpoint does not accept messages")
 	}
-	m, err := parseClientFrame(frame, s.publish)
+	m, err := parseClientFrame(frame, allowed)
 	if err != nil {
 		return err
 	}
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	_, err = s.sub.hub.Publish(ctx, m)
+	_, err = hub.Publish(ctx, m)
 	return err
 }
 
-// presenceData says who this connection is: its id and, when known, the
+// presenceData says who a connection is: its id and, when known, the
 // authenticated user.
-func (s *socket) presenceData(r *http.Request, g *Grant) string {
-	who := map[string]string{"connection": s.id}
+func presenceData(r *http.Request, g *Grant, id string) string {
+	who := map[string]string{"connection": id}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if user, _ := repl.GetString("http.auth.user.id"); user != "" {
 		who["user"] = user
@@ -602,15 +600,6 @@ func (s *socket) presenceData(r *http.Request, g *Grant) string {
 	}
 	data, _ := json.Marshal(who)
 	return string(data)
-}
-
-// announce publishes a presence event about this connection.
-func (s *socket) announce(event string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := s.sub.hub.Publish(ctx, Message{Topics: s.sub.Topics, Type: event, Data: s.presence}); err != nil {
-		s.h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
-	}
 }
 
 func connectionID() string {

@@ -17,14 +17,20 @@
 //     ends. A connection whose queue passes MaxQueue, or that cannot drain
 //     it within WriteTimeout, is closed with ErrSlow.
 //
-//   - Hang-up. One epoll instance per Engine watches every connection for
-//     input and hang-up, and one goroutine waits on it. The connections
-//     this package was made for (Server-Sent Events streams) never send
-//     after their request, so input or hang-up ends the connection.
+//   - Input and hang-up. One epoll instance per Engine watches every
+//     connection, and one goroutine waits on it. A connection without an
+//     OnInput handler (a Server-Sent Events stream, whose client never
+//     sends after its request) ends at its first input or hang-up. One
+//     with OnInput (a WebSocket) is read when it is readable: OnInput runs
+//     on a goroutine that lives only while there is input to read, and
+//     the connection is armed again (EPOLLONESHOT) once it returns, so
+//     one connection's input is never read by two goroutines at once.
 //
-//   - Heartbeat. The same goroutine wakes every HeartbeatEvery and writes
-//     Heartbeat to each connection that wrote nothing since the last
-//     wake-up, so idle streams are seen alive by proxies and clients.
+//   - Heartbeat and liveness. The same goroutine wakes every
+//     HeartbeatEvery and writes Heartbeat to each connection that wrote
+//     nothing since the last wake-up (to all of them with
+//     HeartbeatAlways, as WebSocket pings need), and ends with ErrTimeout
+//     a connection with OnInput that has read nothing for ReadTimeout.
 //
 // Go's runtime poller keeps its own registration of each socket (its
 // descriptor stays non-blocking); epoll interest lists are per instance,
@@ -56,6 +62,13 @@ var (
 	ErrSlow = errors.New("engine: slow consumer")
 	// ErrHangup ends a connection whose peer hung up or sent input.
 	ErrHangup = errors.New("engine: peer hung up")
+	// ErrTimeout ends a connection that read nothing for ReadTimeout.
+	ErrTimeout = errors.New("engine: peer silent for too long")
+	// ErrWouldBlock is Read's answer when no input is waiting.
+	ErrWouldBlock = errors.New("engine: no input waiting")
+	// ErrNoDescriptor refuses OnInput for a connection that has no
+	// descriptor to poll.
+	ErrNoDescriptor = errors.New("engine: connection has no descriptor to poll")
 )
 
 // Options configure an Engine.
@@ -67,9 +80,26 @@ type Options struct {
 	// drain its queue. Default: 10s.
 	WriteTimeout time.Duration
 	// Heartbeat is written to each connection that has written nothing
-	// for HeartbeatEvery. Both must be set for heartbeats.
-	Heartbeat      []byte
-	HeartbeatEvery time.Duration
+	// for HeartbeatEvery, or to every connection with HeartbeatAlways.
+	// Both must be set for heartbeats.
+	Heartbeat       []byte
+	HeartbeatEvery  time.Duration
+	HeartbeatAlways bool
+	// ReadTimeout ends, with ErrTimeout, a connection with OnInput that
+	// has read nothing for this long. Default: 0 (never).
+	ReadTimeout time.Duration
+}
+
+// Handlers are a connection owner's callbacks.
+type Handlers struct {
+	// OnInput, if set, is called when the connection is readable, on a
+	// goroutine of its own, never twice at once; it reads with Read until
+	// ErrWouldBlock. Without it, input or hang-up ends the connection.
+	OnInput func(*Conn)
+	// OnClose, if set, is called once, on a goroutine of its own, when
+	// the connection ends, with the reason: ErrHangup, ErrSlow,
+	// ErrTimeout, ErrClosed (Close or the engine's Close), or an I/O error.
+	OnClose func(error)
 }
 
 // Engine owns connections. Its zero value is not usable: call New.
@@ -103,30 +133,32 @@ func New(opts Options) (*Engine, error) {
 
 // Conn is a connection owned by an engine.
 type Conn struct {
-	e       *Engine
-	id      uint64
-	nc      net.Conn
-	fd      int // -1: no descriptor to write to directly; every write queues
-	onClose func(error)
+	e  *Engine
+	id uint64
+	nc net.Conn
+	fd int // -1: no descriptor to write to directly; every write queues
+	h  Handlers
 
 	mu       sync.Mutex
 	queue    net.Buffers // waiting bytes, oldest first; the first may be partly written
 	draining bool        // a goroutine is writing the queue
 	closeBy  time.Time   // when set: close once the queue is drained, by this time
+	sealed   bool        // Seal was called: no more writes
 	wrote    bool        // since the last heartbeat tick
+	read     time.Time   // when input last arrived (with OnInput)
 	err      error       // why the connection ended; set once
 }
 
-// Add takes over nc, which the caller must no longer use. onClose, if not
-// nil, is called once, on a goroutine of its own, when the connection
-// ends, with the reason: ErrHangup, ErrSlow, ErrClosed (Close or the
-// engine's Close) or a write error.
-func (e *Engine) Add(nc net.Conn, onClose func(error)) (*Conn, error) {
-	c := &Conn{e: e, nc: nc, fd: -1, onClose: onClose}
+// Add takes over nc, which the caller must no longer use.
+func (e *Engine) Add(nc net.Conn, h Handlers) (*Conn, error) {
+	c := &Conn{e: e, nc: nc, fd: -1, h: h, read: time.Now()}
 	if sc, ok := nc.(syscall.Conn); ok {
 		if rc, err := sc.SyscallConn(); err == nil {
 			_ = rc.Control(func(fd uintptr) { c.fd = int(fd) })
 		}
+	}
+	if h.OnInput != nil && (c.fd < 0 || !Supported) {
+		return nil, ErrNoDescriptor
 	}
 	e.mu.Lock()
 	if e.closed {
@@ -143,7 +175,7 @@ func (e *Engine) Add(nc net.Conn, onClose func(error)) (*Conn, error) {
 		go c.watch()
 		return c, nil
 	}
-	if err := e.p.add(c.fd, c.id); err != nil {
+	if err := e.p.add(c.fd, c.id, h.OnInput != nil); err != nil {
 		e.forget(c)
 		return nil, err
 	}
@@ -185,7 +217,7 @@ func (c *Conn) Write(p []byte) error {
 }
 
 func (c *Conn) writeLocked(p []byte) error {
-	if c.err != nil || !c.closeBy.IsZero() {
+	if c.err != nil || !c.closeBy.IsZero() || c.sealed {
 		return ErrClosed
 	}
 	c.wrote = true
@@ -249,6 +281,9 @@ func (c *Conn) CloseAfter(p []byte, within time.Duration) {
 	if p != nil {
 		err = c.writeLocked(p)
 	}
+	if err == ErrClosed && c.err == nil {
+		err = nil // sealed or closing already: close as asked
+	}
 	if c.err == nil && c.closeBy.IsZero() {
 		c.closeBy = time.Now().Add(within)
 	}
@@ -263,6 +298,25 @@ func (c *Conn) CloseAfter(p []byte, within time.Duration) {
 		// the drainer closes it; its write deadline is closeBy at the latest
 		_ = c.nc.SetWriteDeadline(time.Now().Add(within))
 	}
+}
+
+// Seal writes p as the connection's last bytes: later writes are refused.
+// The connection stays open, its input read, until Close (a WebSocket
+// close frame, sent while waiting for the peer's). It reports false if
+// the connection was already sealed or closing.
+func (c *Conn) Seal(p []byte) bool {
+	c.mu.Lock()
+	if c.err != nil || c.sealed || !c.closeBy.IsZero() {
+		c.mu.Unlock()
+		return false
+	}
+	err := c.writeLocked(p)
+	c.sealed = true
+	c.mu.Unlock()
+	if err != nil {
+		c.end(err)
+	}
+	return true
 }
 
 // Close ends the connection now, dropping what is queued.
@@ -284,11 +338,54 @@ func (c *Conn) end(why error) {
 	_ = c.nc.Close()
 	c.mu.Unlock()
 	c.e.forget(c)
-	if c.onClose != nil {
+	if c.h.OnClose != nil {
 		// its own goroutine: the owner may hold locks the caller of a
 		// failing Write holds too
-		go c.onClose(why)
+		go c.h.OnClose(why)
 	}
+}
+
+// Read reads input waiting on the connection, without blocking: it
+// returns ErrWouldBlock when there is none, io.EOF when the peer closed.
+// Call it from OnInput.
+func (c *Conn) Read(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.err != nil {
+		return 0, ErrClosed
+	}
+	n, err := c.readNow(p)
+	if n > 0 {
+		c.read = time.Now()
+	}
+	return n, err
+}
+
+// input runs OnInput, then arms the connection for its next input.
+func (c *Conn) input() {
+	c.h.OnInput(c)
+	c.mu.Lock()
+	var err error
+	if c.err == nil {
+		err = c.e.p.rearm(c.fd, c.id)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		c.end(err)
+	}
+}
+
+// tickEvery is how often the engine's goroutine wakes for heartbeats and
+// read timeouts; 0: never.
+func (e *Engine) tickEvery() time.Duration {
+	var every time.Duration
+	if e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0 {
+		every = e.opts.HeartbeatEvery
+	}
+	if rt := e.opts.ReadTimeout / 4; rt > 0 && (every == 0 || rt < every) {
+		every = rt
+	}
+	return every
 }
 
 // event handles the poller's news of a connection: input or hang-up.
@@ -296,26 +393,37 @@ func (e *Engine) event(id uint64) {
 	e.mu.Lock()
 	c := e.conns[id]
 	e.mu.Unlock()
-	if c != nil {
+	switch {
+	case c == nil:
+	case c.h.OnInput != nil:
+		go c.input()
+	default:
 		c.end(ErrHangup)
 	}
 }
 
-// heartbeat writes the heartbeat to every connection that wrote nothing
-// since the last tick.
-func (e *Engine) heartbeat() {
+// tick writes heartbeats when beat is set, and ends connections that have
+// been silent for longer than ReadTimeout.
+func (e *Engine) tick(beat bool) {
 	e.mu.Lock()
 	conns := make([]*Conn, 0, len(e.conns))
 	for _, c := range e.conns {
 		conns = append(conns, c)
 	}
 	e.mu.Unlock()
+	now := time.Now()
 	for _, c := range conns {
 		c.mu.Lock()
-		idle := !c.wrote
-		c.wrote = false
+		idle := !c.wrote || e.opts.HeartbeatAlways
+		if beat {
+			c.wrote = false
+		}
+		silent := e.opts.ReadTimeout > 0 && c.h.OnInput != nil && now.Sub(c.read) > e.opts.ReadTimeout
 		c.mu.Unlock()
-		if idle {
+		switch {
+		case silent:
+			c.end(ErrTimeout)
+		case beat && idle:
 			_ = c.Write(e.opts.Heartbeat)
 		}
 	}

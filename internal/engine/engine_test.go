@@ -82,7 +82,7 @@ func TestWriteThenHangup(t *testing.T) {
 	e := newEngine(t, Options{})
 	server, client := pair(t, listen(t))
 	onClose, why := ended()
-	c, err := e.Add(server, onClose)
+	c, err := e.Add(server, Handlers{OnClose: onClose})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -111,7 +111,7 @@ func TestInputEndsConnection(t *testing.T) {
 	e := newEngine(t, Options{})
 	server, client := pair(t, listen(t))
 	onClose, why := ended()
-	if _, err := e.Add(server, onClose); err != nil {
+	if _, err := e.Add(server, Handlers{OnClose: onClose}); err != nil {
 		t.Fatal(err)
 	}
 	_, _ = client.Write([]byte("GET / HTTP/1.1\r\n\r\n"))
@@ -134,7 +134,7 @@ func TestPartialWritesArriveInOrder(t *testing.T) {
 			} else {
 				server, client = net.Pipe() // no descriptor: every write queues
 			}
-			c, err := e.Add(server, nil)
+			c, err := e.Add(server, Handlers{})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -188,7 +188,7 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 			server, client := pair(t, listen(t))
 			smallBuffers(t, server, client)
 			onClose, why := ended()
-			c, err := e.Add(server, onClose)
+			c, err := e.Add(server, Handlers{OnClose: onClose})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -213,7 +213,7 @@ func TestPeerResetMidWrite(t *testing.T) {
 	server, client := pair(t, listen(t))
 	smallBuffers(t, server, client)
 	onClose, why := ended()
-	c, err := e.Add(server, onClose)
+	c, err := e.Add(server, Handlers{OnClose: onClose})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -236,8 +236,8 @@ func TestHeartbeatOnlyWhenIdle(t *testing.T) {
 	ln := listen(t)
 	idleS, idle := pair(t, ln)
 	busyS, busy := pair(t, ln)
-	_, _ = e.Add(idleS, nil)
-	cb, _ := e.Add(busyS, nil)
+	_, _ = e.Add(idleS, Handlers{})
+	cb, _ := e.Add(busyS, Handlers{})
 	stop := time.After(350 * time.Millisecond)
 	for loop := true; loop; {
 		select {
@@ -272,7 +272,7 @@ func TestShutdownEndsEveryConnection(t *testing.T) {
 	var whys []chan error
 	for _, s := range []net.Conn{idleS, stuckS} {
 		onClose, why := ended()
-		c, err := e.Add(s, onClose)
+		c, err := e.Add(s, Handlers{OnClose: onClose})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -295,7 +295,7 @@ func TestShutdownEndsEveryConnection(t *testing.T) {
 	if b, _ := io.ReadAll(idle); string(b) != "bye\n" {
 		t.Fatalf("idle connection got %q, want its last bytes then EOF", b)
 	}
-	if _, err := e.Add(idleS, nil); err != ErrClosed {
+	if _, err := e.Add(idleS, Handlers{}); err != ErrClosed {
 		t.Fatalf("add after shutdown: %v, want ErrClosed", err)
 	}
 }
@@ -318,7 +318,7 @@ func TestNoLeaks(t *testing.T) {
 	for range n {
 		s, c := pair(t, ln)
 		clients = append(clients, c)
-		conn, err := e.Add(s, func(err error) { closed <- err })
+		conn, err := e.Add(s, Handlers{OnClose: func(err error) { closed <- err }})
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"io"
 	"sync"
 	"time"
 
@@ -31,18 +32,33 @@ func newPoller() (*poller, error) {
 		return nil, err
 	}
 	p := &poller{epfd: epfd, wake: wake}
-	if err := p.add(wake, wakeID); err != nil {
+	if err := p.add(wake, wakeID, false); err != nil {
 		p.close()
 		return nil, err
 	}
 	return p, nil
 }
 
-// add watches fd for input and hang-up, level-triggered: the connection
-// ends at its first event, so an event is never left unhandled.
-func (p *poller) add(fd int, id uint64) error {
-	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+// add watches fd for input and hang-up, level-triggered: a connection
+// without an input handler ends at its first event, so none is left
+// unhandled; one with a handler (oneshot) is armed again after reading.
+func (p *poller) add(fd int, id uint64, oneshot bool) error {
+	ev := epollEvent(id, oneshot)
 	return unix.EpollCtl(p.epfd, unix.EPOLL_CTL_ADD, fd, &ev)
+}
+
+// rearm watches a oneshot fd for its next input.
+func (p *poller) rearm(fd int, id uint64) error {
+	ev := epollEvent(id, true)
+	return unix.EpollCtl(p.epfd, unix.EPOLL_CTL_MOD, fd, &ev)
+}
+
+func epollEvent(id uint64, oneshot bool) unix.EpollEvent {
+	ev := unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(uint32(id)), Pad: int32(uint32(id >> 32))}
+	if oneshot {
+		ev.Events |= unix.EPOLLONESHOT
+	}
+	return ev
 }
 
 func (p *poller) del(fd int) {
@@ -70,12 +86,13 @@ func (p *poller) close() {
 func (e *Engine) run() {
 	defer close(e.done)
 	events := make([]unix.EpollEvent, 256)
-	heartbeat := e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0
-	next := time.Now().Add(e.opts.HeartbeatEvery)
+	every := e.tickEvery()
+	nextTick := time.Now().Add(every)
+	nextBeat := time.Now().Add(e.opts.HeartbeatEvery)
 	for {
 		timeout := -1
-		if heartbeat {
-			timeout = max(int(time.Until(next).Milliseconds()), 0)
+		if every > 0 {
+			timeout = max(int(time.Until(nextTick).Milliseconds()), 0)
 		}
 		n, err := unix.EpollWait(e.p.epfd, events, timeout)
 		if err != nil && err != unix.EINTR {
@@ -88,9 +105,13 @@ func (e *Engine) run() {
 			}
 			e.event(id)
 		}
-		if heartbeat && !time.Now().Before(next) {
-			e.heartbeat()
-			next = time.Now().Add(e.opts.HeartbeatEvery)
+		if now := time.Now(); every > 0 && !now.Before(nextTick) {
+			beat := e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0 && !now.Before(nextBeat)
+			if beat {
+				nextBeat = now.Add(e.opts.HeartbeatEvery)
+			}
+			e.tick(beat)
+			nextTick = now.Add(every)
 		}
 	}
 }
@@ -114,4 +135,22 @@ func (c *Conn) writeNow(p []byte) (int, error) {
 		n += m
 	}
 	return n, nil
+}
+
+// readNow reads what is waiting, without blocking.
+func (c *Conn) readNow(p []byte) (int, error) {
+	for {
+		n, err := unix.Read(c.fd, p)
+		switch {
+		case err == unix.EINTR:
+			continue
+		case err == unix.EAGAIN:
+			return 0, ErrWouldBlock
+		case err != nil:
+			return 0, err
+		case n == 0 && len(p) > 0:
+			return 0, io.EOF
+		}
+		return n, nil
+	}
 }

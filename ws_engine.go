@@ -1,0 +1,272 @@
+package push
+
+import (
+	"context"
+	"encoding/json"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/gorilla/websocket"
+	"go.uber.org/zap"
+
+	"github.com/caddy-push/push/internal/engine"
+)
+
+// handlerEngine is a handler's connection engine, made at its first
+// connection (Provision stays cheap) and shut down with the handler.
+type handlerEngine struct {
+	mu  sync.Mutex
+	eng *engine.Engine
+}
+
+// get returns the engine, starting it with opts if need be; nil when
+// stopping is closed or the engine cannot start. On stopping, every
+// connection gets last() and is closed.
+func (he *handlerEngine) get(opts engine.Options, stopping <-chan struct{}, last func() []byte, logger *zap.Logger) *engine.Engine {
+	he.mu.Lock()
+	defer he.mu.Unlock()
+	if he.eng != nil {
+		return he.eng
+	}
+	select {
+	case <-stopping:
+		return nil
+	default:
+	}
+	eng, err := engine.New(opts)
+	if err != nil {
+		logger.Warn("connection engine unavailable; connections keep goroutines of their own", zap.Error(err))
+		return nil
+	}
+	he.eng = eng
+	go func() {
+		<-stopping
+		eng.Shutdown(last, closeGrace)
+	}()
+	return eng
+}
+
+// engineServes reports whether the engine can own a connection of this
+// request: a cleartext HTTP/1.x one (a TLS connection cannot be written
+// without blocking, and HTTP/2 and HTTP/3 streams cannot be hijacked).
+func engineServes(r *http.Request) bool {
+	return engine.Supported && !engineOff && r.ProtoMajor == 1 && r.TLS == nil
+}
+
+var pingFrame = appendServerFrame(nil, opPing, nil)
+
+func goingAwayFrame() []byte {
+	return closeFrame(websocket.CloseGoingAway, "server is reloading or stopping")
+}
+
+// handOff gives an upgraded connection to the engine, and reports whether
+// the engine took it; if not, the connection goes on on goroutines.
+func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admission, r *http.Request) bool {
+	if h.Compression {
+		return false // the engine's frames are never compressed
+	}
+	eng := h.engines.get(engine.Options{
+		MaxQueue:        maxPending,
+		WriteTimeout:    writeTimeout,
+		Heartbeat:       pingFrame,
+		HeartbeatEvery:  time.Duration(h.PingInterval),
+		HeartbeatAlways: true, // a ping asks for the pong that proves the client alive
+		ReadTimeout:     time.Duration(h.PingInterval + h.PongTimeout),
+	}, h.stopping(), goingAwayFrame, h.logger)
+	if eng == nil {
+		return false
+	}
+	st := &wsStream{h: h, sub: sub, release: a.Release, publish: h.publishTopics(r, a.Grant), id: connectionID(),
+		limit: newRateLimit(h.PublishRate, h.PublishBurst)}
+	st.in.max = h.MaxMessageSize
+	if h.Presence {
+		st.presence = presenceData(r, a.Grant, st.id)
+	}
+	c, err := eng.Add(conn.NetConn().(*batchConn).Conn, engine.Handlers{OnInput: st.input, OnClose: st.closed})
+	if err != nil {
+		return false
+	}
+	st.conn = c
+	if h.Presence {
+		announce(h, sub, "push.join", st.presence)
+	}
+	b := sub.Backlog
+	sub.Backlog.Events = nil
+	if b.Reset != "" {
+		_ = c.Write(appendServerFrame(nil, opText, encodeFrame(wsFrame{ID: b.Head, Event: "push.reset", Data: b.Reset})))
+	}
+	for _, ev := range b.Events {
+		st.Deliver(ev)
+	}
+	if h.MaxDuration > 0 {
+		st.mu.Lock()
+		if !st.gone {
+			st.timer = time.AfterFunc(jittered(time.Duration(h.MaxDuration)), st.expire)
+		}
+		st.mu.Unlock()
+	}
+	sub.Attach(st)
+	return true
+}
+
+// wsStream is a WebSocket connection the engine owns: the hub's fan-out
+// writes each event's shared frame straight to its socket, and its input
+// is read when there is some.
+type wsStream struct {
+	h        *WSHandler
+	sub      *Subscription
+	release  func()
+	conn     *engine.Conn // set before Attach
+	publish  []string
+	id       string
+	presence string
+
+	// read by one input goroutine at a time
+	in    frameReader
+	limit *rateLimit
+
+	mu    sync.Mutex
+	timer *time.Timer // max_duration
+	gone  bool
+}
+
+func (st *wsStream) Deliver(ev *Event) {
+	if st.conn.Write(ev.wsFrame(st.h.Format, st.sub.Topics)) == nil {
+		st.sub.Delivered(1)
+	}
+}
+
+// Ended closes with the code the hub's reason asks for; a paused client
+// first gets the pause frame.
+func (st *wsStream) Ended() {
+	code, reason, frame := endedWith(st.sub)
+	if frame != nil {
+		_ = st.conn.Write(appendServerFrame(nil, opText, frame))
+	}
+	closeWith(st.conn, code, reason)
+}
+
+func (st *wsStream) expire() {
+	if !st.h.expire(st.sub) {
+		closeWith(st.conn, websocket.CloseGoingAway, "max_duration reached: reconnect and resume")
+	}
+}
+
+// closeWith sends a close frame, after which nothing more is written, and
+// waits for the client's close frame (closing with unread input would
+// reset the connection and lose ours), for a second at most.
+func closeWith(c *engine.Conn, code int, reason string) {
+	if c.Seal(closeFrame(code, reason)) {
+		time.AfterFunc(closeGrace, c.Close)
+	}
+}
+
+// inputBufs are read buffers, held only while input is read.
+var inputBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
+
+// input reads what the client sent: pings, pongs, close, messages. It
+// may run before handOff has set st.conn, so it reads c.
+func (st *wsStream) input(c *engine.Conn) {
+	bp := inputBufs.Get().(*[]byte)
+	defer inputBufs.Put(bp)
+	for {
+		n, err := c.Read(*bp)
+		if err == engine.ErrWouldBlock {
+			return
+		}
+		if err != nil {
+			c.Close() // the client went away
+			return
+		}
+		more := true
+		if perr := st.in.feed((*bp)[:n], func(op byte, payload []byte) bool {
+			more = st.message(c, op, payload)
+			return more
+		}); perr != nil {
+			closeWith(c, perr.code, perr.reason)
+			return
+		}
+		if !more {
+			return
+		}
+	}
+}
+
+// message handles one client frame; false ends reading.
+func (st *wsStream) message(c *engine.Conn, op byte, payload []byte) bool {
+	switch op {
+	case opPing:
+		_ = c.Write(appendServerFrame(nil, opPong, payload))
+	case opPong:
+		// the engine's ReadTimeout counts any input as a sign of life
+	case opClose:
+		// answer with the same code, then close (RFC 6455 §5.5.1)
+		c.CloseAfter(appendServerFrame(nil, opClose, payload[:min(len(payload), 2)]), closeGrace)
+		return false
+	case opBinary:
+		reply(c, "binary messages are not supported")
+	case opText:
+		switch st.limit.take(time.Now()) {
+		case rateExceeded:
+			reply(c, "publish rate exceeded: slow down")
+		case rateAbused:
+			closeWith(c, websocket.ClosePolicyViolation, "publish rate exceeded")
+			return false
+		default:
+			if err := publishFrame(st.h.ctx, st.sub.hub, st.publish, payload); err != nil {
+				reply(c, err.Error())
+			}
+		}
+	}
+	return true
+}
+
+// reply sends an error frame; the connection stays open.
+func reply(c *engine.Conn, msg string) {
+	frame, _ := json.Marshal(map[string]string{"error": msg})
+	_ = c.Write(appendServerFrame(nil, opText, frame))
+}
+
+// closed runs once the connection has ended, for whatever reason.
+func (st *wsStream) closed(why error) {
+	st.mu.Lock()
+	st.gone = true
+	if st.timer != nil {
+		st.timer.Stop()
+	}
+	st.mu.Unlock()
+	if why == engine.ErrSlow {
+		st.sub.CutOff()
+	}
+	st.sub.Close()
+	st.release()
+	if st.h.Presence {
+		announce(st.h, st.sub, "push.leave", st.presence)
+	}
+}
+
+// endedWith says how to close when the hub ended the subscription: the
+// close code and reason, and for a pause the frame to send first.
+func endedWith(sub *Subscription) (code int, reason string, frame []byte) {
+	if sub.FellBehind() {
+		return CloseSlowConsumer, "slow consumer: reconnect and resume", nil
+	}
+	if until, ok := sub.PausedUntil(); ok {
+		ms := strconv.FormatInt(until.UnixMilli(), 10)
+		// the same frame in either format: a pause is not an event, so it has no id
+		return CloseTryAgainLater, "paused: come back at " + ms + " (" + until.UTC().Format(time.RFC3339) + ")",
+			[]byte(`{"event":"pause","data":"` + ms + `"}`)
+	}
+	return websocket.CloseServiceRestart, "the hub lost events: reconnect and resume", nil
+}
+
+// announce publishes a presence event about a connection.
+func announce(h *WSHandler, sub *Subscription, event, presence string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := sub.hub.Publish(ctx, Message{Topics: sub.Topics, Type: event, Data: presence}); err != nil {
+		h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
+	}
+}

@@ -1,0 +1,64 @@
+package push
+
+import (
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/caddy-push/push/internal/engine"
+)
+
+// Over cleartext HTTP/1.1 the engine owns WebSocket connections: no
+// goroutine stays per connection, events and client messages flow, and a
+// client's close is answered and frees its place.
+func TestWSConnectionsLeaveGoroutines(t *testing.T) {
+	if !engine.Supported || engineOff {
+		t.Skip("the connection engine is off")
+	}
+	c := startCaddy(t, wsSite)
+	hub, _ := LookupHub("default")
+	const n = 50
+	answered := make(chan int, 1)
+	clients := make([]*wsClient, n)
+	for i := range clients {
+		clients[i] = mustDialWSSetup(t, c.URL+"/multi", func(conn *websocket.Conn) {
+			conn.SetCloseHandler(func(code int, _ string) error {
+				select {
+				case answered <- code:
+				default:
+				}
+				return nil
+			})
+		})
+	}
+	if got := goroutinesIn("(*socket).run") + goroutinesIn("(*socket).read"); got != 0 {
+		t.Fatalf("%d goroutines serve connections the engine should own", got)
+	}
+	if got := goroutinesIn("net/http.(*conn).serve"); got != 0 {
+		t.Fatalf("%d net/http connection goroutines for %d hijacked connections", got, n)
+	}
+	clients[0].send(`{"topic":"a","data":"from 0"}`)
+	for i, w := range clients {
+		if f := w.nextFrame(time.Second); f.Topic != "a" || f.Data != "from 0" {
+			t.Fatalf("client %d got %+v", i, f)
+		}
+	}
+	// a client's close is answered with its code, and the place is freed
+	_ = clients[1].conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(websocket.CloseNormalClosure, "bye"), time.Now().Add(time.Second))
+	clients[1].closeCode(time.Second)
+	if code := <-answered; code != websocket.CloseNormalClosure {
+		t.Fatalf("close answered with %d, want 1000", code)
+	}
+	// a protocol error closes with 1002
+	if _, err := clients[2].conn.UnderlyingConn().Write(appendServerFrame(nil, opText, []byte("unmasked"))); err != nil {
+		t.Fatal(err)
+	}
+	if code := clients[2].closeCode(time.Second); code != websocket.CloseProtocolError {
+		t.Fatalf("unmasked frame: close %d, want 1002", code)
+	}
+	for _, w := range clients {
+		w.conn.Close()
+	}
+	waitFor(t, 2*time.Second, func() bool { return hub.stats.of(TransportWS).connections.Load() == 0 })
+}

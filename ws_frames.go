@@ -1,0 +1,193 @@
+package push
+
+import (
+	"encoding/binary"
+	"unicode/utf8"
+
+	"github.com/gorilla/websocket"
+)
+
+// WebSocket opcodes (RFC 6455 §5.2).
+const (
+	opContinuation = 0x0
+	opText         = 0x1
+	opBinary       = 0x2
+	opClose        = 0x8
+	opPing         = 0x9
+	opPong         = 0xA
+)
+
+// appendServerFrame appends one whole, unmasked frame (a server's).
+func appendServerFrame(b []byte, op byte, payload []byte) []byte {
+	b = append(b, 0x80|op)
+	switch n := len(payload); {
+	case n < 126:
+		b = append(b, byte(n))
+	case n <= 0xFFFF:
+		b = append(b, 126)
+		b = binary.BigEndian.AppendUint16(b, uint16(n))
+	default:
+		b = append(b, 127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	return append(b, payload...)
+}
+
+// closeFrame is a close frame with a code and a reason, cut to the 123
+// bytes a control frame leaves for it.
+func closeFrame(code int, reason string) []byte {
+	if len(reason) > 123 {
+		reason = reason[:123]
+		for !utf8.ValidString(reason) {
+			reason = reason[:len(reason)-1]
+		}
+	}
+	return appendServerFrame(nil, opClose, websocket.FormatCloseMessage(code, reason))
+}
+
+// frameReader reads a client's frames (RFC 6455 §5) from its input as it
+// arrives, whatever way it is cut. It holds memory only while a frame or a
+// fragmented message is incomplete, so an idle connection holds none.
+type frameReader struct {
+	max     int64  // the largest message
+	partial []byte // input not yet a whole frame
+	msg     []byte // a fragmented message so far
+	msgOp   byte   // its opcode; 0 when none is under way
+}
+
+// protocolError is why a client's input ends its connection: the close
+// code and reason to send.
+type protocolError struct {
+	code   int
+	reason string
+}
+
+// feed reads input and calls emit with each whole message (text or
+// binary, defragmented) and control frame, in order; the payload is only
+// valid during the call. It stops at the first protocol error, and when
+// emit returns false.
+func (r *frameReader) feed(input []byte, emit func(op byte, payload []byte) bool) *protocolError {
+	data := input
+	if len(r.partial) > 0 {
+		r.partial = append(r.partial, input...)
+		data = r.partial
+	}
+	used, perr := r.frames(data, emit)
+	rest := data[used:]
+	switch {
+	case perr != nil || len(rest) == 0:
+		r.partial = nil
+	case len(r.partial) > 0:
+		r.partial = append(r.partial[:0], rest...) // copy down; rest is inside partial
+	default:
+		r.partial = append([]byte(nil), rest...) // input is the caller's
+	}
+	return perr
+}
+
+// frames parses the whole frames at the start of data and returns how
+// many bytes they took.
+func (r *frameReader) frames(data []byte, emit func(op byte, payload []byte) bool) (int, *protocolError) {
+	used := 0
+	for {
+		buf := data[used:]
+		if len(buf) < 2 {
+			return used, nil
+		}
+		fin, rsv, op := buf[0]&0x80 != 0, buf[0]&0x70, buf[0]&0x0F
+		masked, n := buf[1]&0x80 != 0, uint64(buf[1]&0x7F)
+		hdr := 2
+		switch n {
+		case 126:
+			if len(buf) < 4 {
+				return used, nil
+			}
+			n, hdr = uint64(binary.BigEndian.Uint16(buf[2:])), 4
+		case 127:
+			if len(buf) < 10 {
+				return used, nil
+			}
+			n, hdr = binary.BigEndian.Uint64(buf[2:]), 10
+			if n>>63 != 0 {
+				return used, &protocolError{websocket.CloseProtocolError, "frame length has its top bit set"}
+			}
+		}
+		switch {
+		case rsv != 0:
+			return used, &protocolError{websocket.CloseProtocolError, "reserved bits set without an extension"}
+		case !masked:
+			return used, &protocolError{websocket.CloseProtocolError, "a client's frames must be masked"}
+		case op >= opClose && (op > opPong || !fin || n > 125):
+			return used, &protocolError{websocket.CloseProtocolError, "bad control frame"}
+		case op > opBinary && op < opClose:
+			return used, &protocolError{websocket.CloseProtocolError, "unknown opcode"}
+		case op == opContinuation && r.msgOp == 0:
+			return used, &protocolError{websocket.CloseProtocolError, "continuation frame without a message"}
+		case (op == opText || op == opBinary) && r.msgOp != 0:
+			return used, &protocolError{websocket.CloseProtocolError, "new message before the last one ended"}
+		case op < opClose && uint64(len(r.msg))+n > uint64(r.max):
+			// refused before its payload is read, so it cannot hold memory
+			return used, &protocolError{websocket.CloseMessageTooBig, "message too big"}
+		}
+		hdr += 4
+		if len(buf) < hdr || uint64(len(buf)-hdr) < n {
+			return used, nil
+		}
+		key, payload := buf[hdr-4:hdr], buf[hdr:hdr+int(n)]
+		for i := range payload {
+			payload[i] ^= key[i&3]
+		}
+		used += hdr + int(n)
+
+		switch {
+		case op >= opClose:
+			if perr := checkControl(op, payload); perr != nil {
+				return used, perr
+			}
+		case op == opContinuation:
+			r.msg = append(r.msg, payload...)
+			if !fin {
+				continue
+			}
+			op, payload = r.msgOp, r.msg
+			r.msgOp, r.msg = 0, nil
+		case !fin:
+			r.msgOp, r.msg = op, append([]byte(nil), payload...)
+			continue
+		}
+		if op == opText && !utf8.Valid(payload) {
+			return used, &protocolError{websocket.CloseInvalidFramePayloadData, "text message is not UTF-8"}
+		}
+		if !emit(op, payload) {
+			return used, nil
+		}
+	}
+}
+
+// checkControl checks a close frame's code and reason (§5.5.1, §7.4).
+func checkControl(op byte, payload []byte) *protocolError {
+	if op != opClose || len(payload) == 0 {
+		return nil
+	}
+	if len(payload) == 1 {
+		return &protocolError{websocket.CloseProtocolError, "close frame with a one-byte code"}
+	}
+	code := int(binary.BigEndian.Uint16(payload))
+	if !validCloseCode(code) {
+		return &protocolError{websocket.CloseProtocolError, "invalid close code"}
+	}
+	if !utf8.Valid(payload[2:]) {
+		return &protocolError{websocket.CloseInvalidFramePayloadData, "close reason is not UTF-8"}
+	}
+	return nil
+}
+
+// validCloseCode: the codes a peer may send (RFC 6455 §7.4.1, §7.4.2).
+func validCloseCode(code int) bool {
+	switch {
+	case code >= 1000 && code <= 1003, code >= 1007 && code <= 1014:
+		return true
+	default:
+		return code >= 3000 && code <= 4999
+	}
+}
