@@ -1,27 +1,34 @@
 #!/usr/bin/env bash
-# caddy-push against nchan on this machine, on loopback only.
+# caddy-push against nchan and Centrifugo on this machine, on loopback only.
 #
 # For each scenario and transport, starts a fresh caddy-push (bench/Caddyfile)
 # and runs cmd/pushbench against it, then the same against a fresh nchan
-# (nginx with bench/nchan.conf). At the end it prints every figure side by
-# side with the ratio caddy-push / nchan, and plots the latency CDFs of the
-# fan-out runs. Each server is fresh so that one run's memory does not
-# carry into the next (a Go heap does not shrink at once).
+# (nginx with bench/nchan.conf) and a fresh Centrifugo v6 (its unidirectional
+# SSE and WebSocket transports, published to through its HTTP server API;
+# bench/centrifugo.json). At the end it prints every figure side by side
+# with the ratios caddy-push / nchan and caddy-push / centrifugo, and plots
+# the latency CDFs of the fan-out runs. Each server is fresh so that one
+# run's memory does not carry into the next (a Go heap does not shrink at
+# once).
 #
-#   bench/compare.sh                                # the issue's scenarios, ~7 min here
-#   SCALE=0.1 TIME_SCALE=0.2 bench/compare.sh       # a quick look, ~2 min
+#   bench/compare.sh                                # the issue's scenarios, ~3.5 min a target here
+#   SCALE=0.1 TIME_SCALE=0.2 bench/compare.sh       # a quick look, ~1 min a target
 #
 # Environment (defaults in brackets):
 #   SCALE       multiplies connection counts and the churn rate [1]
 #   TIME_SCALE  multiplies durations [1]
 #   SCENARIOS   [idle fanout broadcast churn]    TRANSPORTS [sse ws]
+#   TARGETS     [caddy-push nchan centrifugo]
 #   RUNS        runs of everything; the table has the medians [1]
 #   OUT         results directory [bench/out]    PLOT [bench/latency.png]
-#   CADDY_PORT [8090]  NCHAN_PORT [8091]
+#   CADDY_PORT [8090]  NCHAN_PORT [8091]  CENTRIFUGO_PORT [8092]
+#   CENTRIFUGO  the centrifugo binary [go install's: $(go env GOPATH)/bin/centrifugo]
 #   TIME_LIMIT  seconds; no run starts after this [3600]
 #
-# It needs Go, and installs nginx and libnginx-mod-nchan from Debian's
-# packages when they are missing (as root, or with sudo).
+# It needs Go. It installs nginx and libnginx-mod-nchan from Debian's
+# packages when they are missing (as root, or with sudo), and Centrifugo
+# with go install from the Go module proxy when CENTRIFUGO is not
+# Centrifugo v6.9.1 (a build of a few minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,13 +36,17 @@ SCALE=${SCALE:-1}
 TIME_SCALE=${TIME_SCALE:-1}
 SCENARIOS=${SCENARIOS:-idle fanout broadcast churn}
 TRANSPORTS=${TRANSPORTS:-sse ws}
+TARGETS=${TARGETS:-caddy-push nchan centrifugo}
 RUNS=${RUNS:-1}
 OUT=${OUT:-bench/out}
 PLOT=${PLOT:-bench/latency.png}
 CADDY_PORT=${CADDY_PORT:-8090}
 NCHAN_PORT=${NCHAN_PORT:-8091}
+CENTRIFUGO_PORT=${CENTRIFUGO_PORT:-8092}
 TIME_LIMIT=${TIME_LIMIT:-3600}
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
+CENTRIFUGO_MODULE=github.com/centrifugal/centrifugo/v6
+CENTRIFUGO_VERSION=v6.9.1
 
 log() { echo "compare: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -61,6 +72,29 @@ install_nchan() {
 	$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx libnginx-mod-nchan >/dev/null
 	[ -z "$policy" ] || $sudo rm -f "$policy"
 	[ -f "$NCHAN_MODULE" ] || die "no $NCHAN_MODULE after installing libnginx-mod-nchan"
+}
+
+# gobin: where go install puts binaries
+gobin() {
+	local dir
+	dir=$(go env GOBIN)
+	[ -n "$dir" ] || dir=$(go env GOPATH | cut -d: -f1)/bin
+	echo "$dir"
+}
+
+# centrifugo_version BINARY: the module version go install built it from
+centrifugo_version() {
+	go version -m "$1" 2>/dev/null | awk -v m="$CENTRIFUGO_MODULE" '$1 == "mod" && $2 == m { print $3 }'
+}
+
+install_centrifugo() {
+	CENTRIFUGO=${CENTRIFUGO:-$(gobin)/centrifugo}
+	[ -x "$CENTRIFUGO" ] && [ "$(centrifugo_version "$CENTRIFUGO")" = "$CENTRIFUGO_VERSION" ] && return
+	log "installing Centrifugo $CENTRIFUGO_VERSION with go install (a big build: minutes)"
+	# outside this module, whose go.mod has nothing to do with it
+	(cd / && GOFLAGS=-mod=mod go install "$CENTRIFUGO_MODULE@$CENTRIFUGO_VERSION")
+	CENTRIFUGO=$(gobin)/centrifugo
+	[ "$(centrifugo_version "$CENTRIFUGO")" = "$CENTRIFUGO_VERSION" ] || die "no Centrifugo $CENTRIFUGO_VERSION at $CENTRIFUGO after go install"
 }
 
 WORK=$(mktemp -d /tmp/pushbench-compare.XXXXXX)
@@ -103,6 +137,13 @@ start_server() {
 		wait_port "$PORT" || { cat "$WORK/nginx.log" "$WORK/nchan/logs/error.log" >&2; die "nchan did not start"; }
 		sleep 0.2 # the workers
 		PIDS=$(echo "$SERVER_PID" $(cat "/proc/$SERVER_PID/task/$SERVER_PID/children") | tr ' ' ',' | sed 's/,*$//')
+		;;
+	centrifugo)
+		PORT=$CENTRIFUGO_PORT
+		"$CENTRIFUGO" --config bench/centrifugo.json --http_server.port "$PORT" >>"$WORK/centrifugo.log" 2>&1 &
+		SERVER_PID=$!
+		wait_port "$PORT" || { tail -20 "$WORK/centrifugo.log" >&2; die "centrifugo did not start"; }
+		PIDS=$SERVER_PID
 		;;
 	esac
 }
@@ -152,8 +193,16 @@ bench() {
 	stop_server
 }
 
-install_nchan
+for target in $TARGETS; do
+	case $target in
+	caddy-push | nchan | centrifugo) ;;
+	*) die "unknown target $target in TARGETS: caddy-push, nchan or centrifugo" ;;
+	esac
+done
+has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
 command -v go >/dev/null || die "needs Go to build caddy-push and pushbench"
+if has_target nchan; then install_nchan; fi
+if has_target centrifugo; then install_centrifugo; fi
 ulimit -n "$(ulimit -Hn)" # the servers need as many files as the connections
 log "building caddy-push and pushbench"
 go build -o "$WORK/caddy" ./cmd/caddy
@@ -165,7 +214,12 @@ rm -f "$OUT"/*.json "$OUT"/*.log
 	echo "machine: $(nproc) cores, $(awk '/MemTotal/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo), $(uname -sr)"
 	echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo "caddy-push: $("$WORK/caddy" version | head -1), $(go version | cut -d' ' -f3)"
-	echo "nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null), $(nginx -v 2>&1 | cut -d' ' -f3)"
+	if has_target nchan; then
+		echo "nchan: $(dpkg-query -W -f '${Version}' libnginx-mod-nchan 2>/dev/null), $(nginx -v 2>&1 | cut -d' ' -f3)"
+	fi
+	if has_target centrifugo; then
+		echo "centrifugo: $(centrifugo_version "$CENTRIFUGO"), $(go version -m "$CENTRIFUGO" | head -1 | cut -d' ' -f2)"
+	fi
 	echo "open-file limit: $(ulimit -n); SCALE=$SCALE TIME_SCALE=$TIME_SCALE RUNS=$RUNS"
 } | tee "$OUT/machine.txt"
 
@@ -173,7 +227,7 @@ RESULTS=()
 for run in $(seq "$RUNS"); do
 	for scenario in $SCENARIOS; do
 		for transport in $TRANSPORTS; do
-			for target in caddy-push nchan; do
+			for target in $TARGETS; do
 				bench "$target" "$scenario" "$transport" "$run"
 			done
 		done

@@ -90,7 +90,8 @@ type statusError int
 func (e statusError) Error() string { return strconv.Itoa(int(e)) }
 
 // open connects and subscribes to topic; it returns once the stream is
-// open (SSE response headers, or the WebSocket handshake, received).
+// open (SSE response headers, or the WebSocket handshake, received; for
+// Centrifugo, its connect push too).
 func open(ctx context.Context, d *dialer, t *target, transport, topic string) (net.Conn, source, error) {
 	ep, err := t.endpoint(t.subURL, topic, true)
 	if err != nil {
@@ -101,7 +102,7 @@ func open(ctx context.Context, d *dialer, t *target, transport, topic string) (n
 		return nil, nil, stageError{"dial", err}
 	}
 	_ = conn.SetDeadline(time.Now().Add(d.timeout))
-	src, err := handshake(conn, ep, transport, t.wsJSON)
+	src, err := handshake(conn, ep, transport, t.wrap, topic)
 	if err != nil {
 		conn.Close()
 		return nil, nil, stageError{"handshake", err}
@@ -110,7 +111,9 @@ func open(ctx context.Context, d *dialer, t *target, transport, topic string) (n
 	return conn, src, nil
 }
 
-func handshake(conn net.Conn, ep endpoint, transport string, wsJSON bool) (source, error) {
+// handshake opens the stream. For Centrifugo it also reads the connect
+// push, so that an open stream is a subscribed one, as with the others.
+func handshake(conn net.Conn, ep endpoint, transport string, wrap wrapKind, topic string) (source, error) {
 	req := "GET " + ep.requestURI + " HTTP/1.1\r\nHost: " + ep.host + "\r\n"
 	var accept string
 	if transport == "ws" {
@@ -136,15 +139,30 @@ func handshake(conn net.Conn, ep endpoint, transport string, wsJSON bool) (sourc
 			return nil, errors.New("bad Sec-WebSocket-Accept")
 		}
 		r := &wsReader{br: br, conn: conn}
-		if wsJSON {
+		switch wrap {
+		case wrapCaddyPush:
 			return wsJSONSource{r}, nil
+		case wrapCentrifugo:
+			return centrifugoStream(r, topic)
 		}
 		return r, nil
 	}
 	if resp.StatusCode != http.StatusOK {
 		return nil, statusError(resp.StatusCode)
 	}
-	return sseSource{newSSEReader(resp.Body, readBufferSize)}, nil
+	src := sseSource{newSSEReader(resp.Body, readBufferSize)}
+	if wrap == wrapCentrifugo {
+		return centrifugoStream(src, topic)
+	}
+	return src, nil
+}
+
+func centrifugoStream(src source, topic string) (source, error) {
+	s := &centrifugoSource{src: src}
+	if err := s.connected(topic); err != nil {
+		return nil, err
+	}
+	return s, nil
 }
 
 // stageError says where a connection failed: dial or handshake.
@@ -163,6 +181,7 @@ func reason(err error) string {
 	var ne net.Error
 	var errno syscall.Errno
 	var closed wsCloseError
+	var disconnect centrifugoDisconnect
 	stage := "read"
 	var se stageError
 	if errors.As(err, &se) {
@@ -173,6 +192,8 @@ func reason(err error) string {
 		return status.Error()
 	case errors.As(err, &closed):
 		return closed.Error()
+	case errors.As(err, &disconnect):
+		return disconnect.Error()
 	case errors.Is(err, context.Canceled):
 		return "canceled"
 	case errors.Is(err, context.DeadlineExceeded), errors.As(err, &ne) && ne.Timeout():

@@ -3,12 +3,14 @@
 // delivery, deliveries per second, missing and duplicate deliveries,
 // connect failures, and the server's memory and CPU time.
 //
-// It speaks to caddy-push (SSE or WebSocket), nchan and Mercure over raw
+// It speaks to caddy-push and nchan (SSE or WebSocket), Centrifugo (its
+// unidirectional SSE and WebSocket transports) and Mercure over raw
 // HTTP/1.1, so that the client costs little next to the server it
 // measures on the same machine.
 //
 //	pushbench -scenario fanout -transport ws -pid 1234
 //	pushbench -target nchan -addr 127.0.0.1:8091 -n 2000 -topics 20 -rate 200 -json > nchan.json
+//	pushbench -target centrifugo -addr 127.0.0.1:8092 -transport ws -n 2000 -topics 20
 //	pushbench -compare caddy.json nchan.json       # a table of medians and ratios
 //	pushbench -plot latency.png caddy.json nchan.json
 package main
@@ -84,7 +86,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("pushbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.target, "target", "caddy-push", "server under test: caddy-push, nchan or mercure")
+	fs.StringVar(&c.target, "target", "caddy-push", "server under test: caddy-push, nchan, centrifugo or mercure")
 	fs.StringVar(&c.transport, "transport", "sse", "subscriber transport: sse or ws")
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8090", "host:port of the server, put into the URL templates as {addr}")
 	fs.StringVar(&c.subURL, "sub-url", "", "subscribe URL template with {addr} and {topic} (default: the target's)")

@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"errors"
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"net/url"
 	"strings"
 	"testing"
@@ -351,5 +354,217 @@ func TestPace(t *testing.T) {
 	}
 	if took < 200*time.Millisecond || took > 10*time.Second {
 		t.Errorf("50 calls at 200/s took %v", took)
+	}
+}
+
+func TestCentrifugoPush(t *testing.T) {
+	for _, tc := range []struct {
+		msg   string
+		kind  pushKind
+		value string
+	}{
+		{`{"channel":"pb-a-1","pub":{"data":"1 2 xyz","offset":3}}`, pushPub, "1 2 xyz"},
+		// spaces, members in another order, nested values before data
+		{` { "channel" : "c" , "pub" : { "offset" : 1, "info" : {"user":"u","chan_info":{"a":[1,"}"]}}, "tags":{"k":"v"}, "data" : "1 2 x" } } `, pushPub, "1 2 x"},
+		// a channel that looks like a push does not fool it
+		{`{"channel":"a\",\"pub\":{\"data\":\"9 9","pub":{"data":"5 6"}}`, pushPub, "5 6"},
+		// data that is not a string, or none: malformed deliveries
+		{`{"channel":"c","pub":{"data":{"seq":1}}}`, pushPub, `{"seq":1}`},
+		{`{"channel":"c","pub":{"offset":2}}`, pushPub, ""},
+		{`{}`, pushOther, ""},
+		{" {\n} ", pushOther, ""},
+		{`{"channel":"c","join":{"info":{"client":"x"}}}`, pushOther, ""},
+		{`{"channel":"c","unsubscribe":{"code":2500}}`, pushOther, ""},
+		{`{"connect":{"client":"x","subs":{"c":{}},"ping":25}}`, pushConnect, `{"client":"x","subs":{"c":{}},"ping":25}`},
+		{`{"disconnect":{"code":3001,"reason":"shutdown"}}`, pushDisconnect, `{"code":3001,"reason":"shutdown"}`},
+		{``, pushMalformed, ""},
+		{`1 2 xyz`, pushMalformed, ""},
+		{`[{}]`, pushMalformed, ""},
+		{`{`, pushMalformed, ""},
+		{`{"channel":"c"`, pushMalformed, ""},
+		{`{"channel":"c",`, pushMalformed, ""},
+		{`{"channel" "c"}`, pushMalformed, ""},
+		{`{"channel":"c","pub":{"data":"unterminated}}`, pushMalformed, ""},
+	} {
+		kind, value := parseCentrifugoPush([]byte(tc.msg))
+		if kind != tc.kind || string(value) != tc.value {
+			t.Errorf("%s: got %d %q, want %d %q", tc.msg, kind, value, tc.kind, tc.value)
+		}
+	}
+	for obj, want := range map[string]int{`{"code":3001,"reason":"shutdown"}`: 3001, `{"reason":"x"}`: 0, `{"code":"3001"}`: 0, `{"code":-1}`: 0} {
+		if got := disconnectCode([]byte(obj)); got != want {
+			t.Errorf("disconnectCode(%s) = %d, want %d", obj, got, want)
+		}
+	}
+}
+
+func TestAppendJSONString(t *testing.T) {
+	for _, s := range []string{"", "pb-abc-1", `a"b\c`, "tab\there\x01\x1f", "ünï"} {
+		b := appendJSONString([]byte("x"), s)
+		var got string
+		if err := json.Unmarshal(b[1:], &got); err != nil || got != s || b[0] != 'x' {
+			t.Errorf("%q: %s decodes to %q, %v", s, b, got, err)
+		}
+	}
+}
+
+// centrifugoStreams are the same pushes on uni_sse and on uni_websocket:
+// a connect, a ping, publications with a join between them (two pushes on
+// the lines of one message, as join_push_messages sends them), a
+// publication that is not a payload, then the server shutting down.
+func centrifugoStreams(topic string) map[string]func() source {
+	connect := `{"connect":{"client":"7e","version":"6.9.1 OSS","subs":{"` + topic + `":{}},"ping":25,"session":"s"}}`
+	pub := func(p string) string { return `{"channel":"` + topic + `","pub":{"data":"` + p + `"}}` }
+	msgs := []string{
+		connect,
+		`{}`,
+		pub("1 10 abc"),
+		pub("2 20 abc") + "\n" + `{"channel":"` + topic + `","join":{"info":{"client":"x"}}}`,
+		pub("3 30 abc") + "\n" + pub("4 40 abc"),
+		`{"channel":"` + topic + `","pub":{"data":{"not":"a payload"}}}`,
+		`{"disconnect":{"code":3001,"reason":"shutdown"}}`,
+	}
+	var sse strings.Builder
+	var ws bytes.Buffer
+	sse.WriteString("\r\n") // what uni_sse sends first
+	for _, m := range msgs {
+		// uni_sse sends every push as an event of its own
+		for _, line := range strings.Split(m, "\n") {
+			sse.WriteString("data: " + line + "\n\n")
+		}
+		ws.Write(wsFrame(true, 0x1, []byte(m)))
+	}
+	return map[string]func() source{
+		"sse": func() source {
+			return sseSource{newSSEReader(iotest.HalfReader(strings.NewReader(sse.String())), 64)}
+		},
+		"ws": func() source {
+			return &wsReader{br: newBufReader(iotest.HalfReader(bytes.NewReader(ws.Bytes()))), conn: new(writeConn)}
+		},
+	}
+}
+
+func TestCentrifugoSource(t *testing.T) {
+	for name, stream := range centrifugoStreams("pb-x-1") {
+		t.Run(name, func(t *testing.T) {
+			s, err := centrifugoStream(stream(), "pb-x-1")
+			if err != nil {
+				t.Fatal(err)
+			}
+			for i := 1; i <= 5; i++ {
+				p, err := s.next()
+				if err != nil {
+					t.Fatalf("payload %d: %v", i, err)
+				}
+				seq, nanos, ok := parsePayload(p)
+				if i == 5 {
+					if ok || string(p) != `{"not":"a payload"}` {
+						t.Errorf("payload 5: %q parsed %v", p, ok)
+					}
+					continue
+				}
+				if !ok || seq != uint64(i) || nanos != int64(10*i) {
+					t.Errorf("payload %d: %q parsed as %d %d %v", i, p, seq, nanos, ok)
+				}
+			}
+			_, err = s.next()
+			if err != centrifugoDisconnect(3001) || reason(err) != "centrifugo disconnect 3001" {
+				t.Errorf("got %v (%q), want the disconnect", err, reason(err))
+			}
+		})
+	}
+}
+
+func TestCentrifugoConnect(t *testing.T) {
+	// the stream must open with a connect that subscribed the topic
+	for name, stream := range centrifugoStreams("pb-x-1") {
+		if _, err := centrifugoStream(stream(), "pb-x-2"); err != errNotSubscribed {
+			t.Errorf("%s, another topic: got %v", name, err)
+		}
+	}
+	for msg, want := range map[string]string{
+		`{"disconnect":{"code":3501,"reason":"bad request"}}`: "centrifugo disconnect 3501",
+		`{"channel":"t","pub":{"data":"1 2"}}`:                "handshake: no connect push",
+		`{"connect":{"client":"x"}}`:                          "handshake: connected but not subscribed",
+	} {
+		_, err := centrifugoStream(sseSource{newSSEReader(strings.NewReader("data: "+msg+"\n\n"), 64)}, "t")
+		if got := reason(stageError{"handshake", err}); got != want {
+			t.Errorf("%s: %q, want %q", msg, got, want)
+		}
+	}
+	if _, err := centrifugoStream(sseSource{newSSEReader(strings.NewReader("\r\n"), 64)}, "t"); err != io.EOF {
+		t.Errorf("an empty stream: %v", err)
+	}
+}
+
+// As with caddy-push and nchan, a steady stream must not allocate.
+func TestCentrifugoSourceDoesNotAllocate(t *testing.T) {
+	ev := `data: {"channel":"pb-x-1","pub":{"data":"` + string(appendPayload(nil, 1, 2, 256, ' ')) + `","offset":7}}` + "\n\n"
+	s := &centrifugoSource{src: sseSource{newSSEReader(&repeatReader{s: ev}, 4096)}}
+	s.next()
+	if n := testing.AllocsPerRun(1000, func() {
+		if p, err := s.next(); err != nil || len(p) != 256 {
+			t.Fatal(p, err)
+		}
+	}); n != 0 {
+		t.Errorf("%v allocations per event", n)
+	}
+}
+
+func TestCentrifugoTarget(t *testing.T) {
+	for _, transport := range []string{"sse", "ws"} {
+		c, _, err := parseFlags([]string{"-target", "centrifugo", "-addr", "127.0.0.1:8092", "-transport", transport}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg, err := newTarget(c)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ep, err := tg.endpoint(tg.subURL, "pb-x-1", false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		u, err := url.ParseRequestURI(ep.requestURI)
+		if err != nil {
+			t.Fatal(err)
+		}
+		path := map[string]string{"sse": "/connection/uni_sse", "ws": "/connection/uni_websocket"}[transport]
+		if u.Path != path || u.Query().Get("cf_connect") != `{"subs":{"pb-x-1":{}}}` {
+			t.Errorf("%s: subscribes with %s", transport, ep.requestURI)
+		}
+	}
+}
+
+// A publish is a server API call with the channel and the payload as JSON.
+func TestCentrifugoPublishRequest(t *testing.T) {
+	t.Setenv("CENTRIFUGO_API_KEY", "k")
+	c, _, err := parseFlags([]string{"-target", "centrifugo", "-addr", "127.0.0.1:8092"}, io.Discard)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tg, err := newTarget(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep, err := tg.endpoint(tg.pubURL, "pb-x-1", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pc pubConn
+	pc.request(tg, ep, "pb-x-1", 12, 34, 64)
+	req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(pc.req)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var body struct{ Channel, Data string }
+	if err := json.NewDecoder(req.Body).Decode(&body); err != nil {
+		t.Fatal(err)
+	}
+	seq, nanos, ok := parsePayload([]byte(body.Data))
+	if req.URL.Path != "/api/publish" || req.Header.Get("Content-Type") != "application/json" ||
+		req.Header.Get("X-Centrifugo-Error-Mode") != "transport" || req.Header.Get("X-API-Key") != "k" ||
+		body.Channel != "pb-x-1" || len(body.Data) != 64 || !ok || seq != 12 || nanos != 34 {
+		t.Errorf("request:\n%s", pc.req)
 	}
 }

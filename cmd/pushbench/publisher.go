@@ -163,11 +163,17 @@ func (p *publisher) publish(c *pubConn, j job) (*pubConn, error) {
 
 func (c *pubConn) request(t *target, ep endpoint, topic string, seq uint64, nanos int64, size int) {
 	ctype := "text/plain"
-	if t.form {
+	switch t.pubBody {
+	case bodyForm:
 		ctype = "application/x-www-form-urlencoded"
 		c.body = append(append(append(c.body[:0], "topic="...), url.QueryEscape(topic)...), "&data="...)
 		c.body = appendPayload(c.body, seq, nanos, size, '+')
-	} else {
+	case bodyJSON:
+		// the payload needs no escaping in a JSON string
+		ctype = "application/json"
+		c.body = appendJSONString(append(c.body[:0], `{"channel":`...), topic)
+		c.body = append(appendPayload(append(c.body, `,"data":"`...), seq, nanos, size, ' '), `"}`...)
+	default:
 		c.body = appendPayload(c.body[:0], seq, nanos, size, ' ')
 	}
 	b := append(c.req[:0], "POST "...)
@@ -178,6 +184,10 @@ func (c *pubConn) request(t *target, ep endpoint, topic string, seq uint64, nano
 	b = append(b, ctype...)
 	b = append(b, "\r\nContent-Length: "...)
 	b = strconv.AppendInt(b, int64(len(c.body)), 10)
+	if t.header != "" {
+		b = append(b, "\r\n"...)
+		b = append(b, t.header...)
+	}
 	if t.bearer != "" {
 		b = append(b, "\r\nAuthorization: Bearer "...)
 		b = append(b, t.bearer...)

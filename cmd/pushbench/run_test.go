@@ -244,3 +244,26 @@ func TestComparison(t *testing.T) {
 		}
 	}
 }
+
+// With a third target, each gets a column and caddy-push a ratio to each,
+// in the order the results came.
+func TestComparisonThreeTargets(t *testing.T) {
+	mk := func(target string, dps float64) *result {
+		return &result{Target: target, Transport: "ws", Scenario: "fanout", Connected: 10, DeliveriesPerSec: dps}
+	}
+	var b bytes.Buffer
+	printComparison(&b, []*result{mk("centrifugo", 50), mk("caddy-push", 150), mk("nchan", 100)})
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, want := range []string{
+		"metric caddy-push centrifugo nchan caddy-push/centrifugo caddy-push/nchan",
+		"fanout ws deliveries/s 150 50 100 3.00× 1.50×",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, b.String())
+		}
+	}
+	// no server figures in any: no row
+	if strings.Contains(out, "per server CPU-s") {
+		t.Errorf("a row without figures:\n%s", b.String())
+	}
+}

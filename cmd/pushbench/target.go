@@ -10,21 +10,46 @@ import (
 
 // target is how to speak to one server under test.
 type target struct {
-	name   string
-	subURL string // template: {topic} is replaced
-	pubURL string // template too, for servers with the topic in the path
-	form   bool   // publish topic=&data= as a form; else the payload is the body
-	wsJSON bool   // WebSocket frames are caddy-push's JSON envelope, not the bare payload
-	bearer string // publish credentials
+	name    string
+	subURL  string   // template: {topic} is replaced
+	pubURL  string   // template too, for servers with the topic in the path
+	pubBody bodyKind // how a publish carries the topic and the payload
+	wrap    wrapKind // how a pushed message wraps the payload
+	header  string   // extra publish header lines, CRLF between them, none at the end
+	bearer  string   // publish credentials
 }
+
+// bodyKind is the shape of a publish request's body.
+type bodyKind int
+
+const (
+	bodyRaw  bodyKind = iota // the payload is the body; the topic is in the URL
+	bodyForm                 // topic=...&data=... as a form
+	bodyJSON                 // {"channel":"...","data":"..."}: Centrifugo's server API
+)
+
+// wrapKind is what a subscriber unwraps to reach the payload.
+type wrapKind int
+
+const (
+	wrapNone       wrapKind = iota // the SSE data or WebSocket message is the payload
+	wrapCaddyPush                  // caddy-push's JSON envelope on WebSocket: {"id":..,"topic":..,"data":".."}
+	wrapCentrifugo                 // Centrifugo's JSON pushes, on both uni_sse and uni_websocket
+)
+
+// centrifugoConnect is a Centrifugo connect request asking for a
+// server-side subscription to {topic}, query-escaped for the cf_connect
+// parameter of the unidirectional transports: {"subs":{"{topic}":{}}}.
+const centrifugoConnect = "cf_connect=%7B%22subs%22%3A%7B%22{topic}%22%3A%7B%7D%7D%7D"
 
 func newTarget(c *config) (*target, error) {
 	t := &target{name: c.target}
 	ws := c.transport == "ws"
 	switch c.target {
 	case "caddy-push":
-		t.subURL, t.pubURL, t.form, t.wsJSON = "http://{addr}/events?topic={topic}", "http://{addr}/publish", true, true
+		t.subURL, t.pubURL, t.pubBody = "http://{addr}/events?topic={topic}", "http://{addr}/publish", bodyForm
 		if ws {
+			t.wrap = wrapCaddyPush
 			t.subURL = "ws://{addr}/ws?topic={topic}"
 		}
 	case "nchan":
@@ -33,17 +58,29 @@ func newTarget(c *config) (*target, error) {
 		if ws {
 			t.subURL = "ws://{addr}/sub/{topic}"
 		}
+	case "centrifugo":
+		// the unidirectional transports: the connect request in the URL
+		// subscribes the connection; the server API publishes, and with
+		// the transport error mode a failed publish is not a 200
+		t.subURL, t.pubURL, t.pubBody, t.wrap = "http://{addr}/connection/uni_sse?"+centrifugoConnect, "http://{addr}/api/publish", bodyJSON, wrapCentrifugo
+		if ws {
+			t.subURL = "ws://{addr}/connection/uni_websocket?" + centrifugoConnect
+		}
+		t.header = "X-Centrifugo-Error-Mode: transport"
+		if key := os.Getenv("CENTRIFUGO_API_KEY"); key != "" {
+			t.header += "\r\nX-API-Key: " + key
+		}
 	case "mercure":
 		if ws {
 			return nil, fmt.Errorf("mercure has no WebSocket transport: use -transport sse")
 		}
-		t.subURL, t.pubURL, t.form = "http://{addr}/.well-known/mercure?topic={topic}", "http://{addr}/.well-known/mercure", true
+		t.subURL, t.pubURL, t.pubBody = "http://{addr}/.well-known/mercure?topic={topic}", "http://{addr}/.well-known/mercure", bodyForm
 		t.bearer = os.Getenv("MERCURE_PUBLISHER_JWT")
 		if t.bearer == "" {
 			return nil, fmt.Errorf("mercure publishes with a JWT: set MERCURE_PUBLISHER_JWT")
 		}
 	default:
-		return nil, fmt.Errorf("unknown -target %q: caddy-push, nchan or mercure", c.target)
+		return nil, fmt.Errorf("unknown -target %q: caddy-push, nchan, centrifugo or mercure", c.target)
 	}
 	if c.subURL != "" {
 		t.subURL = c.subURL
