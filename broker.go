@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"hash/maphash"
 	"slices"
 	"sort"
 	"strconv"
@@ -123,6 +124,7 @@ func (MemoryBroker) OpenBroker(o BrokerOptions) (Broker, error) {
 		deliver: o.Deliver,
 		limits:  o.History,
 		topics:  make(map[string]*topicHistory),
+		seed:    maphash.MakeSeed(),
 		done:    make(chan struct{}),
 	}
 	go m.sweep(time.Minute)
@@ -137,19 +139,32 @@ type memoryStore struct {
 	mu     sync.Mutex
 	seq    uint64
 	limits HistoryLimits
+	// topics has the topics that hold events: one whose history empties
+	// is forgotten at once, so a hub that sees many short-lived topics
+	// keeps no entry per topic, and the entries count in bytes.
 	topics map[string]*topicHistory
-	// forgotten is the newest event of any topic the sweeper removed: a
-	// client resuming from before it may have missed events of a topic we
-	// no longer know.
-	forgotten uint64
+	// forgotten has, for the topics we no longer know, the newest event
+	// dropped from any of them, in buckets by a hash of the topic: a
+	// client resuming from before it may have missed events of its topic.
+	// Sharing a bucket can only cost a needless reset, not a missed one.
+	forgotten [forgottenBuckets]uint64
+	seed      maphash.Seed
 	// log has the retained events in id order, each once however many
 	// topics hold it, so the memory bound evicts the oldest first; bytes
-	// is their size and live their number (log also has released events,
-	// which compact drops).
+	// is their size and their topics' and live their number (log also has
+	// released events, which compact drops).
 	log   []*Event
 	bytes int64
 	live  int
 }
+
+// forgottenBuckets is how many buckets of forgotten topics a hub keeps
+// (8 bytes each).
+const forgottenBuckets = 4096
+
+// topicSize estimates the memory of a topic's entry in the history: its
+// name, its map slot, its topicHistory and its slice of events.
+func topicSize(t string) int64 { return 96 + int64(len(t)) }
 
 // topicHistory is one topic's retained events, oldest first.
 type topicHistory struct {
@@ -167,8 +182,11 @@ func (m *memoryStore) Publish(_ context.Context, ev *Event) error {
 	for _, t := range ev.Topics {
 		th := m.topics[t]
 		if th == nil {
-			th = new(topicHistory)
+			// a topic forgotten before may have dropped events since a
+			// client's id
+			th = &topicHistory{dropped: *m.bucket(t)}
 			m.topics[t] = th
+			m.bytes += topicSize(t)
 		}
 		th.events = append(th.events, ev)
 	}
@@ -178,7 +196,9 @@ func (m *memoryStore) Publish(_ context.Context, ev *Event) error {
 	m.live++
 	m.log = append(m.log, ev)
 	for _, t := range ev.Topics {
-		m.trim(m.topics[t], ev.Time)
+		if th := m.topics[t]; th != nil { // nil if listed twice and forgotten
+			m.trim(t, th, ev.Time)
+		}
 	}
 	m.evict()
 	// under the lock, so subscribers see events in id order
@@ -186,8 +206,9 @@ func (m *memoryStore) Publish(_ context.Context, ev *Event) error {
 	return nil
 }
 
-// trim drops what the limits no longer allow, oldest first.
-func (m *memoryStore) trim(th *topicHistory, now time.Time) {
+// trim drops what the limits no longer allow from topic t, oldest first,
+// and forgets t if that empties it.
+func (m *memoryStore) trim(t string, th *topicHistory, now time.Time) {
 	n := 0
 	for n < len(th.events) && (len(th.events)-n > m.limits.Events ||
 		m.limits.TTL > 0 && now.Sub(th.events[n].Time) > m.limits.TTL) {
@@ -196,6 +217,9 @@ func (m *memoryStore) trim(th *topicHistory, now time.Time) {
 		n++
 	}
 	th.events = th.events[n:]
+	if len(th.events) == 0 {
+		m.forget(t, th)
+	}
 }
 
 // release notes that th no longer holds ev.
@@ -205,6 +229,19 @@ func (m *memoryStore) release(th *topicHistory, ev *Event) {
 		m.bytes -= ev.size
 		m.live--
 	}
+}
+
+// forget removes topic t, which holds no events, keeping only, in its
+// bucket, the newest event it dropped.
+func (m *memoryStore) forget(t string, th *topicHistory) {
+	b := m.bucket(t)
+	*b = max(*b, th.dropped)
+	delete(m.topics, t)
+	m.bytes -= topicSize(t)
+}
+
+func (m *memoryStore) bucket(topic string) *uint64 {
+	return &m.forgotten[maphash.String(m.seed, topic)%forgottenBuckets]
 }
 
 // evict drops the oldest events of the hub until the history fits in
@@ -220,6 +257,9 @@ func (m *memoryStore) evict() {
 				m.release(th, ev)
 				th.events[0] = nil
 				th.events = th.events[1:]
+				if len(th.events) == 0 {
+					m.forget(t, th)
+				}
 			}
 		}
 	}
@@ -235,17 +275,30 @@ func (m *memoryStore) compact() {
 		m.log = m.log[1:]
 	}
 	if len(m.log) > 64 && len(m.log) > 2*m.live {
-		m.log = slices.DeleteFunc(slices.Clone(m.log), func(ev *Event) bool { return ev.refs == 0 })
+		// into a new array, so the old one's spare capacity goes too
+		kept := make([]*Event, 0, m.live)
+		for _, ev := range m.log {
+			if ev.refs > 0 {
+				kept = append(kept, ev)
+			}
+		}
+		m.log = kept
 	}
 }
 
-// eventSize estimates the memory an event holds, for history_max_bytes:
-// its data three times over, since once subscribers have had it, it also
-// holds its SSE encoding and a WebSocket one, each about as large.
+// eventSize estimates the memory an event holds, for history_max_bytes,
+// once subscribers have had it (encodings are made on first delivery and
+// kept with the event): the data, its SSE encoding (about as large), and a
+// WebSocket message both prepared for gorilla (1-2 times the data, as its
+// buffer grows by doubling) and as a frame for the engine; plus about
+// 1 KiB for the event, its id and the encodings' maps and structs. A
+// WebSocket json-format subscriber of another of the event's topics adds
+// an encoding this does not count.
 func eventSize(ev *Event) int64 {
-	n := 200 + 3*len(ev.Data) + len(ev.Type) + len(ev.ID)
+	d := len(ev.Data)
+	n := 1024 + 5*d + d/4 + 3*len(ev.ID) + 2*len(ev.Type)
 	for _, t := range ev.Topics {
-		n += 16 + len(t)
+		n += 32 + len(t)
 	}
 	return int64(n)
 }
@@ -269,14 +322,17 @@ func (m *memoryStore) Replay(_ context.Context, topics []string, lastEventID str
 	now := time.Now()
 	for _, t := range topics {
 		th := m.topics[t]
-		if th == nil {
-			if m.forgotten > after {
+		if th != nil {
+			m.trim(t, th, now)
+		}
+		if th == nil || len(th.events) == 0 {
+			if *m.bucket(t) > after {
 				b.Reset = "events after this id are no longer in history"
+				b.Events = nil
 				return b, nil
 			}
 			continue
 		}
-		m.trim(th, now)
 		if th.dropped > after {
 			b.Reset = "events after this id are no longer in history"
 			b.Events = nil
@@ -298,14 +354,14 @@ func (m *memoryStore) SetHistory(l HistoryLimits) {
 	defer m.mu.Unlock()
 	m.limits = l
 	now := time.Now()
-	for _, th := range m.topics {
-		m.trim(th, now)
+	for t, th := range m.topics {
+		m.trim(t, th, now)
 	}
 	m.evict()
 }
 
-// sweep forgets topics whose history has emptied, so a hub that has seen
-// many short-lived topics does not keep one entry per topic forever.
+// sweep drops the events whose history_ttl has passed from topics nobody
+// publishes to or resumes from any more, forgetting the topics they empty.
 func (m *memoryStore) sweep(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -315,12 +371,8 @@ func (m *memoryStore) sweep(every time.Duration) {
 			return
 		case now := <-t.C:
 			m.mu.Lock()
-			for name, th := range m.topics {
-				m.trim(th, now)
-				if len(th.events) == 0 {
-					m.forgotten = max(m.forgotten, th.dropped)
-					delete(m.topics, name)
-				}
+			for t, th := range m.topics {
+				m.trim(t, th, now)
 			}
 			m.compact()
 			m.mu.Unlock()

@@ -211,7 +211,7 @@ func BenchmarkEncodeSSE(b *testing.B) {
 // history_max_bytes evicts the oldest events of the hub first, across
 // topics, and a client resuming from before them gets a reset.
 func TestHubHistoryMaxBytes(t *testing.T) {
-	h := openHub(t, HistoryLimits{Events: 1000, MaxBytes: 10 * 3300}) // ten events of 1000 bytes
+	h := openHub(t, HistoryLimits{Events: 1000, MaxBytes: 10 * 6700}) // ten events of 1000 bytes
 	big := string(make([]byte, 1000))
 	var ids []string
 	for i := range 20 {
