@@ -12,17 +12,79 @@ import (
 
 // Hub is one named channel space: its broker stores events, and the hub fans
 // them out to the subscriptions of this process.
+//
+// The fan-out runs in lanes: each subscription belongs to one lane, and
+// each lane has a goroutine that writes every event to its own
+// subscriptions, so one event to many sockets uses every core while each
+// subscription still gets its events in order. With one lane (one core,
+// or a hub outside Caddy) the broker's goroutine delivers directly.
 type Hub struct {
 	name   string
 	broker Broker
 	stats  hubStats
 
-	mu     sync.RWMutex
+	mu    sync.RWMutex
+	lanes []lane // at least one
+	next  atomic.Uint32
+	// work feeds the lanes' goroutines, one channel each; nil when the
+	// broker's goroutine delivers itself. Sent to under workMu's read lock,
+	// closed under its write lock, once (stopped).
+	work    []chan *Event
+	workMu  sync.RWMutex
+	stopped bool
+	idle    sync.WaitGroup // the lanes' goroutines
+}
+
+// lane is a share of a hub's subscriptions: its topic index.
+type lane struct {
 	topics map[string]map[*Subscription]struct{}
 }
 
+// maxLanes bounds the fan-out goroutines of a hub.
+const maxLanes = 8
+
+// laneQueue is how many events a lane may have waiting; a publisher waits
+// beyond it (the lanes never block on a client, so they drain fast).
+const laneQueue = 1024
+
 func newHub(name string) *Hub {
-	return &Hub{name: name, topics: make(map[string]map[*Subscription]struct{})}
+	return &Hub{name: name, lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
+}
+
+// startLanes spreads the fan-out over n goroutines, until stopLanes. Call
+// it before the hub has subscriptions.
+func (h *Hub) startLanes(n int) {
+	n = min(n, maxLanes)
+	if n < 2 {
+		return
+	}
+	h.lanes = make([]lane, n)
+	h.work = make([]chan *Event, n)
+	for i := range h.lanes {
+		h.lanes[i].topics = make(map[string]map[*Subscription]struct{})
+		h.work[i] = make(chan *Event, laneQueue)
+		h.idle.Add(1)
+		go func() {
+			defer h.idle.Done()
+			for ev := range h.work[i] {
+				h.deliverLane(ev, i)
+			}
+		}()
+	}
+}
+
+// stopLanes ends the lanes' goroutines once they have delivered what they
+// hold. The broker must not deliver any more.
+func (h *Hub) stopLanes() {
+	h.workMu.Lock()
+	if !h.stopped {
+		h.stopped = true
+		for _, ch := range h.work {
+			close(ch)
+		}
+	}
+	h.workMu.Unlock()
+	h.idle.Wait()
 }
 
 // Name is the hub's name.
@@ -46,11 +108,29 @@ func (h *Hub) Publish(ctx context.Context, m Message) (string, error) {
 // deliver hands ev to every local subscription of its topics. The broker
 // calls it one event at a time, in id order.
 func (h *Hub) deliver(ev *Event) {
+	if h.work == nil {
+		h.deliverLane(ev, 0)
+		return
+	}
+	h.workMu.RLock()
+	defer h.workMu.RUnlock()
+	if h.stopped {
+		return // the hub is closed: nobody is left to deliver to
+	}
+	for _, ch := range h.work {
+		ch <- ev
+	}
+}
+
+// deliverLane hands ev to the subscriptions of one lane; one goroutine at
+// a time does this per lane, in id order.
+func (h *Hub) deliverLane(ev *Event, i int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
 	multi := len(ev.Topics) > 1
+	var written [len(transports)]uint64 // counted once per event, not per delivery
 	for _, t := range ev.Topics {
-		for s := range h.topics[t] {
+		for s := range h.lanes[i].topics[t] {
 			if multi {
 				// a subscription to several of the event's topics gets it once
 				if s.lastOffered >= ev.Seq {
@@ -58,7 +138,14 @@ func (h *Hub) deliver(ev *Event) {
 				}
 				s.lastOffered = ev.Seq
 			}
-			s.offer(ev)
+			if s.offer(ev) {
+				written[s.transportIndex]++
+			}
+		}
+	}
+	for t, n := range written {
+		if n > 0 {
+			h.stats.perTransport[t].delivered.Add(n)
 		}
 	}
 }
@@ -69,18 +156,21 @@ func (h *Hub) deliver(ev *Event) {
 // events the backlog already holds. The caller must Close it.
 func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string, transport string) (*Subscription, error) {
 	s := &Subscription{
-		hub:       h,
-		Topics:    topics,
-		transport: transport,
+		hub:            h,
+		Topics:         topics,
+		transport:      transport,
+		transportIndex: transportIndex(transport),
 		notify:    make(chan struct{}, 1),
 		ended:     make(chan struct{}),
 	}
+	s.lane = int(h.next.Add(1) % uint32(len(h.lanes)))
 	h.mu.Lock()
+	index := h.lanes[s.lane].topics
 	for _, t := range topics {
-		subs := h.topics[t]
+		subs := index[t]
 		if subs == nil {
 			subs = make(map[*Subscription]struct{})
-			h.topics[t] = subs
+			index[t] = subs
 		}
 		subs[s] = struct{}{}
 	}
@@ -125,13 +215,15 @@ func (h *Hub) matching(topics []string) []*Subscription {
 			}
 		}
 	}
-	if len(topics) == 0 {
-		for _, subs := range h.topics {
-			add(subs)
+	for _, l := range h.lanes {
+		if len(topics) == 0 {
+			for _, subs := range l.topics {
+				add(subs)
+			}
 		}
-	}
-	for _, t := range topics {
-		add(h.topics[t])
+		for _, t := range topics {
+			add(l.topics[t])
+		}
 	}
 	return out
 }
@@ -223,11 +315,12 @@ func (h *Hub) pauseLocal(p PauseRequest) int {
 
 func (h *Hub) unsubscribe(s *Subscription) {
 	h.mu.Lock()
+	index := h.lanes[s.lane].topics
 	for _, t := range s.Topics {
-		if subs := h.topics[t]; subs != nil {
+		if subs := index[t]; subs != nil {
 			delete(subs, s)
 			if len(subs) == 0 {
-				delete(h.topics, t)
+				delete(index, t)
 			}
 		}
 	}
@@ -239,8 +332,9 @@ func (h *Hub) unsubscribe(s *Subscription) {
 // fan-out, instead of a goroutine taking them in batches (Ready, Take).
 // Its methods are called on the fan-out's goroutine and must not block.
 type Sink interface {
-	// Deliver writes one live event, in id order.
-	Deliver(ev *Event)
+	// Deliver writes one live event, in id order, and reports whether it
+	// did (the hub counts deliveries).
+	Deliver(ev *Event) bool
 	// Ended is called once when the hub ends the subscription; Ended's
 	// channel is closed, and FellBehind and PausedUntil say why.
 	Ended()
@@ -258,9 +352,11 @@ type Subscription struct {
 	// Backlog is what the client gets before live events.
 	Backlog Backlog
 
-	hub         *Hub
-	transport   string
-	lastOffered uint64 // only touched by deliver, which the broker serialises
+	hub            *Hub
+	transport      string
+	transportIndex int    // of transport in transports
+	lane           int    // of the hub's lanes, the one that delivers to it
+	lastOffered    uint64 // only touched by its lane, one event at a time
 	skipThrough uint64 // live events up to here are already in the backlog
 
 	mu      sync.Mutex
@@ -286,21 +382,20 @@ const (
 	endPause                  // paused: the client should come back later
 )
 
-func (s *Subscription) offer(ev *Event) {
+// offer queues ev for the subscription's goroutine, or writes it through
+// its sink; it reports whether the sink wrote it.
+func (s *Subscription) offer(ev *Event) bool {
 	s.mu.Lock()
 	if sink := s.sink; sink != nil {
 		// skipThrough is set before Attach, which published it under mu
 		skip := ev.Seq <= s.skipThrough
 		s.mu.Unlock()
-		if !skip {
-			sink.Deliver(ev)
-		}
-		return
+		return !skip && sink.Deliver(ev)
 	}
 	if len(s.pending) >= maxPending {
 		s.mu.Unlock()
 		s.CutOff()
-		return
+		return false
 	}
 	s.pending = append(s.pending, ev)
 	s.mu.Unlock()
@@ -308,6 +403,7 @@ func (s *Subscription) offer(ev *Event) {
 	case s.notify <- struct{}{}:
 	default:
 	}
+	return false
 }
 
 // Attach hands the subscription's live events to sink from now on: the
@@ -315,11 +411,13 @@ func (s *Subscription) offer(ev *Event) {
 // the backlog is written; nothing must call Take afterwards.
 func (s *Subscription) Attach(sink Sink) {
 	s.mu.Lock()
+	n := 0
 	for _, ev := range s.pending {
-		if ev.Seq > s.skipThrough {
-			sink.Deliver(ev)
+		if ev.Seq > s.skipThrough && sink.Deliver(ev) {
+			n++
 		}
 	}
+	s.Delivered(n)
 	s.pending = nil
 	s.sink = sink
 	tell := s.isEnded() && !s.told // ended before the sink could hear of it

@@ -32,10 +32,14 @@ type transportStats struct {
 }
 
 func (s *hubStats) of(transport string) *transportStats {
+	return &s.perTransport[transportIndex(transport)]
+}
+
+func transportIndex(transport string) int {
 	if transport == TransportWS {
-		return &s.perTransport[1]
+		return 1
 	}
-	return &s.perTransport[0]
+	return 0
 }
 
 var (

@@ -5,6 +5,7 @@ package push
 import (
 	"encoding/json"
 	"fmt"
+	"runtime"
 	"sort"
 	"sync"
 	"time"
@@ -140,8 +141,10 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 	logger := a.logger.With(zap.String("hub", name))
 	val, loaded, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
 		hub := newHub(name)
+		hub.startLanes(runtime.GOMAXPROCS(0))
 		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Command: hub.command, Logger: logger})
 		if err != nil {
+			hub.stopLanes()
 			return nil, err
 		}
 		hub.broker = b
@@ -188,10 +191,13 @@ func (a *App) Hub(name string) (*Hub, error) {
 	return hub, nil
 }
 
-// Destruct closes the hub's broker once no configuration uses the hub.
+// Destruct closes the hub's broker, then its fan-out, once no
+// configuration uses the hub.
 func (h *Hub) Destruct() error {
 	live.CompareAndDelete(h.name, h)
-	return h.broker.Close()
+	err := h.broker.Close()
+	h.stopLanes()
+	return err
 }
 
 // LookupHub returns the running hub with that name, so that any code in

@@ -70,10 +70,8 @@ type sseStream struct {
 
 // Deliver writes a live event; a failed write ends the connection, and
 // closed then ends the stream.
-func (st *sseStream) Deliver(ev *Event) {
-	if st.conn.Write(ev.SSE()) == nil {
-		st.sub.Delivered(1)
-	}
+func (st *sseStream) Deliver(ev *Event) bool {
+	return st.conn.Write(ev.SSE()) == nil
 }
 
 // Ended closes the connection the way the hub's reason asks: at once for

@@ -97,9 +97,13 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 	if b.Reset != "" {
 		_ = c.Write(appendServerFrame(nil, opText, encodeFrame(wsFrame{ID: b.Head, Event: "push.reset", Data: b.Reset})))
 	}
+	n := 0
 	for _, ev := range b.Events {
-		st.Deliver(ev)
+		if st.Deliver(ev) {
+			n++
+		}
 	}
+	sub.Delivered(n)
 	if h.MaxDuration > 0 {
 		st.mu.Lock()
 		if !st.gone {
@@ -132,10 +136,8 @@ type wsStream struct {
 	gone  bool
 }
 
-func (st *wsStream) Deliver(ev *Event) {
-	if st.conn.Write(ev.wsFrame(st.h.Format, st.sub.Topics)) == nil {
-		st.sub.Delivered(1)
-	}
+func (st *wsStream) Deliver(ev *Event) bool {
+	return st.conn.Write(ev.wsFrame(st.h.Format, st.sub.Topics)) == nil
 }
 
 // Ended closes with the code the hub's reason asks for; a paused client
