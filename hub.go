@@ -160,8 +160,8 @@ func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string
 		Topics:         topics,
 		transport:      transport,
 		transportIndex: transportIndex(transport),
-		notify:    make(chan struct{}, 1),
-		ended:     make(chan struct{}),
+		notify:         make(chan struct{}, 1),
+		ended:          make(chan struct{}),
 	}
 	s.lane = int(h.next.Add(1) % uint32(len(h.lanes)))
 	h.mu.Lock()
@@ -357,7 +357,7 @@ type Subscription struct {
 	transportIndex int    // of transport in transports
 	lane           int    // of the hub's lanes, the one that delivers to it
 	lastOffered    uint64 // only touched by its lane, one event at a time
-	skipThrough uint64 // live events up to here are already in the backlog
+	skipThrough    uint64 // live events up to here are already in the backlog
 
 	mu      sync.Mutex
 	pending []*Event
