@@ -3,7 +3,6 @@ package push
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -285,28 +284,6 @@ http://127.0.0.1:PORT {
 	}
 	if lo > pauseFor-jitter/2 || hi < pauseFor+jitter/2 {
 		t.Fatalf("returns spread over %v–%v only, want most of %v ± %v", lo, hi, pauseFor, jitter)
-	}
-}
-
-// wsCloseError waits for the server to close and returns its close frame.
-func (c *wsClient) closeError(timeout time.Duration) *websocket.CloseError {
-	c.t.Helper()
-	deadline := time.After(timeout)
-	for {
-		select {
-		case _, ok := <-c.frames:
-			if ok {
-				continue
-			}
-			var ce *websocket.CloseError
-			if err := <-c.closed; errors.As(err, &ce) {
-				return ce
-			}
-			return &websocket.CloseError{Code: websocket.CloseAbnormalClosure}
-		case <-deadline:
-			c.t.Fatalf("connection not closed within %v", timeout)
-			return nil
-		}
 	}
 }
 

@@ -2,17 +2,10 @@ package push
 
 import (
 	"net/http"
-	"os"
-	"sync"
 	"time"
 
 	"github.com/caddy-push/push/internal/engine"
 )
-
-// engineOff keeps every stream on goroutines of its own, as on platforms
-// without the engine: CADDY_PUSH_ENGINE=off, for comparison and as a way
-// out should the engine misbehave.
-var engineOff = os.Getenv("CADDY_PUSH_ENGINE") == "off"
 
 // handOff gives the stream, its opening written, to the engine, and
 // reports whether the engine took it; the handler then returns, and the
@@ -32,7 +25,7 @@ func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release f
 	if err != nil {
 		return false
 	}
-	st := &sseStream{h: h, sub: sub, release: release}
+	st := &sseStream{engineStream: engineStream{sub: sub, release: release}, h: h}
 	conn, err := eng.Add(nc, engine.Handlers{OnClose: st.closed})
 	if err != nil {
 		// the engine is shutting down (a reload): come back soon
@@ -44,13 +37,7 @@ func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release f
 		return true
 	}
 	st.conn = conn
-	if h.MaxDuration > 0 {
-		st.mu.Lock()
-		if !st.gone {
-			st.timer = time.AfterFunc(jittered(time.Duration(h.MaxDuration)), st.expire)
-		}
-		st.mu.Unlock()
-	}
+	st.expireAfter(h.MaxDuration, st.expire)
 	sub.Attach(st)
 	return true
 }
@@ -58,14 +45,8 @@ func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release f
 // sseStream is a stream the engine owns: the hub's fan-out writes each
 // event's shared encoding straight to its socket.
 type sseStream struct {
-	h       *SSEHandler
-	sub     *Subscription
-	release func()
-	conn    *engine.Conn // set before Attach
-
-	mu    sync.Mutex
-	timer *time.Timer // max_duration
-	gone  bool
+	engineStream
+	h *SSEHandler
 }
 
 // Deliver writes a live event; a failed write ends the connection, and
@@ -94,19 +75,4 @@ func (st *sseStream) expire() {
 	if !st.h.expire(st.sub) {
 		st.conn.CloseAfter(goodbye(), closeGrace)
 	}
-}
-
-// closed runs once the connection has ended, for whatever reason.
-func (st *sseStream) closed(why error) {
-	st.mu.Lock()
-	st.gone = true
-	if st.timer != nil {
-		st.timer.Stop()
-	}
-	st.mu.Unlock()
-	if why == engine.ErrSlow {
-		st.sub.CutOff()
-	}
-	st.sub.Close()
-	st.release()
 }

@@ -77,3 +77,50 @@ http://127.0.0.1:PORT {
 		}
 	}
 }
+
+// Over HTTPS with HTTP/1.1 the engine owns the streams too (written from a
+// goroutine only while a write is pending, watched by one reader): the
+// handler and net/http's connection goroutines are gone, events arrive,
+// and a client that leaves gives its place back.
+func TestSSEOverTLSHTTP1LeavesNetHTTP(t *testing.T) {
+	if !engine.Supported || engineOff {
+		t.Skip("the connection engine is off")
+	}
+	c, base := startTLSCaddy(t, `
+https://localhost:PORT {
+	tls internal
+	push_sse /events
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	client := tlsClient(c, false)
+	hub, _ := LookupHub("default")
+	const n = 20
+	streams := make([]*sseClient, n)
+	for i := range streams {
+		streams[i] = subscribeWith(t, client, base+"/events?topic=x", nil)
+		if r := streams[i].Resp; r.ProtoMajor != 1 || r.StatusCode != 200 {
+			t.Fatalf("stream %d: %s %d, want HTTP/1.1 200", i, r.Proto, r.StatusCode)
+		}
+	}
+	waitFor(t, time.Second, func() bool {
+		return goroutinesIn("(*SSEHandler).ServeHTTP")+goroutinesIn("(*SSEHandler).stream") == 0
+	})
+	req, _ := http.NewRequest("POST", base+"/publish", strings.NewReader("topic=x&data=tls"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	if resp, err := client.Do(req); err != nil {
+		t.Fatal(err)
+	} else {
+		resp.Body.Close()
+	}
+	for i, s := range streams {
+		if ev := s.nextEvent(time.Second); ev.Data != "tls" {
+			t.Fatalf("stream %d got %+v", i, ev)
+		}
+	}
+	for _, s := range streams {
+		s.Close()
+	}
+	waitFor(t, 2*time.Second, func() bool { return hub.stats.of(TransportSSE).connections.Load() == 0 })
+}

@@ -93,7 +93,7 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		}
 		return subscribeError(w, r, err)
 	}
-	handOff := engineServes(r)
+	handOff := engineServes(r, false)
 	if handOff {
 		// the engine writes the body raw, so net/http must not chunk it:
 		// it ends when the connection closes

@@ -501,8 +501,11 @@ http://127.0.0.1:PORT {
 	}
 }
 
-func TestSSEOverHTTP2(t *testing.T) {
-	storage, err := os.MkdirTemp("", "push-h2-")
+// startTLSCaddy runs site, whose address is https://localhost:PORT with
+// tls internal, and returns its base URL once the certificate is issued.
+func startTLSCaddy(t *testing.T, site string) (*testCaddy, string) {
+	t.Helper()
+	storage, err := os.MkdirTemp("", "push-tls-")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,6 +515,37 @@ func TestSSEOverHTTP2(t *testing.T) {
 	skip_install_trust
 	storage file_system `+storage+`
 }
+`+site)
+	base := "https://localhost:" + c.port
+	// the internal CA issues the certificate in the background
+	client := tlsClient(c, true)
+	waitFor(t, 10*time.Second, func() bool {
+		resp, err := client.Get(base + "/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	return c, base
+}
+
+// tlsClient reaches c's https://localhost site over HTTP/2, or HTTP/1.1.
+func tlsClient(c *testCaddy, h2 bool) *http.Client {
+	tr := &http.Transport{
+		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // the test's own internal CA
+		ForceAttemptHTTP2: h2,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, "127.0.0.1:"+c.port)
+		},
+	}
+	if !h2 {
+		tr.TLSNextProto = map[string]func(string, *tls.Conn) http.RoundTripper{}
+	}
+	return &http.Client{Transport: tr}
+}
+
+func TestSSEOverHTTP2(t *testing.T) {
+	c, base := startTLSCaddy(t, `
 https://localhost:PORT {
 	tls internal
 	push_sse /events
@@ -519,22 +553,7 @@ https://localhost:PORT {
 		anonymous
 	}
 }`)
-	client := &http.Client{Transport: &http.Transport{
-		TLSClientConfig:   &tls.Config{InsecureSkipVerify: true}, // the test's own internal CA
-		ForceAttemptHTTP2: true,
-		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
-			return (&net.Dialer{}).DialContext(ctx, network, "127.0.0.1:"+c.port)
-		},
-	}}
-	base := "https://localhost:" + c.port
-	// the internal CA issues the certificate in the background
-	waitFor(t, 10*time.Second, func() bool {
-		resp, err := client.Get(base + "/publish")
-		if err == nil {
-			resp.Body.Close()
-		}
-		return err == nil
-	})
+	client := tlsClient(c, true)
 	s := subscribeWith(t, client, base+"/events?topic=x", nil)
 	if s.Resp.ProtoMajor != 2 {
 		t.Fatalf("protocol %s, want HTTP/2", s.Resp.Proto)

@@ -14,47 +14,6 @@ import (
 	"github.com/caddy-push/push/internal/engine"
 )
 
-// handlerEngine is a handler's connection engine, made at its first
-// connection (Provision stays cheap) and shut down with the handler.
-type handlerEngine struct {
-	mu  sync.Mutex
-	eng *engine.Engine
-}
-
-// get returns the engine, starting it with opts if need be; nil when
-// stopping is closed or the engine cannot start. On stopping, every
-// connection gets last() and is closed.
-func (he *handlerEngine) get(opts engine.Options, stopping <-chan struct{}, last func() []byte, logger *zap.Logger) *engine.Engine {
-	he.mu.Lock()
-	defer he.mu.Unlock()
-	if he.eng != nil {
-		return he.eng
-	}
-	select {
-	case <-stopping:
-		return nil
-	default:
-	}
-	eng, err := engine.New(opts)
-	if err != nil {
-		logger.Warn("connection engine unavailable; connections keep goroutines of their own", zap.Error(err))
-		return nil
-	}
-	he.eng = eng
-	go func() {
-		<-stopping
-		eng.Shutdown(last, closeGrace)
-	}()
-	return eng
-}
-
-// engineServes reports whether the engine can own a connection of this
-// request: a cleartext HTTP/1.x one (a TLS connection cannot be written
-// without blocking, and HTTP/2 and HTTP/3 streams cannot be hijacked).
-func engineServes(r *http.Request) bool {
-	return engine.Supported && !engineOff && r.ProtoMajor == 1 && r.TLS == nil
-}
-
 var pingFrame = appendServerFrame(nil, opPing, nil)
 
 func goingAwayFrame() []byte {
@@ -78,8 +37,8 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 	if eng == nil {
 		return false
 	}
-	st := &wsStream{h: h, sub: sub, release: a.Release, publish: h.publishTopics(r, a.Grant), id: connectionID(),
-		limit: newRateLimit(h.PublishRate, h.PublishBurst)}
+	st := &wsStream{engineStream: engineStream{sub: sub, release: a.Release}, h: h,
+		publish: h.publishTopics(r, a.Grant), id: connectionID(), limit: newRateLimit(h.PublishRate, h.PublishBurst)}
 	st.in.max = h.MaxMessageSize
 	if h.Presence {
 		st.presence = presenceData(r, a.Grant, st.id)
@@ -104,13 +63,7 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 		}
 	}
 	sub.Delivered(n)
-	if h.MaxDuration > 0 {
-		st.mu.Lock()
-		if !st.gone {
-			st.timer = time.AfterFunc(jittered(time.Duration(h.MaxDuration)), st.expire)
-		}
-		st.mu.Unlock()
-	}
+	st.expireAfter(h.MaxDuration, st.expire)
 	sub.Attach(st)
 	return true
 }
@@ -119,10 +72,8 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 // writes each event's shared frame straight to its socket, and its input
 // is read when there is some.
 type wsStream struct {
+	engineStream
 	h        *WSHandler
-	sub      *Subscription
-	release  func()
-	conn     *engine.Conn // set before Attach
 	publish  []string
 	id       string
 	presence string
@@ -130,10 +81,6 @@ type wsStream struct {
 	// read by one input goroutine at a time
 	in    frameReader
 	limit *rateLimit
-
-	mu    sync.Mutex
-	timer *time.Timer // max_duration
-	gone  bool
 }
 
 func (st *wsStream) Deliver(ev *Event) bool {
@@ -233,17 +180,7 @@ func reply(c *engine.Conn, msg string) {
 
 // closed runs once the connection has ended, for whatever reason.
 func (st *wsStream) closed(why error) {
-	st.mu.Lock()
-	st.gone = true
-	if st.timer != nil {
-		st.timer.Stop()
-	}
-	st.mu.Unlock()
-	if why == engine.ErrSlow {
-		st.sub.CutOff()
-	}
-	st.sub.Close()
-	st.release()
+	st.engineStream.closed(why)
 	if st.h.Presence {
 		announce(st.h, st.sub, "push.leave", st.presence)
 	}

@@ -183,7 +183,7 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 		a.Release()
 		return nil // the upgrader has answered
 	}
-	if engineServes(r) && h.handOff(conn, sub, a, r) {
+	if engineServes(r, true) && h.handOff(conn, sub, a, r) {
 		return nil // the engine owns the connection now, and ends it
 	}
 	s := &socket{h: h, conn: conn, out: conn.NetConn().(*batchConn), sub: sub, publish: h.publishTopics(r, a.Grant),

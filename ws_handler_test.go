@@ -139,6 +139,12 @@ func (c *wsClient) nextFrame(timeout time.Duration) wsFrame {
 // closeCode waits for the server to close and returns its close code.
 func (c *wsClient) closeCode(timeout time.Duration) int {
 	c.t.Helper()
+	return c.closeError(timeout).Code
+}
+
+// closeError waits for the server to close and returns its close frame.
+func (c *wsClient) closeError(timeout time.Duration) *websocket.CloseError {
+	c.t.Helper()
 	deadline := time.After(timeout)
 	for {
 		select {
@@ -148,12 +154,12 @@ func (c *wsClient) closeCode(timeout time.Duration) int {
 			}
 			var ce *websocket.CloseError
 			if err := <-c.closed; errors.As(err, &ce) {
-				return ce.Code
+				return ce
 			}
-			return websocket.CloseAbnormalClosure
+			return &websocket.CloseError{Code: websocket.CloseAbnormalClosure}
 		case <-deadline:
 			c.t.Fatalf("connection not closed within %v", timeout)
-			return 0
+			return nil
 		}
 	}
 }

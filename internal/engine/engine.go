@@ -332,10 +332,16 @@ func (c *Conn) end(why error) {
 	c.err = why
 	c.queue = nil
 	if c.fd >= 0 {
-		// before the close: the descriptor's number may be reused at once
+		// before the close, and under the lock that writes and reads
+		// take: the descriptor's number may be reused at once
 		c.e.p.del(c.fd)
+		_ = c.nc.Close()
+	} else {
+		// a conn of its own kind (TLS) may write as it closes
+		// (close_notify), and block doing so: never under the lock, nor
+		// on the caller's goroutine, which may be the hub's fan-out
+		go c.nc.Close()
 	}
-	_ = c.nc.Close()
 	c.mu.Unlock()
 	c.e.forget(c)
 	if c.h.OnClose != nil {
@@ -405,14 +411,8 @@ func (e *Engine) event(id uint64) {
 // tick writes heartbeats when beat is set, and ends connections that have
 // been silent for longer than ReadTimeout.
 func (e *Engine) tick(beat bool) {
-	e.mu.Lock()
-	conns := make([]*Conn, 0, len(e.conns))
-	for _, c := range e.conns {
-		conns = append(conns, c)
-	}
-	e.mu.Unlock()
 	now := time.Now()
-	for _, c := range conns {
+	for _, c := range e.snapshot(false) {
 		c.mu.Lock()
 		idle := !c.wrote || e.opts.HeartbeatAlways
 		if beat {
@@ -429,19 +429,25 @@ func (e *Engine) tick(beat bool) {
 	}
 }
 
+// snapshot lists the connections, to act on outside the engine's lock;
+// with refuse, the engine takes no new ones from now on.
+func (e *Engine) snapshot(refuse bool) []*Conn {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	e.closed = e.closed || refuse
+	conns := make([]*Conn, 0, len(e.conns))
+	for _, c := range e.conns {
+		conns = append(conns, c)
+	}
+	return conns
+}
+
 // Shutdown ends every connection: each gets last() written, then closes
 // once it is sent, or after grace. New connections are refused from now
 // on. It returns when all have ended or grace has passed, and stops the
 // engine.
 func (e *Engine) Shutdown(last func() []byte, grace time.Duration) {
-	e.mu.Lock()
-	e.closed = true
-	conns := make([]*Conn, 0, len(e.conns))
-	for _, c := range e.conns {
-		conns = append(conns, c)
-	}
-	e.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range e.snapshot(true) {
 		c.CloseAfter(last(), grace)
 	}
 	deadline := time.Now().Add(grace)
@@ -454,14 +460,7 @@ func (e *Engine) Shutdown(last func() []byte, grace time.Duration) {
 // Close ends every connection at once and stops the engine's goroutine.
 // It is safe to call more than once.
 func (e *Engine) Close() {
-	e.mu.Lock()
-	e.closed = true
-	conns := make([]*Conn, 0, len(e.conns))
-	for _, c := range e.conns {
-		conns = append(conns, c)
-	}
-	e.mu.Unlock()
-	for _, c := range conns {
+	for _, c := range e.snapshot(true) {
 		c.Close()
 	}
 	if e.p.stop() {

@@ -1,12 +1,15 @@
 package engine
 
 import (
+	"bufio"
 	"bytes"
 	"fmt"
 	"io"
 	"net"
 	"os"
+	"os/exec"
 	"runtime"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -300,9 +303,10 @@ func TestShutdownEndsEveryConnection(t *testing.T) {
 	}
 }
 
-// Thousands of connections opened and closed leave no descriptor and no
-// goroutine behind. (5,000 pairs: both ends live in this process, under
-// its limit of open files.)
+// 10,000 connections opened and closed leave no descriptor and no
+// goroutine behind: half hang up, half are closed by their owner. The
+// clients run in a child process (this test binary again), so both ends
+// fit under the per-process limit of open files.
 func TestNoLeaks(t *testing.T) {
 	if testing.Short() {
 		t.Skip("opens 10,000 sockets")
@@ -311,32 +315,52 @@ func TestNoLeaks(t *testing.T) {
 	ln := listen(t)
 	runtime.GC()
 	fds, goroutines := openFDs(t), runtime.NumGoroutine()
-	const n = 5000
-	clients := make([]net.Conn, 0, n)
-	conns := make([]*Conn, 0, n)
+	const n = 10000
+	child := exec.Command(os.Args[0], "-test.run=^TestLeakClients$")
+	child.Env = append(os.Environ(), "ENGINE_LEAK_ADDR="+ln.Addr().String(), "ENGINE_LEAK_N="+strconv.Itoa(n))
+	stdin, _ := child.StdinPipe()
+	stdout, _ := child.StdoutPipe()
+	child.Stderr = os.Stderr
+	if err := child.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer child.Process.Kill()
 	closed := make(chan error, n)
+	conns := make([]*Conn, 0, n)
 	for range n {
-		s, c := pair(t, ln)
-		clients = append(clients, c)
-		conn, err := e.Add(s, Handlers{OnClose: func(err error) { closed <- err }})
+		s, err := ln.Accept()
 		if err != nil {
 			t.Fatal(err)
 		}
-		conns = append(conns, conn)
-	}
-	for i, c := range clients {
-		if i%2 == 0 {
-			c.Close() // half hang up
-		} else {
-			conns[i].Close() // half are closed by their owner
+		c, err := e.Add(s, Handlers{OnClose: func(err error) { closed <- err }})
+		if err != nil {
+			t.Fatal(err)
 		}
+		conns = append(conns, c)
 	}
-	for range n {
+	lines := bufio.NewReader(stdout)
+	if l, _ := lines.ReadString('\n'); l != "connected\n" {
+		t.Fatalf("child: %q", l)
+	}
+	if e.Len() != n {
+		t.Fatalf("engine holds %d of %d", e.Len(), n)
+	}
+	_, _ = io.WriteString(stdin, "hangup\n") // the child closes half of its ends
+	hungUp := 0
+	for hungUp < n/2 {
+		if err := waitEnd(t, closed, 5*time.Second); err != ErrHangup {
+			t.Fatalf("ended with %v while clients hung up", err)
+		}
+		hungUp++
+	}
+	for _, c := range conns {
+		c.Close() // the rest, by their owner (a no-op for those gone)
+	}
+	for range n - hungUp {
 		waitEnd(t, closed, 5*time.Second)
 	}
-	for _, c := range clients {
-		c.Close()
-	}
+	stdin.Close()
+	_ = child.Wait()
 	deadline := time.Now().Add(5 * time.Second)
 	for time.Now().Before(deadline) && (openFDs(t) > fds || runtime.NumGoroutine() > goroutines) {
 		time.Sleep(20 * time.Millisecond)
@@ -349,6 +373,35 @@ func TestNoLeaks(t *testing.T) {
 	}
 	if e.Len() != 0 {
 		t.Fatalf("engine still holds %d connections", e.Len())
+	}
+}
+
+// TestLeakClients is TestNoLeaks's child: it dials, says so, closes half
+// its connections when told, and the rest when its stdin closes.
+func TestLeakClients(t *testing.T) {
+	addr := os.Getenv("ENGINE_LEAK_ADDR")
+	if addr == "" {
+		t.Skip("run by TestNoLeaks")
+	}
+	n, _ := strconv.Atoi(os.Getenv("ENGINE_LEAK_N"))
+	conns := make([]net.Conn, n)
+	for i := range conns {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns[i] = c
+	}
+	fmt.Println("connected")
+	in := bufio.NewReader(os.Stdin)
+	if l, _ := in.ReadString('\n'); l == "hangup\n" {
+		for _, c := range conns[:n/2] {
+			c.Close()
+		}
+	}
+	_, _ = io.Copy(io.Discard, in)
+	for _, c := range conns {
+		c.Close()
 	}
 }
 
