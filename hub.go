@@ -14,10 +14,16 @@ import (
 // them out to the subscriptions of this process.
 //
 // The fan-out runs in lanes: each subscription belongs to one lane, and
-// each lane has a goroutine that writes every event to its own
-// subscriptions, so one event to many sockets uses every core while each
-// subscription still gets its events in order. With one lane (one core,
-// or a hub outside Caddy) the broker's goroutine delivers directly.
+// each lane writes every event to its own subscriptions, one event at a
+// time, so each subscription gets its events in order. An event with a
+// large audience (spreadAt subscriptions or more) is handed to the
+// goroutines of lanes 1 and up while the broker's goroutine writes lane
+// 0's share, so one event to many sockets uses every core. A smaller one
+// is written by the broker's goroutine alone, for every lane whose
+// goroutine has nothing in hand (else it joins that lane's queue, behind
+// what is in hand): a hand-off costs more than it saves there. With one
+// lane (one core, or a hub outside Caddy) the broker's goroutine writes
+// everything.
 type Hub struct {
 	name   string
 	broker Broker
@@ -26,10 +32,12 @@ type Hub struct {
 	mu    sync.RWMutex
 	lanes []lane // at least one
 	next  atomic.Uint32
-	// work feeds the lanes' goroutines, one channel each; nil when the
-	// broker's goroutine delivers itself. Sent to under workMu's read lock,
-	// closed under its write lock, once (stopped).
+	// work feeds the goroutines of lanes 1 and up, one channel each
+	// (work[0] is nil: lane 0 is the broker's goroutine); nil with one
+	// lane. Sent to under workMu's read lock, closed under its write lock,
+	// once (stopped).
 	work    []chan *Event
+	busy    []atomic.Int32 // events handed to each lane, not yet written
 	workMu  sync.RWMutex
 	stopped bool
 	idle    sync.WaitGroup // the lanes' goroutines
@@ -47,12 +55,16 @@ const maxLanes = 8
 // beyond it (the lanes never block on a client, so they drain fast).
 const laneQueue = 1024
 
+// spreadAt is the audience from which an event is written by every lane
+// at once.
+const spreadAt = 256
+
 func newHub(name string) *Hub {
 	return &Hub{name: name, lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
 }
 
-// startLanes spreads the fan-out over n goroutines, until stopLanes. Call
-// it before the hub has subscriptions.
+// startLanes spreads the fan-out over n lanes, until stopLanes. Call it
+// before the hub has subscriptions.
 func (h *Hub) startLanes(n int) {
 	n = min(n, maxLanes)
 	if n < 2 {
@@ -60,14 +72,19 @@ func (h *Hub) startLanes(n int) {
 	}
 	h.lanes = make([]lane, n)
 	h.work = make([]chan *Event, n)
+	h.busy = make([]atomic.Int32, n)
 	for i := range h.lanes {
 		h.lanes[i].topics = make(map[string]map[*Subscription]struct{})
+		if i == 0 {
+			continue // the broker's goroutine
+		}
 		h.work[i] = make(chan *Event, laneQueue)
 		h.idle.Add(1)
 		go func() {
 			defer h.idle.Done()
 			for ev := range h.work[i] {
 				h.deliverLane(ev, i)
+				h.busy[i].Add(-1)
 			}
 		}()
 	}
@@ -79,7 +96,7 @@ func (h *Hub) stopLanes() {
 	h.workMu.Lock()
 	if !h.stopped {
 		h.stopped = true
-		for _, ch := range h.work {
+		for _, ch := range h.work[min(1, len(h.work)):] {
 			close(ch)
 		}
 	}
@@ -112,14 +129,34 @@ func (h *Hub) deliver(ev *Event) {
 		h.deliverLane(ev, 0)
 		return
 	}
+	spread := h.audience(ev) >= spreadAt
 	h.workMu.RLock()
-	defer h.workMu.RUnlock()
-	if h.stopped {
-		return // the hub is closed: nobody is left to deliver to
+	for i := 1; i < len(h.lanes); i++ {
+		// deliver is never called twice at once, and only it hands
+		// events over: a lane with nothing in hand stays so meanwhile
+		if !h.stopped && (spread || h.busy[i].Load() > 0) {
+			h.busy[i].Add(1)
+			h.work[i] <- ev
+		} else {
+			h.deliverLane(ev, i)
+		}
 	}
-	for _, ch := range h.work {
-		ch <- ev
+	h.workMu.RUnlock()
+	h.deliverLane(ev, 0)
+}
+
+// audience counts the local subscriptions of ev's topics (a subscription
+// to several of them more than once).
+func (h *Hub) audience(ev *Event) int {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	n := 0
+	for _, l := range h.lanes {
+		for _, t := range ev.Topics {
+			n += len(l.topics[t])
+		}
 	}
+	return n
 }
 
 // deliverLane hands ev to the subscriptions of one lane; one goroutine at
