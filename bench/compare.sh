@@ -11,24 +11,37 @@
 # run's memory does not carry into the next (a Go heap does not shrink at
 # once).
 #
+# PROTOCOLS adds runs over HTTPS, where users are: the subscribers speak
+# HTTP/1.1 over TLS (https-h1), HTTP/2 (h2) or HTTP/3 (h3), a connection
+# each, to caddy-push's HTTPS site (bench/Caddyfile, Caddy's local CA) and
+# to nchan on a TLS and http2 listener with a self-signed certificate made
+# here; publishing stays on plain HTTP/1.1. Debian's nginx has no QUIC, so
+# h3 is caddy-push's alone; Centrifugo runs in the clear only; WebSocket
+# is over http and https-h1 only. The table names these runs fanout-h2 and
+# so on.
+#
 #   bench/compare.sh                                # the issue's scenarios, ~3.5 min a target here
 #   SCALE=0.1 TIME_SCALE=0.2 bench/compare.sh       # a quick look, ~1 min a target
+#   PROTOCOLS="http h2" SCENARIOS="idle fanout" TRANSPORTS=sse bench/compare.sh
 #
 # Environment (defaults in brackets):
 #   SCALE       multiplies connection counts and the churn rate [1]
 #   TIME_SCALE  multiplies durations [1]
 #   SCENARIOS   [idle fanout broadcast churn]    TRANSPORTS [sse ws]
 #   TARGETS     [caddy-push nchan centrifugo]
+#   PROTOCOLS   [http]: any of http https-h1 h2 h3
 #   RUNS        runs of everything; the table has the medians [1]
 #   OUT         results directory [bench/out]    PLOT [bench/latency.png]
 #   CADDY_PORT [8090]  NCHAN_PORT [8091]  CENTRIFUGO_PORT [8092]
+#   CADDY_TLS_PORT [8443]  NCHAN_TLS_PORT [8444]: HTTPS (and caddy-push's HTTP/3)
 #   CENTRIFUGO  the centrifugo binary [go install's: $(go env GOPATH)/bin/centrifugo]
 #   TIME_LIMIT  seconds; no run starts after this [3600]
 #
 # It needs Go. It installs nginx and libnginx-mod-nchan from Debian's
 # packages when they are missing (as root, or with sudo), and Centrifugo
 # with go install from the Go module proxy when CENTRIFUGO is not
-# Centrifugo v6.9.1 (a build of a few minutes).
+# Centrifugo v6.9.1 (a build of a few minutes). HTTPS runs against nchan
+# need openssl for the certificate.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,12 +50,15 @@ TIME_SCALE=${TIME_SCALE:-1}
 SCENARIOS=${SCENARIOS:-idle fanout broadcast churn}
 TRANSPORTS=${TRANSPORTS:-sse ws}
 TARGETS=${TARGETS:-caddy-push nchan centrifugo}
+PROTOCOLS=${PROTOCOLS:-http}
 RUNS=${RUNS:-1}
 OUT=${OUT:-bench/out}
 PLOT=${PLOT:-bench/latency.png}
 CADDY_PORT=${CADDY_PORT:-8090}
 NCHAN_PORT=${NCHAN_PORT:-8091}
 CENTRIFUGO_PORT=${CENTRIFUGO_PORT:-8092}
+CADDY_TLS_PORT=${CADDY_TLS_PORT:-8443}
+NCHAN_TLS_PORT=${NCHAN_TLS_PORT:-8444}
 TIME_LIMIT=${TIME_LIMIT:-3600}
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 CENTRIFUGO_MODULE=github.com/centrifugal/centrifugo/v6
@@ -116,30 +132,72 @@ wait_port() {
 	return 1
 }
 
-# start_server TARGET: starts it, sets SERVER_PID, PORT and PIDS (the
-# processes whose memory and CPU count: nginx's master and workers)
+# wait_tls PORT: until a TLS handshake there succeeds, at most 10 s (Caddy
+# issues its certificate in the background)
+wait_tls() {
+	for _ in $(seq 100); do
+		curl -sk -o /dev/null --max-time 1 "https://127.0.0.1:$1/" && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
+# make_cert: nchan's self-signed certificate, for a day
+make_cert() {
+	[ -f "$WORK/tls/cert.pem" ] && return
+	mkdir -p "$WORK/tls"
+	openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj /CN=localhost \
+		-addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
+		-keyout "$WORK/tls/key.pem" -out "$WORK/tls/cert.pem" 2>>"$WORK/openssl.log" ||
+		{ cat "$WORK/openssl.log" >&2; die "openssl could not make a certificate"; }
+}
+
+# start_server TARGET PROTOCOL: starts it, sets SERVER_PID, PORT, TLS_PORT
+# and PIDS (the processes whose memory and CPU count: nginx's master and
+# workers). Over http, nchan has no TLS listener; caddy-push always has
+# its HTTPS site.
 start_server() {
+	local proto=${2:-http}
 	case $1 in
 	caddy-push)
-		PORT=$CADDY_PORT
-		PUSH_BENCH_PORT=$PORT "$WORK/caddy" run --config bench/Caddyfile --adapter caddyfile >>"$WORK/caddy.log" 2>&1 &
+		PORT=$CADDY_PORT TLS_PORT=$CADDY_TLS_PORT
+		# Caddy's data (its local CA, the certificates) in the work directory
+		PUSH_BENCH_PORT=$PORT PUSH_BENCH_TLS_PORT=$TLS_PORT XDG_DATA_HOME="$WORK/caddy-data" XDG_CONFIG_HOME="$WORK/caddy-config" \
+			"$WORK/caddy" run --config bench/Caddyfile --adapter caddyfile >>"$WORK/caddy.log" 2>&1 &
 		SERVER_PID=$!
 		wait_port "$PORT" || { tail -20 "$WORK/caddy.log" >&2; die "caddy-push did not start"; }
+		if [ "$proto" != http ]; then
+			wait_tls "$TLS_PORT" || { tail -20 "$WORK/caddy.log" >&2; die "caddy-push's HTTPS did not start"; }
+		fi
 		PIDS=$SERVER_PID
 		;;
 	nchan)
-		PORT=$NCHAN_PORT
+		PORT=$NCHAN_PORT TLS_PORT=$NCHAN_TLS_PORT
 		rm -rf "$WORK/nchan"
 		mkdir -p "$WORK/nchan/logs" "$WORK/nchan/tmp"
 		sed "s/127\.0\.0\.1:8091/127.0.0.1:$PORT/" bench/nchan.conf >"$WORK/nchan/nginx.conf"
+		if [ "$proto" != http ]; then
+			# the same server on a TLS listener with HTTP/2 (nginx 1.22's
+			# syntax), TLS 1.3 as Caddy has it (1.22's default stops at 1.2)
+			make_cert
+			sed -i "/listen 127\.0\.0\.1:$PORT /a\\
+		listen 127.0.0.1:$TLS_PORT ssl http2 backlog=4096 reuseport;\\
+		ssl_certificate $WORK/tls/cert.pem;\\
+		ssl_certificate_key $WORK/tls/key.pem;\\
+		ssl_protocols TLSv1.2 TLSv1.3;" "$WORK/nchan/nginx.conf"
+			grep -q "listen 127.0.0.1:$TLS_PORT ssl" "$WORK/nchan/nginx.conf" || die "no TLS listener in the nchan config"
+		fi
 		nginx -p "$WORK/nchan" -c "$WORK/nchan/nginx.conf" -e "$WORK/nchan/logs/error.log" >>"$WORK/nginx.log" 2>&1 &
 		SERVER_PID=$!
 		wait_port "$PORT" || { cat "$WORK/nginx.log" "$WORK/nchan/logs/error.log" >&2; die "nchan did not start"; }
+		if [ "$proto" != http ]; then
+			wait_tls "$TLS_PORT" || { cat "$WORK/nginx.log" "$WORK/nchan/logs/error.log" >&2; die "nchan's HTTPS did not start"; }
+		fi
 		sleep 0.2 # the workers
 		PIDS=$(echo "$SERVER_PID" $(cat "/proc/$SERVER_PID/task/$SERVER_PID/children") | tr ' ' ',' | sed 's/,*$//')
 		;;
 	centrifugo)
-		PORT=$CENTRIFUGO_PORT
+		PORT=$CENTRIFUGO_PORT TLS_PORT=""
 		"$CENTRIFUGO" --config bench/centrifugo.json --http_server.port "$PORT" >>"$WORK/centrifugo.log" 2>&1 &
 		SERVER_PID=$!
 		wait_port "$PORT" || { tail -20 "$WORK/centrifugo.log" >&2; die "centrifugo did not start"; }
@@ -161,9 +219,20 @@ stop_server() {
 	SERVER_PID=""
 }
 
-# bench TARGET SCENARIO TRANSPORT RUN: one pushbench run on a fresh server
+# skip_reason TARGET PROTOCOL TRANSPORT: why that combination does not
+# run, or nothing
+skip_reason() {
+	case $1/$2/$3 in
+	*/http/* | caddy-push/https-h1/* | nchan/https-h1/*) ;;
+	*/h2/ws | */h3/ws) echo "WebSocket is over http and https-h1 only" ;;
+	nchan/h3/*) echo "Debian's nginx has no QUIC" ;;
+	centrifugo/*) echo "Centrifugo runs over http only here" ;;
+	esac
+}
+
+# bench TARGET SCENARIO TRANSPORT RUN PROTOCOL: one pushbench run on a fresh server
 bench() {
-	local target=$1 scenario=$2 transport=$3 run=$4
+	local target=$1 scenario=$2 transport=$3 run=$4 proto=${5:-http}
 	local -a args
 	case $scenario in
 	idle) args=(-n "$(scale 19000)" -duration "$(seconds 10)") ;;
@@ -175,14 +244,29 @@ bench() {
 	*) die "unknown scenario $scenario" ;;
 	esac
 	local name="$scenario-$transport-$target-$run"
+	if [ "$proto" != http ]; then
+		name="$scenario-$proto-$transport-$target-$run"
+	fi
+	local skip
+	skip=$(skip_reason "$target" "$proto" "$transport")
+	if [ -n "$skip" ]; then
+		((run > 1)) || log "$name: skipped: $skip"
+		return
+	fi
 	if ((SECONDS > TIME_LIMIT)); then
 		log "$name: skipped, past TIME_LIMIT"
 		return
 	fi
-	start_server "$target"
-	log "$name: ${args[*]}"
+	start_server "$target" "$proto"
+	# the subscribers on the HTTPS port; the publisher on the plain one
+	local -a addr=(-addr "127.0.0.1:$PORT")
+	case $proto in
+	https-h1) addr=(-tls -addr "127.0.0.1:$TLS_PORT" -pub-addr "127.0.0.1:$PORT") ;;
+	h2 | h3) addr=("-$proto" -addr "127.0.0.1:$TLS_PORT" -pub-addr "127.0.0.1:$PORT") ;;
+	esac
+	log "$name: ${addr[*]} ${args[*]}"
 	# pushbench bounds its own phases; this bounds the run whatever happens
-	if timeout --signal=INT --kill-after=10 300 "$WORK/pushbench" -target "$target" -addr "127.0.0.1:$PORT" \
+	if timeout --signal=INT --kill-after=10 300 "$WORK/pushbench" -target "$target" "${addr[@]}" \
 		-scenario "$scenario" -transport "$transport" -pid "$PIDS" -json "${args[@]}" \
 		>"$WORK/$name.json" 2> >(tee "$OUT/$name.log" >&2); then
 		mv "$WORK/$name.json" "$OUT/$name.json"
@@ -200,7 +284,19 @@ for target in $TARGETS; do
 	esac
 done
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
+secure=""
+for proto in $PROTOCOLS; do
+	case $proto in
+	http) ;;
+	https-h1 | h2 | h3) secure=1 ;;
+	*) die "unknown protocol $proto in PROTOCOLS: http, https-h1, h2 or h3" ;;
+	esac
+done
 command -v go >/dev/null || die "needs Go to build caddy-push and pushbench"
+if [ -n "$secure" ]; then
+	command -v curl >/dev/null || die "HTTPS runs need curl, to wait for the servers' TLS"
+	if has_target nchan; then command -v openssl >/dev/null || die "HTTPS runs against nchan need openssl for the certificate"; fi
+fi
 if has_target nchan; then install_nchan; fi
 if has_target centrifugo; then install_centrifugo; fi
 ulimit -n "$(ulimit -Hn)" # the servers need as many files as the connections
@@ -221,14 +317,20 @@ rm -f "$OUT"/*.json "$OUT"/*.log
 		echo "centrifugo: $(centrifugo_version "$CENTRIFUGO"), $(go version -m "$CENTRIFUGO" | head -1 | cut -d' ' -f2)"
 	fi
 	echo "open-file limit: $(ulimit -n); SCALE=$SCALE TIME_SCALE=$TIME_SCALE RUNS=$RUNS"
+	if [ -n "$secure" ]; then
+		echo "protocols: $PROTOCOLS; pushbench's TLS: $(go version | cut -d' ' -f3) crypto/tls, quic-go $(go list -m -f '{{.Version}}' github.com/quic-go/quic-go)"
+		if has_target nchan; then echo "nchan's TLS: $(openssl version | cut -d' ' -f1-2)"; fi
+	fi
 } | tee "$OUT/machine.txt"
 
 RESULTS=()
 for run in $(seq "$RUNS"); do
 	for scenario in $SCENARIOS; do
-		for transport in $TRANSPORTS; do
-			for target in $TARGETS; do
-				bench "$target" "$scenario" "$transport" "$run"
+		for proto in $PROTOCOLS; do
+			for transport in $TRANSPORTS; do
+				for target in $TARGETS; do
+					bench "$target" "$scenario" "$transport" "$run" "$proto"
+				done
 			done
 		done
 	done

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,9 @@ type dialer struct {
 	timeout time.Duration
 	sources []net.IP
 	next    atomic.Uint64
+
+	h2     *http.Transport // -h2: makes each subscriber's connection
+	h2Once sync.Once
 }
 
 func newDialer(timeout time.Duration, sources int) *dialer {
@@ -39,10 +43,18 @@ func newDialer(timeout time.Duration, sources int) *dialer {
 	return d
 }
 
+// source is the next source address, nil for the default.
+func (d *dialer) source() net.IP {
+	if len(d.sources) == 0 {
+		return nil
+	}
+	return d.sources[d.next.Add(1)%uint64(len(d.sources))]
+}
+
 func (d *dialer) dial(ctx context.Context, addr string) (net.Conn, error) {
 	nd := net.Dialer{Timeout: d.timeout}
-	if len(d.sources) > 0 {
-		nd.LocalAddr = &net.TCPAddr{IP: d.sources[d.next.Add(1)%uint64(len(d.sources))]}
+	if src := d.source(); src != nil {
+		nd.LocalAddr = &net.TCPAddr{IP: src}
 		// leave the port to connect(), which only needs the whole
 		// 4-tuple to be unique, instead of bind(), which wants the port
 		// free on that address for any destination
@@ -91,17 +103,33 @@ func (e statusError) Error() string { return strconv.Itoa(int(e)) }
 
 // open connects and subscribes to topic; it returns once the stream is
 // open (SSE response headers, or the WebSocket handshake, received; for
-// Centrifugo, its connect push too).
-func open(ctx context.Context, d *dialer, t *target, transport, topic string) (net.Conn, source, error) {
+// Centrifugo, its connect push too). Closing what it returns ends the
+// stream and its connection.
+func open(ctx context.Context, d *dialer, t *target, transport, topic string) (io.Closer, source, error) {
 	ep, err := t.endpoint(t.subURL, topic, true)
 	if err != nil {
 		return nil, nil, err
+	}
+	switch t.proto {
+	case protoH2:
+		return openH2(ctx, d, t, ep, topic)
+	case protoH3:
+		return openH3(ctx, d, t, ep, topic)
 	}
 	conn, err := d.dial(ctx, ep.hostport)
 	if err != nil {
 		return nil, nil, stageError{"dial", err}
 	}
 	_ = conn.SetDeadline(time.Now().Add(d.timeout))
+	if ep.tls {
+		// the same raw HTTP/1.1, over TLS
+		tc := tls.Client(conn, t.subTLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			conn.Close()
+			return nil, nil, stageError{"tls", err}
+		}
+		conn = tc
+	}
 	src, err := handshake(conn, ep, transport, t.wrap, topic)
 	if err != nil {
 		conn.Close()
@@ -165,7 +193,7 @@ func centrifugoStream(src source, topic string) (source, error) {
 	return s, nil
 }
 
-// stageError says where a connection failed: dial or handshake.
+// stageError says where a connection failed: dial, tls or handshake.
 type stageError struct {
 	stage string
 	err   error

@@ -6,9 +6,14 @@
 // It speaks to caddy-push and nchan (SSE or WebSocket), Centrifugo (its
 // unidirectional SSE and WebSocket transports) and Mercure over raw
 // HTTP/1.1, so that the client costs little next to the server it
-// measures on the same machine.
+// measures on the same machine. With -tls the subscribers speak the same
+// over TLS; with -h2 and -h3 they are SSE streams over HTTP/2 and HTTP/3,
+// each on a connection of its own, as each browser has its own. The
+// publisher stays on HTTP/1.1 (over TLS too unless -pub-addr names a
+// plain HTTP address).
 //
 //	pushbench -scenario fanout -transport ws -pid 1234
+//	pushbench -h2 -addr 127.0.0.1:8443 -pub-addr 127.0.0.1:8090 -scenario fanout
 //	pushbench -target nchan -addr 127.0.0.1:8091 -n 2000 -topics 20 -rate 200 -json > nchan.json
 //	pushbench -target centrifugo -addr 127.0.0.1:8092 -transport ws -n 2000 -topics 20
 //	pushbench -compare caddy.json nchan.json       # a table of medians and ratios
@@ -36,6 +41,8 @@ type config struct {
 	target      string
 	transport   string
 	addr        string
+	pubAddr     string
+	tls, h2, h3 bool
 	subURL      string
 	pubURL      string
 	allowRemote bool
@@ -89,6 +96,14 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	fs.StringVar(&c.target, "target", "caddy-push", "server under test: caddy-push, nchan, centrifugo or mercure")
 	fs.StringVar(&c.transport, "transport", "sse", "subscriber transport: sse or ws")
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8090", "host:port of the server, put into the URL templates as {addr}")
+	fs.StringVar(&c.pubAddr, "pub-addr", "", "host:port to publish to over plain HTTP/1.1, the publish URL's {addr} "+
+		"(default: -addr; with -tls, -h2 or -h3, publishing is then HTTPS/1.1 to -addr)")
+	fs.BoolVar(&c.tls, "tls", false, "subscribers speak HTTP/1.1 over TLS (https://, wss://), a connection each; "+
+		"certificates are not checked on loopback")
+	fs.BoolVar(&c.h2, "h2", false, "subscribers are SSE streams over HTTP/2 (TLS, ALPN h2), a connection each, as browsers have; "+
+		"SSE only: no WebSocket over HTTP/2 (RFC 8441), use -tls for wss://; certificates are not checked on loopback")
+	fs.BoolVar(&c.h3, "h3", false, "subscribers are SSE streams over HTTP/3 (QUIC), a connection each; "+
+		"SSE only: no WebSocket over HTTP/3 (RFC 9220); certificates are not checked on loopback")
 	fs.StringVar(&c.subURL, "sub-url", "", "subscribe URL template with {addr} and {topic} (default: the target's)")
 	fs.StringVar(&c.pubURL, "pub-url", "", "publish URL template with {addr} and {topic} (default: the target's)")
 	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow URLs that are not on loopback")
@@ -167,6 +182,11 @@ func (c *config) check(files bool) error {
 		return nil
 	case c.transport != "sse" && c.transport != "ws":
 		return fmt.Errorf("-transport %q: sse or ws", c.transport)
+	case btoi(c.tls)+btoi(c.h2)+btoi(c.h3) > 1:
+		return errors.New("-tls, -h2 and -h3: one at most")
+	case c.transport == "ws" && (c.h2 || c.h3):
+		return errors.New("-transport ws: -h2 and -h3 are SSE only, as WebSocket over HTTP/2 (RFC 8441) and HTTP/3 (RFC 9220) " +
+			"is rarely supported; use -tls for WebSocket over TLS, or -transport sse")
 	case c.n < 1 || c.topics < 1 || c.topics > c.n:
 		return errors.New("need -n ≥ 1 and 1 ≤ -topics ≤ -n")
 	case c.connectRate <= 0 || c.rate < 0 || c.churnRate < 0 || c.size < 0:
@@ -179,6 +199,27 @@ func (c *config) check(files bool) error {
 		return errors.New("-sources: 0 to 250")
 	}
 	return nil
+}
+
+// protocol is how the subscribers speak: protoHTTP, protoTLS, protoH2 or
+// protoH3.
+func (c *config) protocol() string {
+	switch {
+	case c.h3:
+		return protoH3
+	case c.h2:
+		return protoH2
+	case c.tls:
+		return protoTLS
+	}
+	return protoHTTP
+}
+
+func btoi(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func main() {

@@ -12,8 +12,8 @@ import (
 
 // plotCDF draws the latency CDF of every result in one chart, on a log
 // scale since targets can be orders of magnitude apart. A target keeps
-// its colour and a transport (and scenario) its dash pattern, so the
-// curves to compare are told apart at a glance.
+// its colour and a transport (and scenario, and protocol) its dash
+// pattern, so the curves to compare are told apart at a glance.
 func plotCDF(file string, results []*result) error {
 	p := plot.New()
 	p.Title.Text = "Delivery latency, publish to subscriber"
@@ -37,7 +37,7 @@ func plotCDF(file string, results []*result) error {
 		}
 		line.Width = vg.Points(1.5)
 		line.Color = plotutil.Color(indexOf(&targets, r.Target))
-		line.Dashes = plotutil.Dashes(indexOf(&kinds, r.Transport+" "+r.Scenario))
+		line.Dashes = plotutil.Dashes(indexOf(&kinds, r.Transport+" "+r.Scenario+" "+r.Protocol))
 		p.Add(line)
 		p.Legend.Add(fmt.Sprintf("%s (p99 %.3g ms)", r.Label, r.Latency.P99), line)
 	}

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"crypto/tls"
 	"io"
 	"net"
 	"net/http"
@@ -26,7 +27,8 @@ type job struct {
 type publisher struct {
 	t      *target
 	topics []string
-	eps    []endpoint // per topic
+	eps    []endpoint  // per topic
+	tls    *tls.Config // for an https:// publish URL
 	size   int
 	dialer *dialer
 	jobs   chan job
@@ -61,6 +63,9 @@ func newPublisher(t *target, topics []string, size, conns int, timeout time.Dura
 			return nil, err
 		}
 		p.eps = append(p.eps, ep)
+		if ep.tls {
+			p.tls = tlsConfig(ep, "http/1.1")
+		}
 	}
 	for range conns {
 		p.workers.Go(p.work)
@@ -144,6 +149,15 @@ func (p *publisher) publish(c *pubConn, j job) (*pubConn, error) {
 		conn, err := p.dialer.dial(context.Background(), ep.hostport)
 		if err != nil {
 			return nil, stageError{"dial", err}
+		}
+		if ep.tls {
+			tc := tls.Client(conn, p.tls)
+			_ = conn.SetDeadline(time.Now().Add(publishTimeout))
+			if err := tc.Handshake(); err != nil {
+				conn.Close()
+				return nil, stageError{"tls", err}
+			}
+			conn = tc
 		}
 		c = &pubConn{conn: conn, br: bufio.NewReaderSize(conn, readBufferSize)}
 	}

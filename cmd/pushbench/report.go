@@ -170,12 +170,12 @@ func count(m map[string]int) int {
 // column per target with the median of its runs, and the ratio of
 // caddy-push to each other target.
 func printComparison(w io.Writer, results []*result) {
-	type key struct{ scenario, transport string }
+	type key struct{ scenario, protocol, transport string }
 	var keys []key
 	var targets []string
 	groups := map[key]map[string][]*result{}
 	for _, r := range results {
-		k := key{cmp.Or(r.Scenario, "-"), r.Transport}
+		k := key{cmp.Or(r.Scenario, "-"), r.Protocol, r.Transport}
 		if groups[k] == nil {
 			groups[k] = map[string][]*result{}
 			keys = append(keys, k)
@@ -213,11 +213,17 @@ func printComparison(w io.Writer, results []*result) {
 		for _, rs := range groups[k] {
 			runs = max(runs, len(rs))
 		}
+		// the protocol, when not plain HTTP/1.1, in the scenario's name:
+		// fanout-h2
+		name := k.scenario
+		if k.protocol != "" {
+			name = strings.TrimPrefix(name+"-"+k.protocol, "--")
+		}
 		for _, m := range metrics {
 			if m.scenarios != "*" && !slices.Contains(strings.Fields(m.scenarios), k.scenario) {
 				continue
 			}
-			line := k.scenario + "\t" + k.transport + "\t" + m.name + "\t"
+			line := name + "\t" + k.transport + "\t" + m.name + "\t"
 			vals := make([]float64, len(targets))
 			have := make([]bool, len(targets))
 			shown := false

@@ -15,6 +15,7 @@ type result struct {
 	Label       string  `json:"label"`
 	Target      string  `json:"target"`
 	Transport   string  `json:"transport"`
+	Protocol    string  `json:"protocol,omitempty"` // the subscribers' when not HTTP/1.1 in the clear: https-h1, h2 or h3
 	Scenario    string  `json:"scenario,omitempty"`
 	Subscribers int     `json:"subscribers"`
 	Topics      int     `json:"topics"`
@@ -139,7 +140,7 @@ func run(ctx context.Context, c *config, progress io.Writer) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &runner{ctx: ctx, c: c, progress: progress, t: t, topics: topicNames(c.topics), res: newResult(c)}
+	r := &runner{ctx: ctx, c: c, progress: progress, t: t, topics: topicNames(c.topics), res: newResult(c, t.proto)}
 	res := r.res
 
 	var srv *serverResult
@@ -148,7 +149,11 @@ func run(ctx context.Context, c *config, progress io.Writer) (*result, error) {
 		srv = &serverResult{PIDs: c.pids, RSSBeforeKB: before.rssKB, PSSBeforeKB: before.pssKB}
 	}
 
-	r.logf("%s: connecting %d %s subscribers to %d topics at %g/s", res.Label, c.n, c.transport, c.topics, c.connectRate)
+	over := ""
+	if t.proto != protoHTTP {
+		over = " over " + t.proto
+	}
+	r.logf("%s: connecting %d %s subscribers%s to %d topics at %g/s", res.Label, c.n, c.transport, over, c.topics, c.connectRate)
 	start := time.Now()
 	r.pool = connect(ctx, newDialer(c.timeout, c.sources), t, c, r.topics)
 	res.ConnectSeconds = time.Since(start).Seconds()
@@ -343,16 +348,19 @@ func (r *runner) readProcs() (procStats, bool) {
 	return s, true
 }
 
-func newResult(c *config) *result {
+func newResult(c *config, proto string) *result {
 	label := c.label
 	if label == "" {
 		label = c.target + " " + c.transport
 		if c.scenario != "" {
 			label += " " + c.scenario
 		}
+		if proto != protoHTTP {
+			label += " " + proto
+		}
 	}
 	return &result{
-		Label: label, Target: c.target, Transport: c.transport, Scenario: c.scenario,
+		Label: label, Target: c.target, Transport: c.transport, Protocol: proto, Scenario: c.scenario,
 		Subscribers: c.n, Topics: c.topics, Rate: c.rate, Size: c.size, DurationS: c.duration.Seconds(),
 	}
 }

@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"bytes"
+	"crypto/tls"
 	"encoding/json"
 	"io"
 	"net"
@@ -26,23 +27,45 @@ var errConnRefused = syscall.ECONNREFUSED
 
 func newBufReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, readBufferSize) }
 
-// startCaddy runs bench/Caddyfile's site in this process on a free
-// loopback port, and returns its address.
-func startCaddy(t *testing.T) string {
+// freePort is a loopback port free for TCP and, when udp is set, for UDP
+// too (HTTP/3 serves on the HTTPS port's UDP twin).
+func freePort(t *testing.T, udp bool) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !udp {
+			return strconv.Itoa(port)
+		}
+		if u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}); err == nil {
+			u.Close()
+			return strconv.Itoa(port)
+		}
 	}
-	port := strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
-	l.Close()
+	t.Fatal("no free port")
+	return ""
+}
+
+// startCaddy runs bench/Caddyfile's sites in this process on free
+// loopback ports, and returns their addresses: plain HTTP, and HTTPS
+// (HTTP/1.1, HTTP/2 and HTTP/3) with a certificate from Caddy's local CA.
+func startCaddy(t *testing.T) (plain, secure string) {
+	t.Helper()
+	port, tlsPort := freePort(t, false), freePort(t, true)
 	site, err := os.ReadFile("../../bench/Caddyfile")
 	if err != nil {
 		t.Fatal(err)
 	}
-	// the bench's own config, with the port given and no waiting on stop
+	// the bench's own config, with the ports given, the local CA and the
+	// certificates in a directory of the test's, and no waiting on stop
 	cf := strings.ReplaceAll(string(site), "{$PUSH_BENCH_PORT:8090}", port)
+	cf = strings.ReplaceAll(cf, "{$PUSH_BENCH_TLS_PORT:8443}", tlsPort)
 	cf = strings.Replace(cf, "grace_period 1s", "grace_period 1ns", 1)
+	cf = strings.Replace(cf, "persist_config off", "persist_config off\n\tstorage file_system "+strconv.Quote(t.TempDir()), 1)
 	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
 	if err != nil {
 		t.Fatalf("adapting bench/Caddyfile: %v", err)
@@ -55,7 +78,20 @@ func startCaddy(t *testing.T) string {
 			t.Errorf("stopping caddy: %v", err)
 		}
 	})
-	return "127.0.0.1:" + port
+	plain, secure = "127.0.0.1:"+port, "127.0.0.1:"+tlsPort
+	// the certificate is issued in the background: wait for it
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", secure, &tls.Config{InsecureSkipVerify: true})
+		if err == nil {
+			conn.Close()
+			return plain, secure
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no TLS on %s: %v", secure, err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 func testConfig(t *testing.T, addr string, args ...string) *config {
@@ -94,7 +130,7 @@ func TestRunAgainstCaddyPush(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server and runs loads for seconds")
 	}
-	addr := startCaddy(t)
+	addr, _ := startCaddy(t)
 	dir := t.TempDir()
 	var files []string
 	for _, transport := range []string{"sse", "ws"} {
@@ -145,12 +181,58 @@ func TestRunAgainstCaddyPush(t *testing.T) {
 	}
 }
 
+// Subscribers over HTTPS: HTTP/1.1 over TLS (SSE and WebSocket), HTTP/2
+// and HTTP/3, a connection each, publishing over plain HTTP/1.1 as
+// bench/compare.sh does, or over HTTPS/1.1 to the one address given.
+func TestRunOverHTTPS(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server and runs loads for seconds")
+	}
+	plain, secure := startCaddy(t)
+	for _, tc := range []struct {
+		name, protocol string
+		args           []string
+	}{
+		{"tls-sse", protoTLS, []string{"-tls", "-pub-addr", plain}},
+		{"tls-ws", protoTLS, []string{"-tls", "-transport", "ws", "-pub-addr", plain}},
+		{"h2", protoH2, []string{"-h2", "-pub-addr", plain}},
+		{"h3", protoH3, []string{"-h3", "-pub-addr", plain}},
+		// no -pub-addr: the publisher speaks HTTPS/1.1 to -addr
+		{"h2-https-publish", protoH2, []string{"-h2", "-n", "20", "-duration", "1s"}},
+		// connections that come and go over QUIC
+		{"h3-churn", protoH3, []string{"-h3", "-pub-addr", plain, "-n", "20", "-churn", "50", "-churn-hold", "20ms", "-duration", "1s"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var progress bytes.Buffer
+			r, err := run(t.Context(), testConfig(t, secure, tc.args...), &progress)
+			if err != nil {
+				t.Fatalf("%v\n%s", err, progress.String())
+			}
+			checkComplete(t, r)
+			if r.Protocol != tc.protocol || !strings.HasSuffix(r.Label, " "+tc.protocol) {
+				t.Errorf("protocol %q, label %q", r.Protocol, r.Label)
+			}
+			if ch := r.Churn; ch != nil && (ch.Opened != int64(ch.Attempted) || ch.Failures != nil) {
+				t.Errorf("churn %+v", ch)
+			}
+		})
+	}
+	// a plain HTTP address is no HTTP/2 server: the subscribers fail,
+	// and say why
+	t.Run("h2-on-plain", func(t *testing.T) {
+		c := testConfig(t, plain, "-h2", "-n", "2", "-topics", "1", "-timeout", "2s")
+		if _, err := run(t.Context(), c, io.Discard); err == nil || !strings.Contains(err.Error(), "no subscriber could connect") {
+			t.Errorf("got %v", err)
+		}
+	})
+}
+
 // The ramp and the churn run too, briefly.
 func TestRampAndChurn(t *testing.T) {
 	if testing.Short() {
 		t.Skip("starts a server and runs loads for seconds")
 	}
-	addr := startCaddy(t)
+	addr, _ := startCaddy(t)
 	t.Run("ramp", func(t *testing.T) {
 		c := testConfig(t, addr, "-scenario", "broadcast", "-n", "20", "-rate", "20", "-step", "500ms", "-duration", "1200ms", "-ramp", "2", "-p99-limit", "10s")
 		r, err := run(t.Context(), c, io.Discard)
@@ -187,6 +269,15 @@ func TestRunRefusesRemote(t *testing.T) {
 	if _, err := run(t.Context(), c, io.Discard); err == nil || !strings.Contains(err.Error(), "loopback") {
 		t.Fatalf("got %v", err)
 	}
+	for _, mode := range []string{"-tls", "-h2", "-h3"} {
+		c, _, err := parseFlags([]string{mode, "-addr", "192.0.2.1:443", "-pub-addr", "127.0.0.1:8090"}, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := run(t.Context(), c, io.Discard); err == nil || !strings.Contains(err.Error(), "loopback") {
+			t.Errorf("%s: got %v", mode, err)
+		}
+	}
 }
 
 func TestParseFlags(t *testing.T) {
@@ -207,6 +298,10 @@ func TestParseFlags(t *testing.T) {
 		{"-pid", "x"},
 		{"file.json"},
 		{"-compare"},
+		{"-tls", "-h2"},
+		{"-h2", "-h3"},
+		{"-h2", "-transport", "ws"},
+		{"-h3", "-transport", "ws"},
 	} {
 		if _, _, err := parseFlags(args, io.Discard); err == nil {
 			t.Errorf("%q: no error", args)
@@ -214,6 +309,53 @@ func TestParseFlags(t *testing.T) {
 	}
 	if _, files, err := parseFlags([]string{"-compare", "a.json", "b.json"}, io.Discard); err != nil || len(files) != 2 {
 		t.Errorf("-compare a b: %v %v", files, err)
+	}
+}
+
+// -tls, -h2 and -h3 turn the subscribe URL to https:// or wss://; the
+// publish URL stays plain on -pub-addr, or is HTTPS on -addr without it.
+func TestTargetOverTLS(t *testing.T) {
+	for _, tc := range []struct {
+		args            []string
+		sub, pub, proto string
+		alpn            string
+	}{
+		{nil, "http://127.0.0.1:8090/events?topic=x", "http://127.0.0.1:8090/publish", protoHTTP, ""},
+		{[]string{"-addr", "127.0.0.1:8443", "-h2", "-pub-addr", "127.0.0.1:8090"},
+			"https://127.0.0.1:8443/events?topic=x", "http://127.0.0.1:8090/publish", protoH2, "h2"},
+		{[]string{"-addr", "127.0.0.1:8443", "-tls", "-transport", "ws"},
+			"wss://127.0.0.1:8443/ws?topic=x", "https://127.0.0.1:8443/publish", protoTLS, "http/1.1"},
+		{[]string{"-target", "nchan", "-addr", "localhost:8444", "-h3", "-pub-addr", "127.0.0.1:8091"},
+			"https://localhost:8444/sub/x", "http://127.0.0.1:8091/pub/x", protoH3, "h3"},
+		// an https:// URL alone is -tls
+		{[]string{"-sub-url", "https://[::1]/events?topic={topic}"},
+			"https://[::1]/events?topic=x", "http://127.0.0.1:8090/publish", protoTLS, "http/1.1"},
+	} {
+		c, _, err := parseFlags(tc.args, io.Discard)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tg, err := newTarget(c)
+		if err != nil {
+			t.Fatalf("%q: %v", tc.args, err)
+		}
+		sub, _ := tg.endpoint(tg.subURL, "x", false)
+		pub, _ := tg.endpoint(tg.pubURL, "x", false)
+		if sub.url != tc.sub || pub.url != tc.pub || tg.proto != tc.proto || sub.tls != (tc.alpn != "") {
+			t.Errorf("%q: subscribe %s, publish %s, protocol %q", tc.args, sub.url, pub.url, tg.proto)
+		}
+		if tc.alpn != "" && (tg.subTLS == nil || tg.subTLS.NextProtos[0] != tc.alpn || !tg.subTLS.InsecureSkipVerify) {
+			t.Errorf("%q: TLS %+v", tc.args, tg.subTLS)
+		}
+	}
+	// certificates are checked off loopback
+	c, _, _ := parseFlags([]string{"-h2", "-addr", "push.example:443", "-allow-remote"}, io.Discard)
+	if tg, err := newTarget(c); err != nil || tg.subTLS.InsecureSkipVerify || tg.subTLS.ServerName != "push.example" {
+		t.Errorf("remote: %v", err)
+	}
+	// WebSocket over HTTP/2 or HTTP/3 is refused with the reason
+	if _, _, err := parseFlags([]string{"-h2", "-transport", "ws"}, io.Discard); err == nil || !strings.Contains(err.Error(), "SSE only") {
+		t.Errorf("-h2 -transport ws: %v", err)
 	}
 }
 
@@ -241,6 +383,27 @@ func TestComparison(t *testing.T) {
 	for _, want := range []string{"caddy-push  nchan  caddy-push/nchan", "deliveries/s  150  100  1.50×", "missing deliveries  0  0  ="} {
 		if !strings.Contains(strings.Join(strings.Fields(out), "  "), strings.Join(strings.Fields(want), "  ")) {
 			t.Errorf("no %q in\n%s", want, out)
+		}
+	}
+}
+
+// Runs over HTTPS get rows of their own, the protocol in the scenario's
+// name; a target that did not run one (nchan over h3) has n/a.
+func TestComparisonProtocols(t *testing.T) {
+	mk := func(target, protocol string, dps float64) *result {
+		return &result{Target: target, Transport: "sse", Protocol: protocol, Scenario: "fanout", Connected: 10, DeliveriesPerSec: dps}
+	}
+	var b bytes.Buffer
+	printComparison(&b, []*result{mk("caddy-push", "", 300), mk("nchan", "", 100), mk("caddy-push", protoH2, 200),
+		mk("nchan", protoH2, 50), mk("caddy-push", protoH3, 150)})
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, want := range []string{
+		"fanout sse deliveries/s 300 100 3.00×",
+		"fanout-h2 sse deliveries/s 200 50 4.00×",
+		"fanout-h3 sse deliveries/s 150 n/a n/a",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("no %q in\n%s", want, b.String())
 		}
 	}
 }

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
+	"io"
 	"math/bits"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -92,7 +92,7 @@ func (b bitmap) missingFrom(want bitmap) int {
 // until the pool has stopped.
 type subscriber struct {
 	topic int
-	conn  net.Conn
+	conn  io.Closer
 	seen  bitmap
 }
 

@@ -1,6 +1,8 @@
 package main
 
 import (
+	"cmp"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/url"
@@ -17,7 +19,17 @@ type target struct {
 	wrap    wrapKind // how a pushed message wraps the payload
 	header  string   // extra publish header lines, CRLF between them, none at the end
 	bearer  string   // publish credentials
+	proto   string   // how subscribers speak: protoHTTP, protoTLS, protoH2 or protoH3
+	subTLS  *tls.Config
 }
+
+// The protocols subscribers speak, as results and tables name them.
+const (
+	protoHTTP = ""         // HTTP/1.1 in the clear
+	protoTLS  = "https-h1" // HTTP/1.1 over TLS (-tls)
+	protoH2   = "h2"       // HTTP/2 over TLS (-h2)
+	protoH3   = "h3"       // HTTP/3 over QUIC (-h3)
+)
 
 // bodyKind is the shape of a publish request's body.
 type bodyKind int
@@ -43,7 +55,7 @@ const (
 const centrifugoConnect = "cf_connect=%7B%22subs%22%3A%7B%22{topic}%22%3A%7B%7D%7D%7D"
 
 func newTarget(c *config) (*target, error) {
-	t := &target{name: c.target}
+	t := &target{name: c.target, proto: c.protocol()}
 	ws := c.transport == "ws"
 	switch c.target {
 	case "caddy-push":
@@ -88,21 +100,55 @@ func newTarget(c *config) (*target, error) {
 	if c.pubURL != "" {
 		t.pubURL = c.pubURL
 	}
+	pubAddr := c.pubAddr
+	if t.proto != protoHTTP {
+		// the subscribers' TLS, whatever the template says
+		t.subURL = secureScheme(t.subURL)
+		if pubAddr == "" {
+			// the one address given serves HTTPS only
+			t.pubURL = secureScheme(t.pubURL)
+		}
+	}
 	t.subURL = strings.ReplaceAll(t.subURL, "{addr}", c.addr)
-	t.pubURL = strings.ReplaceAll(t.pubURL, "{addr}", c.addr)
+	t.pubURL = strings.ReplaceAll(t.pubURL, "{addr}", cmp.Or(pubAddr, c.addr))
 	for _, tmpl := range []string{t.subURL, t.pubURL} {
 		if _, err := t.endpoint(tmpl, "x", c.allowRemote); err != nil {
 			return nil, err
 		}
 	}
+	if (t.proto == protoH2 || t.proto == protoH3) && !strings.HasPrefix(t.subURL, "https://") {
+		return nil, fmt.Errorf("-sub-url %q: -h2 and -h3 subscribe over https:// only", t.subURL)
+	}
+	ep, _ := t.endpoint(t.subURL, "x", true)
+	if ep.tls && t.proto == protoHTTP {
+		// an https:// or wss:// -sub-url alone: HTTP/1.1 over TLS
+		t.proto = protoTLS
+	}
+	if ep.tls {
+		alpn := map[string]string{protoTLS: "http/1.1", protoH2: "h2", protoH3: "h3"}[t.proto]
+		t.subTLS = tlsConfig(ep, alpn)
+	}
 	return t, nil
+}
+
+// secureScheme turns http:// into https:// and ws:// into wss://.
+func secureScheme(u string) string {
+	for plain, secure := range map[string]string{"http://": "https://", "ws://": "wss://"} {
+		if rest, ok := strings.CutPrefix(u, plain); ok {
+			return secure + rest
+		}
+	}
+	return u
 }
 
 // endpoint is a URL split the way a raw HTTP/1.1 client needs it.
 type endpoint struct {
+	url        string
 	hostport   string // to dial
 	host       string // the Host header
 	requestURI string
+	tls        bool   // https:// or wss://
+	serverName string // the host without the port, for TLS
 }
 
 func (t *target) endpoint(tmpl, topic string, allowRemote bool) (endpoint, error) {
@@ -111,17 +157,39 @@ func (t *target) endpoint(tmpl, topic string, allowRemote bool) (endpoint, error
 	if err != nil {
 		return endpoint{}, fmt.Errorf("url %q: %v", raw, err)
 	}
-	if u.Scheme != "http" && u.Scheme != "ws" {
-		return endpoint{}, fmt.Errorf("url %q: only http:// and ws:// (no TLS: it would measure the handshake, not the server)", raw)
+	var secure bool
+	switch u.Scheme {
+	case "http", "ws":
+	case "https", "wss":
+		secure = true
+	default:
+		return endpoint{}, fmt.Errorf("url %q: only http://, ws://, https:// and wss://", raw)
 	}
 	hostport := u.Host
 	if u.Port() == "" {
-		hostport = net.JoinHostPort(u.Hostname(), "80")
+		port := "80"
+		if secure {
+			port = "443"
+		}
+		hostport = net.JoinHostPort(u.Hostname(), port)
 	}
 	if !allowRemote && !isLoopback(u.Hostname()) {
 		return endpoint{}, fmt.Errorf("url %q is not on loopback; pass -allow-remote to load another machine", raw)
 	}
-	return endpoint{hostport: hostport, host: u.Host, requestURI: u.RequestURI()}, nil
+	return endpoint{url: raw, hostport: hostport, host: u.Host, requestURI: u.RequestURI(), tls: secure, serverName: u.Hostname()}, nil
+}
+
+// tlsConfig is a client's TLS for ep, offering the application protocol
+// alpn. Certificates on loopback are not checked: the servers there have
+// self-signed ones or a local CA's. Elsewhere (-allow-remote) they are.
+// There is no session cache: each connection is a new visitor's, with a
+// full handshake.
+func tlsConfig(ep endpoint, alpn string) *tls.Config {
+	return &tls.Config{
+		ServerName:         ep.serverName,
+		NextProtos:         []string{alpn},
+		InsecureSkipVerify: isLoopback(ep.serverName),
+	}
 }
 
 func isLoopback(host string) bool {
