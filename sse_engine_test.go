@@ -86,14 +86,7 @@ func TestSSEOverTLSHTTP1LeavesNetHTTP(t *testing.T) {
 	if !engine.Supported || engineOff {
 		t.Skip("the connection engine is off")
 	}
-	c, base := startTLSCaddy(t, `
-https://localhost:PORT {
-	tls internal
-	push_sse /events
-	push_publish /publish {
-		anonymous
-	}
-}`)
+	c, base := startTLSCaddy(t, tlsSite)
 	client := tlsClient(c, false)
 	hub, _ := LookupHub("default")
 	const n = 20
@@ -107,13 +100,7 @@ https://localhost:PORT {
 	waitFor(t, time.Second, func() bool {
 		return goroutinesIn("(*SSEHandler).ServeHTTP")+goroutinesIn("(*SSEHandler).stream") == 0
 	})
-	req, _ := http.NewRequest("POST", base+"/publish", strings.NewReader("topic=x&data=tls"))
-	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-	if resp, err := client.Do(req); err != nil {
-		t.Fatal(err)
-	} else {
-		resp.Body.Close()
-	}
+	publishWith(t, client, base+"/publish", "topic=x&data=tls")
 	for i, s := range streams {
 		if ev := s.nextEvent(time.Second); ev.Data != "tls" {
 			t.Fatalf("stream %d got %+v", i, ev)

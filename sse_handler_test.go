@@ -544,28 +544,40 @@ func tlsClient(c *testCaddy, h2 bool) *http.Client {
 	return &http.Client{Transport: tr}
 }
 
-func TestSSEOverHTTP2(t *testing.T) {
-	c, base := startTLSCaddy(t, `
+// tlsSite is an SSE stream and an open publish route over HTTPS.
+const tlsSite = `
 https://localhost:PORT {
 	tls internal
 	push_sse /events
 	push_publish /publish {
 		anonymous
 	}
-}`)
-	client := tlsClient(c, true)
-	s := subscribeWith(t, client, base+"/events?topic=x", nil)
-	if s.Resp.ProtoMajor != 2 {
-		t.Fatalf("protocol %s, want HTTP/2", s.Resp.Proto)
-	}
-	s.next(time.Second)
-	req, _ := http.NewRequest("POST", base+"/publish", strings.NewReader("topic=x&data=h2"))
+}`
+
+// publishWith posts a form with client, as a publisher would.
+func publishWith(t testing.TB, client *http.Client, url, form string) {
+	t.Helper()
+	req, _ := http.NewRequest("POST", url, strings.NewReader(form))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := client.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("publish: %d", resp.StatusCode)
+	}
+}
+
+func TestSSEOverHTTP2(t *testing.T) {
+	c, base := startTLSCaddy(t, tlsSite)
+	client := tlsClient(c, true)
+	s := subscribeWith(t, client, base+"/events?topic=x", nil)
+	if s.Resp.ProtoMajor != 2 {
+		t.Fatalf("protocol %s, want HTTP/2", s.Resp.Proto)
+	}
+	s.next(time.Second)
+	publishWith(t, client, base+"/publish", "topic=x&data=h2")
 	if ev := s.nextEvent(time.Second); ev.Data != "h2" {
 		t.Fatalf("got %+v", ev)
 	}
