@@ -63,3 +63,23 @@ func TestWSConnectionsLeaveGoroutines(t *testing.T) {
 	}
 	waitFor(t, 2*time.Second, func() bool { return hub.stats.of(TransportWS).connections.Load() == 0 })
 }
+
+// When the broker loses events (Resync), a WebSocket closes with 1012 and
+// an SSE stream ends with a short retry: both resume from their last id.
+func TestResyncEndsConnectionsToResume(t *testing.T) {
+	c := startCaddy(t, wsSite)
+	ws := mustDialWS(t, c.URL+"/ws?topic=r", nil)
+	s := subscribe(t, c.URL+"/events?topic=r", nil)
+	hub, _ := LookupHub("default")
+	waitFor(t, time.Second, func() bool {
+		return hub.stats.of(TransportWS).connections.Load() == 1 && hub.stats.of(TransportSSE).connections.Load() == 1
+	})
+	hub.resync()
+	if code := ws.closeCode(2 * time.Second); code != websocket.CloseServiceRestart {
+		t.Fatalf("websocket closed with %d, want 1012", code)
+	}
+	items := s.ended(2 * time.Second)
+	if last := items[len(items)-1]; last.Retry <= 0 || last.Retry > 1000 {
+		t.Fatalf("stream ended with %+v, want a short retry", last)
+	}
+}
