@@ -21,7 +21,7 @@ import (
 
 func TestMain(m *testing.M) {
 	// cut stalled test clients off quickly; set before any server starts
-	writeTimeout = 500 * time.Millisecond
+	writeTimeoutSet.Store(int64(500 * time.Millisecond))
 	os.Exit(m.Run())
 }
 

@@ -14,7 +14,7 @@ import (
 func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release func()) bool {
 	eng := h.engines.get(engine.Options{
 		MaxQueue:       maxPending,
-		WriteTimeout:   writeTimeout,
+		WriteTimeout:   writeTimeout(),
 		Heartbeat:      []byte(": keepalive\n\n"),
 		HeartbeatEvery: time.Duration(h.Keepalive),
 	}, h.stopping(), goodbye, h.logger)

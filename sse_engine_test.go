@@ -22,6 +22,10 @@ func goroutinesIn(fn string) int {
 	return n
 }
 
+// onEngine reports whether the tests' cleartext HTTP/1.1 connections go
+// to the connection engine.
+func onEngine() bool { return engine.Supported && !engineOff }
+
 // Over cleartext HTTP/1.1 the engine owns the streams: no goroutine and no
 // request stays per stream, the body is raw (not chunked) and ends with
 // the connection, events arrive, and a client that leaves is seen and

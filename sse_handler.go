@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -26,9 +27,16 @@ const (
 )
 
 // writeTimeout bounds one write to a client: a client that does not read
-// for this long is cut off instead of holding a goroutine forever. A
-// variable so tests can shorten it.
-var writeTimeout = 10 * time.Second
+// for this long is cut off instead of holding a goroutine forever.
+func writeTimeout() time.Duration {
+	if d := writeTimeoutSet.Load(); d > 0 {
+		return time.Duration(d)
+	}
+	return 10 * time.Second
+}
+
+// writeTimeoutSet overrides writeTimeout's default, for tests.
+var writeTimeoutSet atomic.Int64
 
 // SSEHandler serves Server-Sent Events streams (text/event-stream) of a
 // hub's topics, with replay from Last-Event-ID.
@@ -241,7 +249,7 @@ func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseControl
 	if len(events) == 0 {
 		return true
 	}
-	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout()))
 	for _, ev := range events {
 		if _, err := w.Write(ev.SSE()); err != nil {
 			return writeFailed(sub, err)
@@ -255,7 +263,7 @@ func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseControl
 }
 
 func (h *SSEHandler) write(w http.ResponseWriter, rc *http.ResponseController, p []byte) bool {
-	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout()))
 	if _, err := w.Write(p); err != nil {
 		return false
 	}

@@ -14,7 +14,12 @@ import (
 	"github.com/caddy-push/push/internal/engine"
 )
 
-var pingFrame = appendServerFrame(nil, opPing, nil)
+var (
+	pingFrame         = appendServerFrame(nil, opPing, nil)
+	slowConsumerFrame = closeFrame(CloseSlowConsumer, slowConsumerReason)
+)
+
+const slowConsumerReason = "slow consumer: reconnect and resume"
 
 func goingAwayFrame() []byte {
 	return closeFrame(websocket.CloseGoingAway, "server is reloading or stopping")
@@ -28,11 +33,15 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 	}
 	eng := h.engines.get(engine.Options{
 		MaxQueue:        maxPending,
-		WriteTimeout:    writeTimeout,
+		WriteTimeout:    writeTimeout(),
 		Heartbeat:       pingFrame,
 		HeartbeatEvery:  time.Duration(h.PingInterval),
 		HeartbeatAlways: true, // a ping asks for the pong that proves the client alive
 		ReadTimeout:     time.Duration(h.PingInterval + h.PongTimeout),
+		// a client too slow for its queue gets 4008 after the frames
+		// under way, in place of those not begun: it resumes from there
+		Overflow:      slowConsumerFrame,
+		OverflowGrace: closeGrace,
 	}, h.stopping(), goingAwayFrame, h.logger)
 	if eng == nil {
 		return false
@@ -84,7 +93,13 @@ type wsStream struct {
 }
 
 func (st *wsStream) Deliver(ev *Event) bool {
-	return st.conn.Write(ev.wsFrame(st.h.Format, st.sub.Topics)) == nil
+	switch st.conn.Write(ev.wsFrame(st.h.Format, st.sub.Topics)) {
+	case nil:
+		return true
+	case engine.ErrSlow:
+		st.sub.CutOff() // its 4008 is on the way
+	}
+	return false
 }
 
 // Ended closes with the code the hub's reason asks for; a paused client
@@ -190,7 +205,7 @@ func (st *wsStream) closed(why error) {
 // close code and reason, and for a pause the frame to send first.
 func endedWith(sub *Subscription) (code int, reason string, frame []byte) {
 	if sub.FellBehind() {
-		return CloseSlowConsumer, "slow consumer: reconnect and resume", nil
+		return CloseSlowConsumer, slowConsumerReason, nil
 	}
 	if until, ok := sub.PausedUntil(); ok {
 		ms := strconv.FormatInt(until.UnixMilli(), 10)

@@ -445,7 +445,7 @@ func (s *socket) write(readerDone <-chan struct{}) (int, string) {
 				return 0, ""
 			}
 		case <-ping.C:
-			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout)); err != nil {
+			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout())); err != nil {
 				return 0, ""
 			}
 		case <-s.sub.Ended():
@@ -489,7 +489,7 @@ func (s *socket) failed() (int, string) {
 }
 
 func (s *socket) send(messageType int, data []byte) bool {
-	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout()))
 	return s.conn.WriteMessage(messageType, data) == nil
 }
 
@@ -499,7 +499,7 @@ func (s *socket) writeEvents(events []*Event) bool {
 	if len(events) == 0 {
 		return true
 	}
-	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout))
+	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout()))
 	var err error
 	s.out.hold()
 	for _, ev := range events {

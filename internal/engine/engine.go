@@ -14,8 +14,9 @@
 //     an event among every connection. Only when the socket's buffer is
 //     full is the rest queued (a reference, not a copy), and one
 //     short-lived goroutine drains the queue through Go's own poller, then
-//     ends. A connection whose queue passes MaxQueue, or that cannot drain
-//     it within WriteTimeout, is closed with ErrSlow.
+//     ends. A connection whose queue passes MaxQueue, or that takes
+//     nothing for WriteTimeout, is closed with ErrSlow; with Overflow set,
+//     the first is told so first, in place of the queued bytes not begun.
 //
 //   - Input and hang-up. One epoll instance per Engine watches every
 //     connection, and one goroutine waits on it. A connection without an
@@ -58,7 +59,7 @@ var (
 	// ErrClosed is returned by writes to a closed connection.
 	ErrClosed = errors.New("engine: connection closed")
 	// ErrSlow ends a connection that does not take its bytes: its queue
-	// passed MaxQueue, or it could not drain it within WriteTimeout.
+	// passed MaxQueue, or it took nothing for WriteTimeout.
 	ErrSlow = errors.New("engine: slow consumer")
 	// ErrHangup ends a connection whose peer hung up or sent input.
 	ErrHangup = errors.New("engine: peer hung up")
@@ -76,8 +77,8 @@ type Options struct {
 	// MaxQueue is how many writes a connection may have waiting while its
 	// socket is full; one more ends it with ErrSlow. Default: 1024.
 	MaxQueue int
-	// WriteTimeout bounds the time a backed-up connection may take to
-	// drain its queue. Default: 10s.
+	// WriteTimeout bounds the time a backed-up connection may go without
+	// taking any of its queue. Default: 10s.
 	WriteTimeout time.Duration
 	// Heartbeat is written to each connection that has written nothing
 	// for HeartbeatEvery, or to every connection with HeartbeatAlways.
@@ -88,6 +89,14 @@ type Options struct {
 	// ReadTimeout ends, with ErrTimeout, a connection with OnInput that
 	// has read nothing for this long. Default: 0 (never).
 	ReadTimeout time.Duration
+	// Overflow, if set, is what a connection whose queue overflows is
+	// told: the queued bytes not yet begun are dropped, Overflow is
+	// written in their place (after the rest of those begun, so no
+	// message is cut), and the connection ends with ErrSlow once it is
+	// sent, or after OverflowGrace (default: 1s). Without it, an
+	// overflowing connection ends at once. (A WebSocket close frame.)
+	Overflow      []byte
+	OverflowGrace time.Duration
 }
 
 // Handlers are a connection owner's callbacks.
@@ -122,6 +131,9 @@ func New(opts Options) (*Engine, error) {
 	if opts.WriteTimeout <= 0 {
 		opts.WriteTimeout = 10 * time.Second
 	}
+	if opts.OverflowGrace <= 0 {
+		opts.OverflowGrace = time.Second
+	}
 	p, err := newPoller()
 	if err != nil {
 		return nil, err
@@ -140,9 +152,11 @@ type Conn struct {
 	h  Handlers
 
 	mu       sync.Mutex
-	queue    net.Buffers // waiting bytes, oldest first; the first may be partly written
+	queue    net.Buffers // waiting bytes, oldest first
+	begun    bool        // the first in queue is the rest of a partly written one
 	draining bool        // a goroutine is writing the queue
 	closeBy  time.Time   // when set: close once the queue is drained, by this time
+	closeErr error       // the reason it then ends with: ErrClosed, or ErrSlow after Overflow
 	sealed   bool        // Seal was called: no more writes
 	wrote    bool        // since the last heartbeat tick
 	read     time.Time   // when input last arrived (with OnInput)
@@ -210,7 +224,11 @@ func (c *Conn) Write(p []byte) error {
 	c.mu.Lock()
 	err := c.writeLocked(p)
 	c.mu.Unlock()
-	if err != nil && err != ErrClosed {
+	switch err {
+	case nil, ErrClosed:
+	case errOverflowed:
+		err = ErrSlow // the drainer ends it
+	default:
 		c.end(err)
 	}
 	return err
@@ -221,50 +239,108 @@ func (c *Conn) writeLocked(p []byte) error {
 		return ErrClosed
 	}
 	c.wrote = true
-	if !c.draining {
-		n, err := c.writeNow(p)
-		if err != nil {
-			return err
+	if c.draining {
+		if len(c.queue) >= c.e.opts.MaxQueue {
+			return c.overflowLocked()
 		}
-		if n == len(p) {
-			return nil
-		}
-		p = p[n:]
-	} else if len(c.queue) >= c.e.opts.MaxQueue {
-		return ErrSlow
+		c.queue = append(c.queue, p)
+		return nil
 	}
-	c.queue = append(c.queue, p)
-	if !c.draining {
-		c.draining = true
-		go c.drain()
+	n, err := c.writeNow(p)
+	if err != nil {
+		return err
 	}
+	if n == len(p) {
+		return nil
+	}
+	c.queue = append(c.queue, p[n:])
+	c.begun = n > 0 // the rest of a partial write must go out whole
+	c.draining = true
+	go c.drain()
 	return nil
 }
 
+// overflowLocked ends a connection whose queue is full: at once, or with
+// Overflow written in place of what has not begun to go out.
+func (c *Conn) overflowLocked() error {
+	last := c.e.opts.Overflow
+	if last == nil {
+		return ErrSlow
+	}
+	keep := 0
+	if c.begun {
+		keep = 1
+	}
+	clear(c.queue[keep:])
+	c.queue = append(c.queue[:keep], last)
+	c.sealed = true
+	c.closeBy = time.Now().Add(c.e.opts.OverflowGrace)
+	c.closeErr = ErrSlow
+	_ = c.nc.SetWriteDeadline(c.closeBy) // for the write under way
+	return errOverflowed
+}
+
+// errOverflowed is writeLocked's answer when the connection is ending
+// with Overflow: Write reports ErrSlow without ending it yet.
+var errOverflowed = errors.New("engine: overflowed")
+
+// maxBatch bounds what the drainer takes from the queue for one write:
+// what is left in the queue can still be dropped for Overflow.
+const maxBatch = 128 << 10
+
+// batchLen is how many of the queue's first buffers make one write.
+func batchLen(q net.Buffers) int {
+	k, size := 0, 0
+	for k < len(q) && k < 1024 && (k == 0 || size+len(q[k]) <= maxBatch) {
+		size += len(q[k])
+		k++
+	}
+	return k
+}
+
 // drain writes the queue through Go's poller (which parks this goroutine
-// until the socket is writable), then ends.
+// until the socket is writable), a batch at a time, then ends. A client
+// that takes its bytes slowly is given the time it needs as long as it
+// takes some within each WriteTimeout (MaxQueue bounds how far it may
+// fall behind); one that takes nothing for WriteTimeout ends with ErrSlow.
 func (c *Conn) drain() {
+	var batch, bufs net.Buffers // taken from the queue; bufs is what is left of it to write
 	for {
 		c.mu.Lock()
-		if len(c.queue) == 0 || c.err != nil {
+		if len(bufs) == 0 {
+			clear(batch) // written: let the bytes go
+		}
+		if c.err != nil || len(bufs) == 0 && len(c.queue) == 0 {
 			c.draining = false
-			closing := !c.closeBy.IsZero()
+			closing, why := !c.closeBy.IsZero(), c.closeErr
 			c.mu.Unlock()
 			if closing {
-				c.end(ErrClosed)
+				if why == nil {
+					why = ErrClosed
+				}
+				c.end(why)
 			}
 			return
 		}
-		bufs := c.queue
-		c.queue = nil
-		deadline := time.Now().Add(c.e.opts.WriteTimeout)
-		if !c.closeBy.IsZero() && c.closeBy.Before(deadline) {
-			deadline = c.closeBy
+		if len(bufs) == 0 {
+			k := batchLen(c.queue)
+			batch, c.queue, c.begun = c.queue[:k:k], c.queue[k:], false
+			bufs = batch
 		}
-		c.mu.Unlock()
+		deadline := time.Now().Add(c.e.opts.WriteTimeout)
+		closeBy := c.closeBy
+		if !closeBy.IsZero() && closeBy.Before(deadline) {
+			deadline = closeBy
+		}
+		// under the lock, so that it cannot undo a closeBy set meanwhile
 		_ = c.nc.SetWriteDeadline(deadline)
-		if _, err := bufs.WriteTo(c.nc); err != nil {
+		c.mu.Unlock()
+		n, err := bufs.WriteTo(c.nc) // consumes what it wrote
+		if err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
+				if n > 0 && (closeBy.IsZero() || time.Now().Before(closeBy)) {
+					continue // slow, not stalled
+				}
 				err = ErrSlow
 			}
 			c.end(err)
@@ -296,7 +372,11 @@ func (c *Conn) CloseAfter(p []byte, within time.Duration) {
 		c.end(ErrClosed)
 	default:
 		// the drainer closes it; its write deadline is closeBy at the latest
-		_ = c.nc.SetWriteDeadline(time.Now().Add(within))
+		c.mu.Lock()
+		if c.err == nil {
+			_ = c.nc.SetWriteDeadline(c.closeBy)
+		}
+		c.mu.Unlock()
 	}
 }
 

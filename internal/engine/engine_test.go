@@ -209,6 +209,76 @@ func TestSlowConsumerIsCutOff(t *testing.T) {
 	}
 }
 
+// A connection whose queue overflows is told so with Overflow, written
+// after the whole messages that went out (never inside one), then ends
+// with ErrSlow; one that takes nothing at all ends after OverflowGrace.
+func TestOverflowSendsLastWords(t *testing.T) {
+	for _, reads := range []bool{true, false} {
+		t.Run(fmt.Sprintf("reads=%v", reads), func(t *testing.T) {
+			e := newEngine(t, Options{MaxQueue: 16, WriteTimeout: time.Minute,
+				Overflow: []byte("bye\n"), OverflowGrace: 300 * time.Millisecond})
+			server, client := pair(t, listen(t))
+			smallBuffers(t, server, client)
+			onClose, why := ended()
+			c, err := e.Add(server, Handlers{OnClose: onClose})
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 0
+			for ; n < 100000; n++ {
+				// messages of many sizes, so that writes stop mid-message
+				msg := fmt.Sprintf("m %d %s\n", n, strings.Repeat("x", 100+n*37%3000))
+				if err := c.Write([]byte(msg)); err != nil {
+					if err != ErrSlow {
+						t.Fatalf("write %d: %v, want ErrSlow", n, err)
+					}
+					break
+				}
+			}
+			if err := c.Write([]byte("after\n")); err != ErrClosed {
+				t.Fatalf("a write after the overflow: %v, want ErrClosed", err)
+			}
+			start := time.Now()
+			if !reads {
+				if err := waitEnd(t, why, 3*time.Second); err != ErrSlow {
+					t.Fatalf("ended with %v, want ErrSlow", err)
+				}
+				if d := time.Since(start); d > 2*time.Second {
+					t.Fatalf("ended after %v, want about OverflowGrace", d)
+				}
+				return
+			}
+			br := bufio.NewReader(client)
+			next := 0
+			for {
+				_ = client.SetReadDeadline(time.Now().Add(5 * time.Second))
+				line, err := br.ReadString('\n')
+				if err != nil {
+					t.Fatalf("after %d messages: %v (no last words)", next, err)
+				}
+				if line == "bye\n" {
+					break
+				}
+				var i int
+				var body string
+				if _, err := fmt.Sscanf(line, "m %d %s\n", &i, &body); err != nil || i != next || len(body) != 100+i*37%3000 {
+					t.Fatalf("message %d arrived as %.40q...: cut or out of order", next, line)
+				}
+				next++
+			}
+			if _, err := br.ReadByte(); err != io.EOF {
+				t.Fatalf("after the last words: %v, want EOF", err)
+			}
+			if err := waitEnd(t, why, time.Second); err != ErrSlow {
+				t.Fatalf("ended with %v, want ErrSlow", err)
+			}
+			if next == 0 || next >= n {
+				t.Fatalf("%d of %d messages arrived; want some dropped for the last words", next, n)
+			}
+		})
+	}
+}
+
 // A peer that resets the connection while writes are queued ends it with
 // an error, and nothing is left behind.
 func TestPeerResetMidWrite(t *testing.T) {
