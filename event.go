@@ -215,8 +215,11 @@ func (e *Event) wsEncoded(format string, subscribed []string) *wsEncoding {
 	key := FormatText
 	var topic string
 	if format == FormatJSON {
-		topic = e.Topics[0]
-		for _, t := range e.Topics {
+		// the subscription follows one of them: if no earlier one, the
+		// last (so an event to one topic needs no search)
+		last := len(e.Topics) - 1
+		topic = e.Topics[last]
+		for _, t := range e.Topics[:last] {
 			if _, ok := slices.BinarySearch(subscribed, t); ok {
 				topic = t
 				break
@@ -224,8 +227,10 @@ func (e *Event) wsEncoded(format string, subscribed []string) *wsEncoding {
 		}
 		key = topic
 	}
-	if m := e.ws.Load(); m != nil && (*m)[key] != nil {
-		return (*m)[key]
+	if m := e.ws.Load(); m != nil {
+		if enc := (*m)[key]; enc != nil {
+			return enc
+		}
 	}
 	e.wsMu.Lock()
 	defer e.wsMu.Unlock()
