@@ -250,6 +250,7 @@ func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseControl
 		return true
 	}
 	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout()))
+	defer liftWriteDeadline(rc)
 	for _, ev := range events {
 		if _, err := w.Write(ev.SSE()); err != nil {
 			return writeFailed(sub, err)
@@ -264,10 +265,18 @@ func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseControl
 
 func (h *SSEHandler) write(w http.ResponseWriter, rc *http.ResponseController, p []byte) bool {
 	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout()))
+	defer liftWriteDeadline(rc)
 	if _, err := w.Write(p); err != nil {
 		return false
 	}
 	return rc.Flush() == nil
+}
+
+// liftWriteDeadline ends a write's deadline once it is done: HTTP/2
+// resets a stream whose write deadline passes, write or no write, and an
+// idle stream writes nothing for longer than writeTimeout.
+func liftWriteDeadline(rc *http.ResponseController) {
+	_ = rc.SetWriteDeadline(time.Time{})
 }
 
 // writeFailed counts a client that stopped reading as a slow consumer.

@@ -583,6 +583,29 @@ func TestSSEOverHTTP2(t *testing.T) {
 	}
 }
 
+// An HTTP/2 stream that idles for longer than the write timeout stays
+// open: HTTP/2 resets a stream whose write deadline passes even with no
+// write under way, so each write's deadline must be lifted once it is
+// done (every idle HTTP/2 stream died 10 s after its last write).
+func TestSSEOverHTTP2IdlesPastWriteTimeout(t *testing.T) {
+	c, base := startTLSCaddy(t, strings.Replace(tlsSite, "push_sse /events", "push_sse /events {\n\t\tkeepalive 1m\n\t}", 1))
+	client := tlsClient(c, true)
+	s := subscribeWith(t, client, base+"/events?topic=x", nil)
+	if s.Resp.ProtoMajor != 2 {
+		t.Fatalf("protocol %s, want HTTP/2", s.Resp.Proto)
+	}
+	s.next(time.Second)
+	publishWith(t, client, base+"/publish", "topic=x&data=one")
+	if ev := s.nextEvent(time.Second); ev.Data != "one" {
+		t.Fatalf("got %+v", ev)
+	}
+	s.quiet(3 * writeTimeout()) // fails if the stream ends meanwhile
+	publishWith(t, client, base+"/publish", "topic=x&data=two")
+	if ev := s.nextEvent(time.Second); ev.Data != "two" {
+		t.Fatalf("after idling: got %+v", ev)
+	}
+}
+
 // A client that stops reading is cut off; the others keep receiving and
 // the hub never waits for it.
 func TestSSESlowConsumer(t *testing.T) {
