@@ -85,7 +85,7 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if a == nil {
 		return err
 	}
-	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportSSE)
+	sub, err := h.hub.subscribe(r.Context(), a.Topics, a.LastEventID, a.member(r, TransportSSE))
 	if err != nil {
 		a.Release()
 		if errors.Is(err, ErrUnavailable) && acceptsEventStream(r) {
@@ -177,6 +177,10 @@ func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, rc *http.Res
 			}
 			if until, ok := sub.PausedUntil(); ok {
 				h.write(w, rc, appendPause(nil, time.Now(), until))
+				return
+			}
+			if sub.Disconnected() {
+				h.write(w, rc, disconnectedComment)
 				return
 			}
 			h.goodbye(w, rc)

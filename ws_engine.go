@@ -38,10 +38,10 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 		return false
 	}
 	st := &wsStream{engineStream: engineStream{sub: sub, release: a.Release}, h: h,
-		publish: h.publishTopics(r, a.Grant), id: connectionID(), limit: newRateLimit(h.PublishRate, h.PublishBurst)}
+		publish: h.publishTopics(r, a.Grant), id: sub.Member().Connection, limit: newRateLimit(h.PublishRate, h.PublishBurst)}
 	st.in.max = h.MaxMessageSize
 	if h.Presence {
-		st.presence = presenceData(r, a.Grant, st.id)
+		st.presence = presenceData(sub.Member())
 	}
 	c, err := eng.Add(conn.NetConn().(*batchConn).Conn, engine.Handlers{OnInput: st.input, OnClose: st.closed})
 	if err != nil {
@@ -189,6 +189,9 @@ func (st *wsStream) closed(why error) {
 // endedWith says how to close when the hub ended the subscription: the
 // close code and reason, and for a pause the frame to send first.
 func endedWith(sub *Subscription) (code int, reason string, frame []byte) {
+	if sub.Disconnected() {
+		return websocket.ClosePolicyViolation, disconnectedReason, nil
+	}
 	if sub.FellBehind() {
 		return CloseSlowConsumer, "slow consumer: reconnect and resume", nil
 	}

@@ -172,7 +172,7 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	if a == nil {
 		return err
 	}
-	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportWS)
+	sub, err := h.hub.subscribe(r.Context(), a.Topics, a.LastEventID, a.member(r, TransportWS))
 	if err != nil {
 		a.Release()
 		return subscribeError(w, r, err)
@@ -187,9 +187,9 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 		return nil // the engine owns the connection now, and ends it
 	}
 	s := &socket{h: h, conn: conn, out: conn.NetConn().(*batchConn), sub: sub, publish: h.publishTopics(r, a.Grant),
-		replies: make(chan []byte, 8), id: connectionID()}
+		replies: make(chan []byte, 8), id: sub.Member().Connection}
 	if h.Presence {
-		s.presence = presenceData(r, a.Grant, s.id)
+		s.presence = presenceData(sub.Member())
 	}
 	h.open.add(conn)
 	// The connection runs on goroutines of its own, as in gorilla's
@@ -584,22 +584,6 @@ func publishFrame(ctx context.Context, hub *Hub, allowed []string, frame []byte)
 	}
 	_, err = hub.Publish(ctx, m)
 	return err
-}
-
-// presenceData says who a connection is: its id and, when known, the
-// authenticated user.
-func presenceData(r *http.Request, g *Grant, id string) string {
-	who := map[string]string{"connection": id}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if user, _ := repl.GetString("http.auth.user.id"); user != "" {
-		who["user"] = user
-	} else if g != nil {
-		if sub, ok := g.Claims["sub"].(string); ok {
-			who["user"] = sub
-		}
-	}
-	data, _ := json.Marshal(who)
-	return string(data)
 }
 
 func connectionID() string {

@@ -94,7 +94,7 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 		o.Resync = func() {}
 	}
 	if o.Command == nil {
-		o.Command = func(push.Command) {}
+		o.Command = func(push.Command) int { return 0 }
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &store{
@@ -126,7 +126,7 @@ type store struct {
 	prefix  string
 	deliver func(*push.Event)
 	resync  func()
-	command func(push.Command)
+	command func(push.Command) int
 	node    string // tells this node's own broadcasts from others'
 	logger  *zap.Logger
 	cancel  context.CancelFunc
