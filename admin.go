@@ -425,8 +425,14 @@ func (h *Hub) Topics(ctx context.Context, prefix string, limit int) ([]TopicInfo
 
 // Presence returns up to limit of the connections that follow topic,
 // oldest first, and how many there are, and says what they cover.
-func (h *Hub) Presence(_ context.Context, topic string, limit int) ([]Member, int, string, error) {
-	members := h.localMembers(topic)
+func (h *Hub) Presence(ctx context.Context, topic string, limit int) ([]Member, int, string, error) {
+	return h.members(ctx, topic, limit, false)
+}
+
+// members is Presence, or with presence the connections announced to
+// the topic only.
+func (h *Hub) members(_ context.Context, topic string, limit int, presence bool) ([]Member, int, string, error) {
+	members := h.localMembers(topic, presence)
 	return members[:min(len(members), limit)], len(members), ScopeNode, nil
 }
 

@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Hub is one named channel space: its broker stores events, and the hub fans
@@ -28,6 +30,7 @@ type Hub struct {
 	name       string
 	broker     Broker
 	brokerName string // its module's name: memory, redis
+	logger     *zap.Logger
 	stats      hubStats
 
 	mu    sync.RWMutex
@@ -61,7 +64,7 @@ const laneQueue = 1024
 const spreadAt = 256
 
 func newHub(name string) *Hub {
-	return &Hub{name: name, lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
+	return &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
 }
 
 // startLanes spreads the fan-out over n lanes, until stopLanes. Call it
@@ -193,13 +196,16 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 // second, so nothing falls between them; the subscription drops live
 // events the backlog already holds. The caller must Close it.
 func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string, transport string) (*Subscription, error) {
-	return h.subscribe(ctx, topics, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()})
+	return h.subscribe(ctx, topics, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()}, false)
 }
 
 // subscribe is Subscribe for a connection the hub knows as who (its
-// Transport set), so the admin API and presence can name it.
-func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string, who Member) (*Subscription, error) {
+// Transport set), so the admin API and presence can name it. With
+// announce, it publishes push.join to the topics once subscribed, and
+// Close publishes push.leave.
+func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string, who Member, announce bool) (*Subscription, error) {
 	transport := who.Transport
+	who.Presence = announce
 	s := &Subscription{
 		hub:            h,
 		Topics:         topics,
@@ -233,6 +239,9 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 	if n := len(b.Events); n > 0 {
 		s.skipThrough = max(s.skipThrough, b.Events[n-1].Seq)
 		h.stats.of(transport).replayed.Add(uint64(n))
+	}
+	if announce {
+		h.announce(s, "push.join")
 	}
 	return s, nil
 }
@@ -468,10 +477,11 @@ type Subscription struct {
 	hub            *Hub
 	who            Member // set before the hub indexes it, never changed
 	transport      string
-	transportIndex int    // of transport in transports
-	lane           int    // of the hub's lanes, the one that delivers to it
-	lastOffered    uint64 // only touched by its lane, one event at a time
-	skipThrough    uint64 // live events up to here are already in the backlog
+	transportIndex int             // of transport in transports
+	lane           int             // of the hub's lanes, the one that delivers to it
+	lastOffered    uint64          // only touched by its lane, one event at a time
+	skipThrough    uint64          // live events up to here are already in the backlog
+	presence       []topicPresence // push.presence data to send first, per topic
 
 	mu      sync.Mutex
 	pending []*Event
@@ -651,6 +661,9 @@ func (s *Subscription) Delivered(n int) {
 func (s *Subscription) Close() {
 	if s.closed.CompareAndSwap(false, true) {
 		s.hub.unsubscribe(s)
+		if s.who.Presence {
+			s.hub.announce(s, "push.leave")
+		}
 	}
 }
 

@@ -143,6 +143,7 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 	val, loaded, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
 		hub := newHub(name)
 		hub.brokerName = brokerName
+		hub.logger = logger
 		hub.startLanes(runtime.GOMAXPROCS(0))
 		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Command: hub.command, Logger: logger})
 		if err != nil {

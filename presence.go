@@ -2,12 +2,14 @@ package push
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"net/http"
 	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
 )
 
 // Member is one connection as presence and the admin API show it.
@@ -25,6 +27,9 @@ type Member struct {
 	RemoteAddr string `json:"remote_addr,omitempty"`
 	// Since is when the connection subscribed.
 	Since time.Time `json:"connected_since"`
+	// Presence is whether the connection is announced to its topics
+	// (push.join, push.leave) and listed in their push.presence events.
+	Presence bool `json:"presence,omitempty"`
 	// Node is the node that holds the connection, in a cluster's answers.
 	Node string `json:"node,omitempty"`
 }
@@ -57,14 +62,14 @@ type presenceEntry struct {
 	User       string `json:"user,omitempty"`
 }
 
-// localMembers returns the connections of this process that follow topic,
-// oldest first.
-func (h *Hub) localMembers(topic string) []Member {
+// localMembers returns the connections of this process that follow topic
+// (only those announced with presence, if asked), oldest first.
+func (h *Hub) localMembers(topic string, presence bool) []Member {
 	h.mu.RLock()
 	var out []Member
 	for _, l := range h.lanes {
 		for s := range l.topics[topic] {
-			if !s.isEnded() {
+			if !s.isEnded() && (s.who.Presence || !presence) {
 				out = append(out, s.who)
 			}
 		}
@@ -85,3 +90,82 @@ var disconnectedComment = []byte(": " + disconnectedReason + "\n\n")
 // DefaultPresenceLimit is how many members of a topic a presence snapshot
 // lists; beyond it, only their count.
 const DefaultPresenceLimit = 1000
+
+// subscribe subscribes an admitted connection, who, and with presence
+// reads what its push.presence events say.
+func (e *Endpoint) subscribe(ctx context.Context, a *admission, who Member) (*Subscription, error) {
+	sub, err := e.hub.subscribe(ctx, a.Topics, a.LastEventID, who, e.Presence)
+	if err != nil || !e.Presence {
+		return sub, err
+	}
+	// read after the subscription is in place: a member that joins later
+	// comes as push.join, one that left before is gone from the list
+	for _, t := range sub.Topics {
+		members, count, _, err := e.hub.members(ctx, t, e.PresenceLimit, true)
+		if err != nil {
+			e.logger.Warn("presence not read", zap.String("topic", t), zap.Error(err))
+			continue
+		}
+		snap := presenceSnapshot{Topic: t, Count: count}
+		if count <= e.PresenceLimit {
+			snap.Members = make([]presenceEntry, len(members))
+			for i, m := range members {
+				snap.Members[i] = presenceEntry{Connection: m.Connection, User: m.User}
+			}
+		}
+		data, _ := json.Marshal(snap)
+		sub.presence = append(sub.presence, topicPresence{topic: t, data: string(data)})
+	}
+	return sub, nil
+}
+
+// presenceSnapshot is the data of a push.presence event.
+type presenceSnapshot struct {
+	Topic string `json:"topic"`
+	// Members are the topic's connections, oldest first; absent when
+	// there are more than the presence limit.
+	Members []presenceEntry `json:"members,omitempty"`
+	Count   int             `json:"count"`
+}
+
+// topicPresence is a push.presence event to send.
+type topicPresence struct{ topic, data string }
+
+// appendPresence appends the subscription's push.presence events, for an
+// SSE stream. They have no id: they are not events of the hub.
+func (s *Subscription) appendPresence(b []byte) []byte {
+	for _, p := range s.presence {
+		b = appendSSE(b, "", "push.presence", p.data, 0)
+	}
+	s.presence = nil
+	return b
+}
+
+// presenceFrames are the subscription's push.presence events as WebSocket
+// messages: in json format {"topic","event","data"} without an id (a
+// client keeping the last id must not lose it), in text format the data.
+func (s *Subscription) presenceFrames(format string) [][]byte {
+	frames := make([][]byte, len(s.presence))
+	for i, p := range s.presence {
+		if format == FormatText {
+			frames[i] = []byte(p.data)
+			continue
+		}
+		frames[i], _ = json.Marshal(struct {
+			Topic string `json:"topic"`
+			Event string `json:"event"`
+			Data  string `json:"data"`
+		}{p.topic, "push.presence", p.data})
+	}
+	s.presence = nil
+	return frames
+}
+
+// announce publishes a presence event about a subscription to its topics.
+func (h *Hub) announce(s *Subscription, event string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := h.Publish(ctx, Message{Topics: s.Topics, Type: event, Data: presenceData(s.who)}); err != nil {
+		h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
+	}
+}

@@ -85,7 +85,7 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if a == nil {
 		return err
 	}
-	sub, err := h.hub.subscribe(r.Context(), a.Topics, a.LastEventID, a.member(r, TransportSSE))
+	sub, err := h.subscribe(r.Context(), a, a.member(r, TransportSSE))
 	if err != nil {
 		a.Release()
 		if errors.Is(err, ErrUnavailable) && acceptsEventStream(r) {
@@ -217,6 +217,7 @@ func (h *SSEHandler) writeOpening(w http.ResponseWriter, rc *http.ResponseContro
 		open = append(open, '\n')
 	}
 	open = append(open, ": ok\n\n"...)
+	open = sub.appendPresence(open)
 	if b.Reset != "" {
 		open = appendSSE(open, b.Head, "push.reset", b.Reset, 0)
 	}

@@ -69,9 +69,6 @@ type WSHandler struct {
 	// Format is "json" (an envelope with id, topic, event and data) or
 	// "text" (the data alone). Default: json.
 	Format string `json:"format,omitempty"`
-	// Presence publishes push.join and push.leave events to the
-	// connection's topics when a client connects and leaves. Default: false.
-	Presence bool `json:"presence,omitempty"`
 	// Compression negotiates permessage-deflate, which saves bandwidth at
 	// the cost of a compressor's memory per connection. Default: false.
 	Compression bool `json:"compression,omitempty"`
@@ -172,7 +169,7 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	if a == nil {
 		return err
 	}
-	sub, err := h.hub.subscribe(r.Context(), a.Topics, a.LastEventID, a.member(r, TransportWS))
+	sub, err := h.subscribe(r.Context(), a, a.member(r, TransportWS))
 	if err != nil {
 		a.Release()
 		return subscribeError(w, r, err)
@@ -188,9 +185,6 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	}
 	s := &socket{h: h, conn: conn, out: conn.NetConn().(*batchConn), sub: sub, publish: h.publishTopics(r, a.Grant),
 		replies: make(chan []byte, 8), id: sub.Member().Connection}
-	if h.Presence {
-		s.presence = presenceData(sub.Member())
-	}
 	h.open.add(conn)
 	// The connection runs on goroutines of its own, as in gorilla's
 	// examples, and this one returns: deep in Caddy's middleware, its
@@ -372,8 +366,6 @@ type socket struct {
 	replies chan []byte // error frames from the reader to the writer
 	id      string
 	out     *batchConn // conn's net.Conn
-	// presence: the data of this connection's push.join and push.leave
-	presence string
 	// set by the reader before it ends: how the writer should close
 	closeCode   int
 	closeReason string
@@ -385,10 +377,6 @@ func (s *socket) run() {
 		defer close(readerDone)
 		s.closeCode, s.closeReason = s.read(s.h.ctx)
 	}()
-	if s.h.Presence {
-		announce(s.h, s.sub, "push.join", s.presence)
-		defer announce(s.h, s.sub, "push.leave", s.presence)
-	}
 	code, reason := s.write(readerDone)
 	s.close(code, reason, readerDone)
 }
@@ -410,6 +398,11 @@ func (s *socket) close(code int, reason string, readerDone <-chan struct{}) {
 // write sends the backlog, then live events, pings and error frames,
 // until the connection must end; it returns the close code to send.
 func (s *socket) write(readerDone <-chan struct{}) (int, string) {
+	for _, frame := range s.sub.presenceFrames(s.h.Format) {
+		if !s.send(websocket.TextMessage, frame) {
+			return 0, ""
+		}
+	}
 	b := s.sub.Backlog
 	s.sub.Backlog.Events = nil
 	if b.Reset != "" {
