@@ -354,20 +354,38 @@ type TopicInfo struct {
 
 // scope is what the hub's counts and commands cover.
 func (h *Hub) scope() string {
+	if _, ok := h.broker.(Roster); ok {
+		return ScopeCluster
+	}
 	return ScopeNode
 }
 
-// Info describes the hub: this process's connections and counters.
+// Info describes the hub: its connections and counters on this node, or
+// on every node of a cluster.
 func (h *Hub) Info(ctx context.Context) (HubInfo, error) {
+	local := h.nodeStats()
 	info := HubInfo{Name: h.name, Scope: ScopeNode, Broker: h.brokerName,
-		Connections: make(map[string]int64), Delivered: make(map[string]uint64)}
-	info.Published = h.stats.published.Load()
-	for _, t := range transports {
-		ts := h.stats.of(t)
-		info.Connections[t] = ts.connections.Load()
-		info.Delivered[t] = ts.delivered.Load()
+		Connections: local.Connections, Delivered: local.Delivered, Published: local.Published}
+	if r, ok := h.broker.(Roster); ok {
+		nodes, err := r.Stats(ctx)
+		if err != nil {
+			return info, err
+		}
+		topics, err := r.Topics(ctx, "")
+		if err != nil {
+			return info, err
+		}
+		info.Scope, info.Topics = ScopeCluster, len(topics)
+		for _, n := range nodes {
+			info.Published += n.Published
+			for _, t := range transports {
+				info.Connections[t] += n.Connections[t]
+				info.Delivered[t] += n.Delivered[t]
+			}
+		}
+	} else {
+		info.Topics = len(h.localTopics(""))
 	}
-	info.Topics = len(h.localTopics(""))
 	if in, ok := h.broker.(Inspector); ok {
 		hs, err := in.History(ctx)
 		if err != nil {
@@ -398,7 +416,14 @@ func (h *Hub) localTopics(prefix string) map[string]int {
 // prefix, most subscribed first, with their history, and says what the
 // counts cover.
 func (h *Hub) Topics(ctx context.Context, prefix string, limit int) ([]TopicInfo, string, error) {
-	counts := h.localTopics(prefix)
+	counts, scope := h.localTopics(prefix), ScopeNode
+	if r, ok := h.broker.(Roster); ok {
+		var err error
+		if counts, err = r.Topics(ctx, prefix); err != nil {
+			return nil, "", err
+		}
+		scope = ScopeCluster
+	}
 	out := make([]TopicInfo, 0, len(counts))
 	for t, n := range counts {
 		out = append(out, TopicInfo{Topic: t, Subscribers: n})
@@ -420,7 +445,7 @@ func (h *Hub) Topics(ctx context.Context, prefix string, limit int) ([]TopicInfo
 			out[i].TopicHistory = hist[i]
 		}
 	}
-	return out, ScopeNode, nil
+	return out, scope, nil
 }
 
 // Presence returns up to limit of the connections that follow topic,
@@ -431,7 +456,11 @@ func (h *Hub) Presence(ctx context.Context, topic string, limit int) ([]Member, 
 
 // members is Presence, or with presence the connections announced to
 // the topic only.
-func (h *Hub) members(_ context.Context, topic string, limit int, presence bool) ([]Member, int, string, error) {
+func (h *Hub) members(ctx context.Context, topic string, limit int, presence bool) ([]Member, int, string, error) {
+	if r, ok := h.broker.(Roster); ok {
+		members, n, err := r.Members(ctx, topic, limit, presence)
+		return members[:min(len(members), limit)], n, ScopeCluster, err
+	}
 	members := h.localMembers(topic, presence)
 	return members[:min(len(members), limit)], len(members), ScopeNode, nil
 }
@@ -439,15 +468,21 @@ func (h *Hub) members(_ context.Context, topic string, limit int, presence bool)
 // broadcast carries out c on this node and, with a broker that spans nodes,
 // on every other; it returns how many streams it ended, and where.
 func (h *Hub) broadcast(ctx context.Context, c Command) (int, string, error) {
-	switch {
-	case c.Pause != nil:
-		n, err := h.Pause(ctx, *c.Pause)
-		return n, ScopeNode, err
-	case c.Disconnect != nil:
-		n, err := h.Disconnect(ctx, *c.Disconnect)
-		return n, ScopeNode, err
+	r, ok := h.broker.(Roster)
+	if !ok {
+		switch {
+		case c.Pause != nil:
+			n, err := h.Pause(ctx, *c.Pause)
+			return n, ScopeNode, err
+		case c.Disconnect != nil:
+			n, err := h.Disconnect(ctx, *c.Disconnect)
+			return n, ScopeNode, err
+		}
+		return 0, ScopeNode, nil
 	}
-	return 0, ScopeNode, nil
+	n := h.command(c)
+	others, _, err := r.Ask(ctx, c)
+	return n + others, ScopeCluster, err
 }
 
 // Interface guards

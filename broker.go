@@ -97,7 +97,11 @@ type BrokerOptions struct {
 	// Command must be called with every command another node broadcast;
 	// it does not block, and returns how many local streams it ended.
 	Command func(Command) int
-	Logger  *zap.Logger
+	// Stats returns the hub's counters on this node, and Joined its
+	// connections, for a broker that keeps a cluster's (a Roster).
+	Stats  func() NodeStats
+	Joined func() []Joined
+	Logger *zap.Logger
 }
 
 // HistoryLimits bounds what a broker keeps per topic for replay.

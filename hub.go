@@ -228,6 +228,12 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 	}
 	h.mu.Unlock()
 	h.stats.of(transport).connections.Add(1)
+	if r, ok := h.broker.(Roster); ok {
+		if err := r.Join(ctx, who, topics); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 
 	b, err := h.broker.Replay(ctx, topics, lastEventID)
 	if err != nil {
@@ -661,6 +667,12 @@ func (s *Subscription) Delivered(n int) {
 func (s *Subscription) Close() {
 	if s.closed.CompareAndSwap(false, true) {
 		s.hub.unsubscribe(s)
+		if r, ok := s.hub.broker.(Roster); ok {
+			// before push.leave, so no newcomer lists a member that left
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			r.Leave(ctx, s.who, s.Topics, s.who.Presence)
+			cancel()
+		}
 		if s.who.Presence {
 			s.hub.announce(s, "push.leave")
 		}

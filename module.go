@@ -145,7 +145,8 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		hub.brokerName = brokerName
 		hub.logger = logger
 		hub.startLanes(runtime.GOMAXPROCS(0))
-		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Command: hub.command, Logger: logger})
+		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Command: hub.command,
+			Stats: hub.nodeStats, Joined: hub.joined, Logger: logger})
 		if err != nil {
 			hub.stopLanes()
 			return nil, err

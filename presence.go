@@ -169,3 +169,72 @@ func (h *Hub) announce(s *Subscription, event string) {
 		h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
 	}
 }
+
+// Roster is implemented by brokers that span several nodes (Redis): they
+// keep who is connected on every node, each node's entries expiring unless
+// the node keeps them alive, and answer for the whole cluster.
+type Roster interface {
+	// Join records a connection of this node on its topics, before its
+	// push.join is published.
+	Join(ctx context.Context, m Member, topics []string) error
+	// Leave forgets a connection of this node. With wait it returns once
+	// that is done (its push.leave follows); else it may return before.
+	Leave(ctx context.Context, m Member, topics []string, wait bool)
+	// Members returns the members of topic on every live node (only those
+	// announced with presence, if asked), and their count; beyond max
+	// members, only the count.
+	Members(ctx context.Context, topic string, max int, presence bool) ([]Member, int, error)
+	// Topics counts the members of every topic that starts with prefix.
+	Topics(ctx context.Context, prefix string) (map[string]int, error)
+	// Stats returns the counters of every other live node.
+	Stats(ctx context.Context) ([]NodeStats, error)
+	// Ask broadcasts c to every other live node, and returns the sum of
+	// what their Command functions returned and how many nodes answered.
+	Ask(ctx context.Context, c Command) (count, nodes int, err error)
+}
+
+// NodeStats are one node's counters of a hub.
+type NodeStats struct {
+	Node        string            `json:"node,omitempty"`
+	Connections map[string]int64  `json:"connections"`
+	Published   uint64            `json:"published"`
+	Delivered   map[string]uint64 `json:"delivered"`
+}
+
+// Joined is a local connection and its topics, as a Roster records it.
+type Joined struct {
+	Member Member   `json:"m"`
+	Topics []string `json:"t"`
+}
+
+// nodeStats are the hub's counters in this process.
+func (h *Hub) nodeStats() NodeStats {
+	st := NodeStats{Connections: make(map[string]int64), Delivered: make(map[string]uint64),
+		Published: h.stats.published.Load()}
+	for _, t := range transports {
+		ts := h.stats.of(t)
+		st.Connections[t] = ts.connections.Load()
+		st.Delivered[t] = ts.delivered.Load()
+	}
+	return st
+}
+
+// joined lists the hub's local connections, for a Roster that must write
+// them anew (its backend lost them, or this node was taken for dead).
+func (h *Hub) joined() []Joined {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	seen := make(map[*Subscription]bool)
+	var out []Joined
+	for _, l := range h.lanes {
+		for _, subs := range l.topics {
+			for s := range subs {
+				if !seen[s] {
+					seen[s] = true
+					out = append(out, Joined{Member: s.who, Topics: s.Topics})
+				}
+			}
+		}
+	}
+	return out
+}
