@@ -42,7 +42,35 @@ type Broadcaster interface {
 // Command is an instruction to the local streams of a hub, sent to every
 // node by a Broadcaster.
 type Command struct {
-	Pause *PauseRequest `json:"pause,omitempty"`
+	Pause      *PauseRequest      `json:"pause,omitempty"`
+	Disconnect *DisconnectRequest `json:"disconnect,omitempty"`
+}
+
+// Inspector is implemented by brokers that can describe what they keep,
+// for the admin API.
+type Inspector interface {
+	// History describes the hub's whole history.
+	History(ctx context.Context) (HistoryStats, error)
+	// TopicHistory describes the history of each topic, in order.
+	TopicHistory(ctx context.Context, topics []string) ([]TopicHistory, error)
+}
+
+// HistoryStats describes a hub's history.
+type HistoryStats struct {
+	// Events is the number of events kept.
+	Events int64 `json:"history_events"`
+	// Bytes is an estimate of their memory.
+	Bytes int64 `json:"history_bytes"`
+	// Head is the id of the hub's newest event.
+	Head string `json:"head"`
+}
+
+// TopicHistory describes the history of one topic.
+type TopicHistory struct {
+	// Events is the number of the topic's events kept.
+	Events int `json:"history"`
+	// LastID is the id of the topic's newest event kept.
+	LastID string `json:"last_id,omitempty"`
 }
 
 // BrokerFactory is implemented by push.brokers.* modules. The module is
@@ -67,9 +95,13 @@ type BrokerOptions struct {
 	// resumes from its last id, with a replay or a push.reset.
 	Resync func()
 	// Command must be called with every command another node broadcast;
-	// it does not block.
-	Command func(Command)
-	Logger  *zap.Logger
+	// it does not block, and returns how many local streams it ended.
+	Command func(Command) int
+	// Stats returns the hub's counters on this node, and Joined its
+	// connections, for a broker that keeps a cluster's (a Roster).
+	Stats  func() NodeStats
+	Joined func() []Joined
+	Logger *zap.Logger
 }
 
 // HistoryLimits bounds what a broker keeps per topic for replay.
@@ -380,6 +412,24 @@ func (m *memoryStore) sweep(every time.Duration) {
 	}
 }
 
+func (m *memoryStore) History(context.Context) (HistoryStats, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return HistoryStats{Events: int64(m.live), Bytes: m.bytes, Head: FormatID(m.epoch, m.seq)}, nil
+}
+
+func (m *memoryStore) TopicHistory(_ context.Context, topics []string) ([]TopicHistory, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	out := make([]TopicHistory, len(topics))
+	for i, t := range topics {
+		if th := m.topics[t]; th != nil && len(th.events) > 0 {
+			out[i] = TopicHistory{Events: len(th.events), LastID: th.events[len(th.events)-1].ID}
+		}
+	}
+	return out, nil
+}
+
 func (m *memoryStore) Close() error {
 	close(m.done)
 	return nil
@@ -389,4 +439,5 @@ func (m *memoryStore) Close() error {
 var (
 	_ BrokerFactory = MemoryBroker{}
 	_ Broker        = (*memoryStore)(nil)
+	_ Inspector     = (*memoryStore)(nil)
 )

@@ -153,6 +153,8 @@ func parseHandler[T any, P handlerPtr[T]](h httpcaddyfile.Helper) (caddyhttp.Mid
 //		max_connections        <count>
 //		max_connections_per_ip <count>
 //		max_topics             <count>
+//		presence
+//		presence_limit         <count>
 //		private                <pattern...>
 //		jwt_key                <secret or PEM public key>
 //		jwt_alg                <algorithm>
@@ -185,6 +187,7 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		origins                <origin...>
 //		format                 json|text
 //		presence
+//		presence_limit         <count>
 //		compression
 //		publish_rate           <per second>
 //		publish_burst          <count>
@@ -222,9 +225,6 @@ func (h *WSHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return true, d.Errf("invalid format '%s': want json or text", h.Format)
 			}
 			return true, nil
-		case "presence":
-			h.Presence = true
-			return true, noArgs(d)
 		case "compression":
 			h.Compression = true
 			return true, noArgs(d)
@@ -299,6 +299,11 @@ func (e *Endpoint) unmarshalOption(d *caddyfile.Dispenser, opt string) (bool, er
 		return true, parseInt(d, &e.MaxTopics)
 	case "private":
 		return true, parseList(d, &e.Private)
+	case "presence":
+		e.Presence = true
+		return true, noArgs(d)
+	case "presence_limit":
+		return true, parseInt(d, &e.PresenceLimit)
 	}
 	return e.JWT.unmarshalOption(d, opt)
 }

@@ -59,6 +59,14 @@ type Endpoint struct {
 	// MaxTopics caps the topics of one subscription; more get 400.
 	// Default: 32.
 	MaxTopics int `json:"max_topics,omitempty"`
+	// Presence tells a connection's topics who is there: each connection
+	// first gets a push.presence event per topic, listing its members (this
+	// connection included), and its arrival and departure are published
+	// as push.join and push.leave events. Default: false.
+	Presence bool `json:"presence,omitempty"`
+	// PresenceLimit bounds the members a push.presence event lists; a
+	// topic with more gets their count only. Default: 1000.
+	PresenceLimit int `json:"presence_limit,omitempty"`
 	// Private lists topic patterns (see MatchTopic) that only a client
 	// whose JWT has a matching subscribe claim may follow; others get 401
 	// without a token and 403 with one. Needs jwt_key. Default: none.
@@ -118,8 +126,11 @@ type connections struct {
 func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 	e.logger = logger
 	e.conns = &connections{stop: make(chan struct{}), perIP: make(map[string]int)}
-	if e.MaxConnections < 0 || e.MaxConnectionsPerIP < 0 || e.MaxTopics < 0 || e.MaxDuration < 0 || e.PauseFor < 0 {
-		return fmt.Errorf("max_connections, max_connections_per_ip, max_topics, max_duration and pause_for must not be negative")
+	if e.MaxConnections < 0 || e.MaxConnectionsPerIP < 0 || e.MaxTopics < 0 || e.MaxDuration < 0 || e.PauseFor < 0 || e.PresenceLimit < 0 {
+		return fmt.Errorf("max_connections, max_connections_per_ip, max_topics, max_duration, pause_for and presence_limit must not be negative")
+	}
+	if e.PresenceLimit == 0 {
+		e.PresenceLimit = DefaultPresenceLimit
 	}
 	if e.PauseFor > 0 && e.MaxDuration == 0 {
 		return fmt.Errorf("pause_for needs max_duration: streams pause when they reach it")

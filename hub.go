@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"go.uber.org/zap"
 )
 
 // Hub is one named channel space: its broker stores events, and the hub fans
@@ -25,9 +27,11 @@ import (
 // lane (one core, or a hub outside Caddy) the broker's goroutine writes
 // everything.
 type Hub struct {
-	name   string
-	broker Broker
-	stats  hubStats
+	name       string
+	broker     Broker
+	brokerName string // its module's name: memory, redis
+	logger     *zap.Logger
+	stats      hubStats
 
 	mu    sync.RWMutex
 	lanes []lane // at least one
@@ -60,7 +64,7 @@ const laneQueue = 1024
 const spreadAt = 256
 
 func newHub(name string) *Hub {
-	return &Hub{name: name, lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
+	return &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
 }
 
 // startLanes spreads the fan-out over n lanes, until stopLanes. Call it
@@ -192,9 +196,20 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 // second, so nothing falls between them; the subscription drops live
 // events the backlog already holds. The caller must Close it.
 func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string, transport string) (*Subscription, error) {
+	return h.subscribe(ctx, topics, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()}, false)
+}
+
+// subscribe is Subscribe for a connection the hub knows as who (its
+// Transport set), so the admin API and presence can name it. With
+// announce, it publishes push.join to the topics once subscribed, and
+// Close publishes push.leave.
+func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string, who Member, announce bool) (*Subscription, error) {
+	transport := who.Transport
+	who.Presence = announce
 	s := &Subscription{
 		hub:            h,
 		Topics:         topics,
+		who:            who,
 		transport:      transport,
 		transportIndex: transportIndex(transport),
 		notify:         make(chan struct{}, 1),
@@ -213,6 +228,12 @@ func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string
 	}
 	h.mu.Unlock()
 	h.stats.of(transport).connections.Add(1)
+	if r, ok := h.broker.(Roster); ok {
+		if err := r.Join(ctx, who, topics); err != nil {
+			s.Close()
+			return nil, err
+		}
+	}
 
 	b, err := h.broker.Replay(ctx, topics, lastEventID)
 	if err != nil {
@@ -224,6 +245,9 @@ func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string
 	if n := len(b.Events); n > 0 {
 		s.skipThrough = max(s.skipThrough, b.Events[n-1].Seq)
 		h.stats.of(transport).replayed.Add(uint64(n))
+	}
+	if announce {
+		h.announce(s, "push.join")
 	}
 	return s, nil
 }
@@ -326,11 +350,17 @@ func (h *Hub) Pause(ctx context.Context, p PauseRequest) (int, error) {
 	return n, nil
 }
 
-// command carries out a command another node broadcast.
-func (h *Hub) command(c Command) {
+// command carries out a command another node broadcast, and returns how
+// many local streams it ended.
+func (h *Hub) command(c Command) int {
+	n := 0
 	if c.Pause != nil && c.Pause.Validate() == nil {
-		h.pauseLocal(*c.Pause)
+		n += h.pauseLocal(*c.Pause)
 	}
+	if c.Disconnect != nil && c.Disconnect.Validate() == nil {
+		n += h.disconnectLocal(*c.Disconnect)
+	}
+	return n
 }
 
 func (h *Hub) pauseLocal(p PauseRequest) int {
@@ -344,6 +374,67 @@ func (h *Hub) pauseLocal(p PauseRequest) int {
 	n := 0
 	for _, s := range picked {
 		if s.end(endPause, p.until(now)) {
+			n++
+		}
+	}
+	return n
+}
+
+// DisconnectRequest names the connections an operator ends: every
+// connection of a user, or one connection.
+type DisconnectRequest struct {
+	// User selects every connection of this user (http.auth.user.id, or
+	// the sub claim of the client's JWT).
+	User string `json:"user,omitempty"`
+	// Connection selects one connection by its id.
+	Connection string `json:"connection,omitempty"`
+	// For, when positive, has SSE clients pause this long before they
+	// come back (WebSocket clients get close code 1008 either way).
+	For time.Duration `json:"for,omitempty"`
+}
+
+// Validate reports a request that cannot be carried out.
+func (d DisconnectRequest) Validate() error {
+	switch {
+	case (d.User == "") == (d.Connection == ""):
+		return errors.New("disconnect needs a user or a connection, not both")
+	case d.For < 0:
+		return errors.New("disconnect's for must not be negative")
+	}
+	return nil
+}
+
+func (d DisconnectRequest) matches(m Member) bool {
+	if d.Connection != "" {
+		return m.Connection == d.Connection
+	}
+	return m.User == d.User
+}
+
+// Disconnect ends the matching connections of this process and returns
+// how many it ended. With a broker that spans nodes (Redis), the request
+// also reaches every other node; the count is this node's.
+func (h *Hub) Disconnect(ctx context.Context, d DisconnectRequest) (int, error) {
+	if err := d.Validate(); err != nil {
+		return 0, err
+	}
+	n := h.disconnectLocal(d)
+	if b, ok := h.broker.(Broadcaster); ok {
+		if err := b.Broadcast(ctx, Command{Disconnect: &d}); err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+func (h *Hub) disconnectLocal(d DisconnectRequest) int {
+	var until time.Time
+	if d.For > 0 {
+		until = time.Now().Add(d.For)
+	}
+	n := 0
+	for _, s := range h.matching(nil) {
+		if d.matches(s.who) && s.end(endDisconnect, until) {
 			n++
 		}
 	}
@@ -390,11 +481,13 @@ type Subscription struct {
 	Backlog Backlog
 
 	hub            *Hub
+	who            Member // set before the hub indexes it, never changed
 	transport      string
-	transportIndex int    // of transport in transports
-	lane           int    // of the hub's lanes, the one that delivers to it
-	lastOffered    uint64 // only touched by its lane, one event at a time
-	skipThrough    uint64 // live events up to here are already in the backlog
+	transportIndex int             // of transport in transports
+	lane           int             // of the hub's lanes, the one that delivers to it
+	lastOffered    uint64          // only touched by its lane, one event at a time
+	skipThrough    uint64          // live events up to here are already in the backlog
+	presence       []topicPresence // push.presence data to send first, per topic
 
 	mu      sync.Mutex
 	pending []*Event
@@ -414,9 +507,10 @@ type Subscription struct {
 type endCause uint8
 
 const (
-	endResync endCause = iota // the broker lost events
-	endSlow                   // the subscriber fell too far behind
-	endPause                  // paused: the client should come back later
+	endResync     endCause = iota // the broker lost events
+	endSlow                       // the subscriber fell too far behind
+	endPause                      // paused: the client should come back later
+	endDisconnect                 // disconnected by an operator (Hub.Disconnect)
 )
 
 // offer queues ev for the subscription's goroutine, or writes it through
@@ -486,6 +580,8 @@ func (s *Subscription) end(cause endCause, until time.Time) bool {
 			s.hub.stats.of(s.transport).slow.Add(1)
 		case endPause:
 			s.hub.stats.of(s.transport).paused.Add(1)
+		case endDisconnect:
+			s.hub.stats.of(s.transport).disconnected.Add(1)
 		}
 		close(s.ended)
 		done = true
@@ -527,10 +623,20 @@ func (s *Subscription) Ended() <-chan struct{} { return s.ended }
 func (s *Subscription) FellBehind() bool { return s.cause == endSlow }
 
 // PausedUntil reports, once Ended is closed, whether the subscription was
-// paused, and when its client should come back.
+// paused, or disconnected with a time to come back, and when its client
+// should come back.
 func (s *Subscription) PausedUntil() (time.Time, bool) {
-	return s.pauseUntil, s.cause == endPause
+	return s.pauseUntil, s.cause == endPause || s.cause == endDisconnect && !s.pauseUntil.IsZero()
 }
+
+// Disconnected reports, once Ended is closed, whether an operator
+// disconnected the subscription (Hub.Disconnect): a WebSocket closes with
+// 1008, an SSE stream ends (after a pause block when PausedUntil says so).
+func (s *Subscription) Disconnected() bool { return s.cause == endDisconnect }
+
+// Member is who the subscription is: its connection id, user, transport,
+// remote address and start.
+func (s *Subscription) Member() Member { return s.who }
 
 // Take moves the waiting events into buf (whose contents it overwrites)
 // and returns it. Passing the previous batch back in makes the steady
@@ -561,6 +667,15 @@ func (s *Subscription) Delivered(n int) {
 func (s *Subscription) Close() {
 	if s.closed.CompareAndSwap(false, true) {
 		s.hub.unsubscribe(s)
+		if r, ok := s.hub.broker.(Roster); ok {
+			// before push.leave, so no newcomer lists a member that left
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			r.Leave(ctx, s.who, s.Topics, s.who.Presence)
+			cancel()
+		}
+		if s.who.Presence {
+			s.hub.announce(s, "push.leave")
+		}
 	}
 }
 

@@ -29,6 +29,8 @@ type transportStats struct {
 	replayed    atomic.Uint64
 	slow        atomic.Uint64
 	paused      atomic.Uint64
+	// disconnected counts streams an operator ended (Hub.Disconnect)
+	disconnected atomic.Uint64
 }
 
 func (s *hubStats) of(transport string) *transportStats {
@@ -55,13 +57,15 @@ var (
 		"Subscribers disconnected because they fell too far behind.", []string{"hub", "transport"}, nil)
 	descPaused = prometheus.NewDesc("caddy_push_pauses_total",
 		"Streams paused: told to come back later (max_duration with pause_for, or Hub.Pause).", []string{"hub", "transport"}, nil)
+	descDisconnected = prometheus.NewDesc("caddy_push_disconnects_total",
+		"Streams an operator disconnected (the admin API, or Hub.Disconnect).", []string{"hub", "transport"}, nil)
 )
 
 // collector exposes the hubs of one configuration.
 type collector struct{ app *App }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow, descPaused} {
+	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow, descPaused, descDisconnected} {
 		ch <- d
 	}
 }
@@ -77,6 +81,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descReplayed, prometheus.CounterValue, float64(ts.replayed.Load()), name, t)
 			ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(ts.slow.Load()), name, t)
 			ch <- prometheus.MustNewConstMetric(descPaused, prometheus.CounterValue, float64(ts.paused.Load()), name, t)
+			ch <- prometheus.MustNewConstMetric(descDisconnected, prometheus.CounterValue, float64(ts.disconnected.Load()), name, t)
 		}
 	}
 }

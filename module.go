@@ -135,14 +135,18 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		}
 		factory = mod.(BrokerFactory)
 	}
+	brokerName := factory.(caddy.Module).CaddyModule().ID.Name()
 	// the broker config is part of the key: changing it starts a new hub,
 	// while changing only the history limits keeps hub and history
 	key := name + "\x00" + brokerConfig
 	logger := a.logger.With(zap.String("hub", name))
 	val, loaded, err := hubs.LoadOrNew(key, func() (caddy.Destructor, error) {
 		hub := newHub(name)
+		hub.brokerName = brokerName
+		hub.logger = logger
 		hub.startLanes(runtime.GOMAXPROCS(0))
-		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Command: hub.command, Logger: logger})
+		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Command: hub.command,
+			Stats: hub.nodeStats, Joined: hub.joined, Logger: logger})
 		if err != nil {
 			hub.stopLanes()
 			return nil, err

@@ -55,6 +55,8 @@ type testCaddy struct {
 	port string
 	// URL is the base URL of the site, e.g. http://127.0.0.1:1234.
 	URL string
+	// admin is the admin endpoint's address; empty: admin off.
+	admin string
 }
 
 // startCaddy loads a Caddyfile whose site address may use PORT, with
@@ -85,7 +87,10 @@ func startCaddy(t testing.TB, site string) *testCaddy {
 func (c *testCaddy) Load(site string) {
 	c.t.Helper()
 	cf := strings.TrimSpace(strings.ReplaceAll(site, "PORT", c.port))
-	const globals = "\n\tadmin off\n\tpersist_config off\n"
+	globals := "\n\tadmin off\n\tpersist_config off\n"
+	if c.admin != "" {
+		globals = "\n\tadmin " + c.admin + "\n\tpersist_config off\n"
+	}
 	if strings.HasPrefix(cf, "{") {
 		cf = "{" + globals + cf[1:]
 	} else {

@@ -67,6 +67,10 @@ func (st *sseStream) Ended() {
 		st.conn.CloseAfter(appendPause(nil, time.Now(), until), closeGrace)
 		return
 	}
+	if st.sub.Disconnected() {
+		st.conn.CloseAfter(disconnectedComment, closeGrace)
+		return
+	}
 	st.conn.CloseAfter(goodbye(), closeGrace)
 }
 

@@ -93,7 +93,7 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if a == nil {
 		return err
 	}
-	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportSSE)
+	sub, err := h.subscribe(r.Context(), a, a.member(r, TransportSSE))
 	if err != nil {
 		a.Release()
 		if errors.Is(err, ErrUnavailable) && acceptsEventStream(r) {
@@ -187,6 +187,10 @@ func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, rc *http.Res
 				h.write(w, rc, appendPause(nil, time.Now(), until))
 				return
 			}
+			if sub.Disconnected() {
+				h.write(w, rc, disconnectedComment)
+				return
+			}
 			h.goodbye(w, rc)
 			return
 		case <-end:
@@ -221,6 +225,7 @@ func (h *SSEHandler) writeOpening(w http.ResponseWriter, rc *http.ResponseContro
 		open = append(open, '\n')
 	}
 	open = append(open, ": ok\n\n"...)
+	open = sub.appendPresence(open)
 	if b.Reset != "" {
 		open = appendSSE(open, b.Head, "push.reset", b.Reset, 0)
 	}

@@ -1,7 +1,6 @@
 package push
 
 import (
-	"context"
 	"encoding/json"
 	"net/http"
 	"strconv"
@@ -9,7 +8,6 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
-	"go.uber.org/zap"
 
 	"github.com/caddy-push/push/internal/engine"
 )
@@ -47,18 +45,15 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 		return false
 	}
 	st := &wsStream{engineStream: engineStream{sub: sub, release: a.Release}, h: h,
-		publish: h.publishTopics(r, a.Grant), id: connectionID(), limit: newRateLimit(h.PublishRate, h.PublishBurst)}
+		publish: h.publishTopics(r, a.Grant), id: sub.Member().Connection, limit: newRateLimit(h.PublishRate, h.PublishBurst)}
 	st.in.max = h.MaxMessageSize
-	if h.Presence {
-		st.presence = presenceData(r, a.Grant, st.id)
-	}
 	c, err := eng.Add(conn.NetConn().(*batchConn).Conn, engine.Handlers{OnInput: st.input, OnClose: st.closed})
 	if err != nil {
 		return false
 	}
 	st.conn = c
-	if h.Presence {
-		announce(h, sub, "push.join", st.presence)
+	for _, frame := range sub.presenceFrames(h.Format) {
+		_ = c.Write(appendServerFrame(nil, opText, frame))
 	}
 	b := sub.Backlog
 	sub.Backlog.Events = nil
@@ -82,10 +77,9 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 // is read when there is some.
 type wsStream struct {
 	engineStream
-	h        *WSHandler
-	publish  []string
-	id       string
-	presence string
+	h       *WSHandler
+	publish []string
+	id      string
 
 	// read by one input goroutine at a time
 	in    frameReader
@@ -193,17 +187,12 @@ func reply(c *engine.Conn, msg string) {
 	_ = c.Write(appendServerFrame(nil, opText, frame))
 }
 
-// closed runs once the connection has ended, for whatever reason.
-func (st *wsStream) closed(why error) {
-	st.engineStream.closed(why)
-	if st.h.Presence {
-		announce(st.h, st.sub, "push.leave", st.presence)
-	}
-}
-
 // endedWith says how to close when the hub ended the subscription: the
 // close code and reason, and for a pause the frame to send first.
 func endedWith(sub *Subscription) (code int, reason string, frame []byte) {
+	if sub.Disconnected() {
+		return websocket.ClosePolicyViolation, disconnectedReason, nil
+	}
 	if sub.FellBehind() {
 		return CloseSlowConsumer, slowConsumerReason, nil
 	}
@@ -214,13 +203,4 @@ func endedWith(sub *Subscription) (code int, reason string, frame []byte) {
 			[]byte(`{"event":"pause","data":"` + ms + `"}`)
 	}
 	return websocket.CloseServiceRestart, "the hub lost events: reconnect and resume", nil
-}
-
-// announce publishes a presence event about a connection.
-func announce(h *WSHandler, sub *Subscription, event, presence string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := sub.hub.Publish(ctx, Message{Topics: sub.Topics, Type: event, Data: presence}); err != nil {
-		h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
-	}
 }

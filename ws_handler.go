@@ -69,9 +69,6 @@ type WSHandler struct {
 	// Format is "json" (an envelope with id, topic, event and data) or
 	// "text" (the data alone). Default: json.
 	Format string `json:"format,omitempty"`
-	// Presence publishes push.join and push.leave events to the
-	// connection's topics when a client connects and leaves. Default: false.
-	Presence bool `json:"presence,omitempty"`
 	// Compression negotiates permessage-deflate, which saves bandwidth at
 	// the cost of a compressor's memory per connection. Default: false.
 	Compression bool `json:"compression,omitempty"`
@@ -172,7 +169,7 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	if a == nil {
 		return err
 	}
-	sub, err := h.hub.Subscribe(r.Context(), a.Topics, a.LastEventID, TransportWS)
+	sub, err := h.subscribe(r.Context(), a, a.member(r, TransportWS))
 	if err != nil {
 		a.Release()
 		return subscribeError(w, r, err)
@@ -187,10 +184,7 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 		return nil // the engine owns the connection now, and ends it
 	}
 	s := &socket{h: h, conn: conn, out: conn.NetConn().(*batchConn), sub: sub, publish: h.publishTopics(r, a.Grant),
-		replies: make(chan []byte, 8), id: connectionID()}
-	if h.Presence {
-		s.presence = presenceData(r, a.Grant, s.id)
-	}
+		replies: make(chan []byte, 8), id: sub.Member().Connection}
 	h.open.add(conn)
 	// The connection runs on goroutines of its own, as in gorilla's
 	// examples, and this one returns: deep in Caddy's middleware, its
@@ -372,8 +366,6 @@ type socket struct {
 	replies chan []byte // error frames from the reader to the writer
 	id      string
 	out     *batchConn // conn's net.Conn
-	// presence: the data of this connection's push.join and push.leave
-	presence string
 	// set by the reader before it ends: how the writer should close
 	closeCode   int
 	closeReason string
@@ -385,10 +377,6 @@ func (s *socket) run() {
 		defer close(readerDone)
 		s.closeCode, s.closeReason = s.read(s.h.ctx)
 	}()
-	if s.h.Presence {
-		announce(s.h, s.sub, "push.join", s.presence)
-		defer announce(s.h, s.sub, "push.leave", s.presence)
-	}
 	code, reason := s.write(readerDone)
 	s.close(code, reason, readerDone)
 }
@@ -410,6 +398,11 @@ func (s *socket) close(code int, reason string, readerDone <-chan struct{}) {
 // write sends the backlog, then live events, pings and error frames,
 // until the connection must end; it returns the close code to send.
 func (s *socket) write(readerDone <-chan struct{}) (int, string) {
+	for _, frame := range s.sub.presenceFrames(s.h.Format) {
+		if !s.send(websocket.TextMessage, frame) {
+			return 0, ""
+		}
+	}
 	b := s.sub.Backlog
 	s.sub.Backlog.Events = nil
 	if b.Reset != "" {
@@ -584,22 +577,6 @@ func publishFrame(ctx context.Context, hub *Hub, allowed []string, frame []byte)
 	}
 	_, err = hub.Publish(ctx, m)
 	return err
-}
-
-// presenceData says who a connection is: its id and, when known, the
-// authenticated user.
-func presenceData(r *http.Request, g *Grant, id string) string {
-	who := map[string]string{"connection": id}
-	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if user, _ := repl.GetString("http.auth.user.id"); user != "" {
-		who["user"] = user
-	} else if g != nil {
-		if sub, ok := g.Claims["sub"].(string); ok {
-			who["user"] = sub
-		}
-	}
-	data, _ := json.Marshal(who)
-	return string(data)
 }
 
 func connectionID() string {

@@ -257,9 +257,11 @@ func TestBatchConn(t *testing.T) {
 func TestWSClientPublish(t *testing.T) {
 	c := startCaddy(t, wsSite)
 	a := mustDialWS(t, c.URL+"/chat?room=1", nil)
+	a.nextFrame(time.Second) // who is there
 	a.nextFrame(time.Second) // its own join
 	sse := subscribe(t, c.URL+"/events?topic=chat/1", nil)
 	b := mustDialWS(t, c.URL+"/chat?room=1", nil)
+	b.nextFrame(time.Second) // who is there
 	b.nextFrame(time.Second) // b's join
 	if f := a.nextFrame(time.Second); f.Event != "push.join" {
 		t.Fatalf("a saw %+v, want b's join", f)

@@ -350,8 +350,13 @@ func TestBrowserChatAcrossTabs(t *testing.T) {
 			waitJS(`document.getElementById('chat-state').textContent === 'open'`),
 		)
 	}
-	// the first tab sees the second join
+	// the first tab sees the second join, and both tabs online; the second
+	// saw the first in its snapshot
 	run(t, first, 5*time.Second, waitJS(`window.pushDemo.chat.some(m => m.event === 'push.join' && m.data !== '')`))
+	for _, ctx := range []context.Context{first, second} {
+		run(t, ctx, 5*time.Second, waitJS(`window.pushDemo.online.size === 2 && document.getElementById('chat-online').textContent.startsWith('2: ')`))
+	}
+	run(t, second, 5*time.Second, waitJS(`window.pushDemo.chat[0].event === 'push.presence' && JSON.parse(window.pushDemo.chat[0].data).count === 2`))
 	// fill in and submit the form as a visitor would; the page's own
 	// submit handler sends the message
 	say := func(ctx context.Context, name, text string) {

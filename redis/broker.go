@@ -14,6 +14,7 @@ import (
 	"math/big"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -38,6 +39,11 @@ type Broker struct {
 	// KeyPrefix starts every key the hub uses, so several hubs and apps
 	// can share one Redis. Default: push:<hub name>:
 	KeyPrefix string `json:"key_prefix,omitempty"`
+	// Heartbeat is how often this node renews its entry in the hub's
+	// roster (who is connected where, for presence and the admin API); a
+	// node that misses three is taken for dead and its members are
+	// forgotten. Default: 5s.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -52,6 +58,7 @@ func (Broker) CaddyModule() caddy.ModuleInfo {
 //
 //	broker redis [<url>] {
 //		key_prefix <prefix>
+//		heartbeat  <duration>
 //	}
 func (b *Broker) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume broker name
@@ -68,6 +75,18 @@ func (b *Broker) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			b.KeyPrefix = d.Val()
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+		case "heartbeat":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			v, err := caddy.ParseDuration(d.Val())
+			if err != nil || v <= 0 {
+				return d.Errf("invalid heartbeat '%s': want a duration such as 5s", d.Val())
+			}
+			b.Heartbeat = caddy.Duration(v)
 			if d.NextArg() {
 				return d.ArgErr()
 			}
@@ -94,7 +113,20 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 		o.Resync = func() {}
 	}
 	if o.Command == nil {
-		o.Command = func(push.Command) {}
+		o.Command = func(push.Command) int { return 0 }
+	}
+	if o.Stats == nil {
+		o.Stats = func() push.NodeStats { return push.NodeStats{} }
+	}
+	if o.Joined == nil {
+		o.Joined = func() []push.Joined { return nil }
+	}
+	if b.Heartbeat < 0 {
+		return nil, fmt.Errorf("heartbeat must not be negative")
+	}
+	heartbeat := time.Duration(b.Heartbeat)
+	if heartbeat == 0 {
+		heartbeat = DefaultHeartbeat
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &store{
@@ -108,8 +140,12 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 		limits:  o.History,
 		cancel:  cancel,
 		done:    make(chan struct{}),
+		roster: roster{heartbeat: heartbeat, stats: o.Stats, joined: o.Joined,
+			ops: make(chan rosterOp, 4096), asks: make(map[string]chan reply)},
+		rosterDone: make(chan struct{}),
 	}
 	go s.listen(ctx)
+	go s.runRoster(ctx)
 	return s, nil
 }
 
@@ -126,7 +162,7 @@ type store struct {
 	prefix  string
 	deliver func(*push.Event)
 	resync  func()
-	command func(push.Command)
+	command func(push.Command) int
 	node    string // tells this node's own broadcasts from others'
 	logger  *zap.Logger
 	cancel  context.CancelFunc
@@ -135,6 +171,9 @@ type store struct {
 	mu     sync.Mutex
 	limits push.HistoryLimits
 	ps     *goredis.PubSub // the live subscription, which Close must close
+
+	roster     roster
+	rosterDone chan struct{}
 }
 
 // Keys, under the prefix: epoch (set once), seq (the counter), t:<topic>
@@ -240,16 +279,25 @@ func (s *store) Publish(ctx context.Context, ev *push.Event) error {
 	return nil
 }
 
-// control is a command on the control channel, with the node that sent it.
+// control is a message on the control channel, from the node that sent
+// it: a command (asking for an answer when Ask is set), or an answer to
+// one (Answer, with its count).
 type control struct {
 	Node    string       `json:"n"`
 	Command push.Command `json:"c"`
+	Ask     string       `json:"a,omitempty"`
+	Answer  string       `json:"r,omitempty"`
+	Count   int          `json:"k,omitempty"`
 }
 
 // Broadcast hands c to every other node following the hub. Like Pub/Sub,
 // it reaches the nodes connected now: a node away from Redis misses it.
 func (s *store) Broadcast(ctx context.Context, c push.Command) error {
-	payload, err := json.Marshal(control{Node: s.node, Command: c})
+	return s.send(ctx, control{Node: s.node, Command: c})
+}
+
+func (s *store) send(ctx context.Context, c control) error {
+	payload, err := json.Marshal(c)
 	if err != nil {
 		return err
 	}
@@ -259,15 +307,27 @@ func (s *store) Broadcast(ctx context.Context, c push.Command) error {
 	return nil
 }
 
-// receiveControl carries out another node's command.
-func (s *store) receiveControl(payload string) {
+// receiveControl carries out another node's command, and answers it when
+// asked to; or hands an answer to the Ask that waits for it.
+func (s *store) receiveControl(ctx context.Context, payload string) {
 	var c control
 	if err := json.Unmarshal([]byte(payload), &c); err != nil {
 		s.logger.Warn("unreadable command on the control channel", zap.Error(err))
 		return
 	}
-	if c.Node != s.node {
-		s.command(c.Command)
+	switch {
+	case c.Node == s.node:
+	case c.Answer != "":
+		s.answer(c)
+	default:
+		n := s.command(c.Command)
+		if c.Ask != "" {
+			ctx, cancel := context.WithTimeout(ctx, time.Second)
+			defer cancel()
+			if err := s.send(ctx, control{Node: s.node, Answer: c.Ask, Count: n}); err != nil {
+				s.logger.Warn("command not answered", zap.Error(err))
+			}
+		}
 	}
 }
 
@@ -372,6 +432,51 @@ func decode(v any) (*push.Event, error) {
 	}, nil
 }
 
+// History describes the hub-wide stream, which holds the newest events of
+// every topic (at least 10,000, or ten times history); its size is
+// Redis's estimate.
+func (s *store) History(ctx context.Context) (push.HistoryStats, error) {
+	epoch, head, err := s.head(ctx)
+	if err != nil {
+		return push.HistoryStats{}, unavailable(err)
+	}
+	n, err := s.client.XLen(ctx, s.key("all")).Result()
+	if err != nil {
+		return push.HistoryStats{}, unavailable(err)
+	}
+	bytes, _ := s.client.MemoryUsage(ctx, s.key("all")).Result() // 0 where MEMORY is refused
+	return push.HistoryStats{Events: n, Bytes: bytes, Head: push.FormatID(epoch, head)}, nil
+}
+
+// TopicHistory reads each topic's stream: its length and newest id.
+func (s *store) TopicHistory(ctx context.Context, topics []string) ([]push.TopicHistory, error) {
+	epoch, _, err := s.head(ctx)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	pipe := s.client.Pipeline()
+	lens := make([]*goredis.IntCmd, len(topics))
+	lasts := make([]*goredis.XMessageSliceCmd, len(topics))
+	for i, t := range topics {
+		lens[i] = pipe.XLen(ctx, s.key("t:"+t))
+		lasts[i] = pipe.XRevRangeN(ctx, s.key("t:"+t), "+", "-", 1)
+	}
+	if _, err := pipe.Exec(ctx); err != nil && err != goredis.Nil {
+		return nil, unavailable(err)
+	}
+	out := make([]push.TopicHistory, len(topics))
+	for i := range topics {
+		out[i].Events = int(lens[i].Val())
+		if last := lasts[i].Val(); len(last) > 0 {
+			seq, _, _ := strings.Cut(last[0].ID, "-")
+			if n, err := strconv.ParseUint(seq, 10, 64); err == nil {
+				out[i].LastID = push.FormatID(epoch, n)
+			}
+		}
+	}
+	return out, nil
+}
+
 func (s *store) SetHistory(l push.HistoryLimits) {
 	s.mu.Lock()
 	s.limits = l
@@ -388,6 +493,7 @@ func (s *store) Close() error {
 	}
 	s.mu.Unlock()
 	<-s.done
+	<-s.rosterDone
 	return s.client.Close()
 }
 
@@ -471,7 +577,7 @@ func (s *store) follow(ctx context.Context, cur **cursor, connected func()) erro
 			continue
 		}
 		if m.Channel == s.key("control") {
-			s.receiveControl(m.Payload)
+			s.receiveControl(ctx, m.Payload)
 			continue
 		}
 		ev, err := decode(m.Payload)
@@ -551,5 +657,7 @@ var (
 	_ push.BrokerFactory    = Broker{}
 	_ push.Broker           = (*store)(nil)
 	_ push.Broadcaster      = (*store)(nil)
+	_ push.Roster           = (*store)(nil)
+	_ push.Inspector        = (*store)(nil)
 	_ caddyfile.Unmarshaler = (*Broker)(nil)
 )

@@ -119,6 +119,14 @@ let chatLastId = '';
 const unsent = []; // typed while reconnecting; sent once open
 window.pushDemo.chat = []; // for the browser tests
 window.pushDemo.chatOpens = 0;
+// who is online: connection id → user, from the snapshot each connection
+// gets first (push.presence), then push.join and push.leave
+const online = new Map();
+window.pushDemo.online = online;
+function showOnline() {
+	const names = [...online].map(([id, user]) => user || id.slice(0, 6));
+	$('chat-online').textContent = `${online.size}: ${names.join(', ')}`;
+}
 
 function connectChat() {
 	const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
@@ -140,9 +148,17 @@ function connectChat() {
 		}
 		if (msg.id) chatLastId = msg.id;
 		window.pushDemo.chat.push(msg);
-		if (msg.event === 'push.join' || msg.event === 'push.leave') {
+		if (msg.event === 'push.presence') {
+			// a fresh list on every (re)connect
+			online.clear();
+			for (const m of JSON.parse(msg.data).members ?? []) online.set(m.connection, m.user);
+			showOnline();
+		} else if (msg.event === 'push.join' || msg.event === 'push.leave') {
 			const who = JSON.parse(msg.data);
 			const verb = msg.event === 'push.join' ? 'joined' : 'left';
+			if (msg.event === 'push.join') online.set(who.connection, who.user);
+			else online.delete(who.connection);
+			showOnline();
 			append(chat, `someone (${who.connection.slice(0, 6)}) ${verb}`, 'note');
 		} else if (msg.event === 'push.reset') {
 			append(chat, `missed messages: ${msg.data}`, 'alert');

@@ -1,0 +1,240 @@
+package push
+
+import (
+	"cmp"
+	"context"
+	"encoding/json"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+// Member is one connection as presence and the admin API show it.
+type Member struct {
+	// Connection is the connection's id, unique in the hub.
+	Connection string `json:"connection"`
+	// User is the authenticated user: Caddy's http.auth.user.id (set by
+	// basic_auth, forward_auth, ...) or else the sub claim of the
+	// client's verified JWT; empty when unknown.
+	User string `json:"user,omitempty"`
+	// Transport is sse or ws.
+	Transport string `json:"transport,omitempty"`
+	// RemoteAddr is the client's IP, as Caddy determined it (honouring
+	// trusted_proxies).
+	RemoteAddr string `json:"remote_addr,omitempty"`
+	// Since is when the connection subscribed.
+	Since time.Time `json:"connected_since"`
+	// Presence is whether the connection is announced to its topics
+	// (push.join, push.leave) and listed in their push.presence events.
+	Presence bool `json:"presence,omitempty"`
+	// Node is the node that holds the connection, in a cluster's answers.
+	Node string `json:"node,omitempty"`
+}
+
+// member is who the admitted request is, on transport.
+func (a *admission) member(r *http.Request, transport string) Member {
+	m := Member{Connection: connectionID(), Transport: transport, RemoteAddr: clientIP(r), Since: time.Now()}
+	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+	if user, _ := repl.GetString("http.auth.user.id"); user != "" {
+		m.User = user
+	} else if a.Grant != nil {
+		if sub, ok := a.Grant.Claims["sub"].(string); ok {
+			m.User = sub
+		}
+	}
+	return m
+}
+
+// presenceData is the data of a connection's push.join and push.leave
+// events, and its entry in a push.presence snapshot: its id and, when
+// known, its user.
+func presenceData(m Member) string {
+	data, _ := json.Marshal(presenceEntry{Connection: m.Connection, User: m.User})
+	return string(data)
+}
+
+// presenceEntry is a member as clients see it.
+type presenceEntry struct {
+	Connection string `json:"connection"`
+	User       string `json:"user,omitempty"`
+}
+
+// localMembers returns the connections of this process that follow topic
+// (only those announced with presence, if asked), oldest first.
+func (h *Hub) localMembers(topic string, presence bool) []Member {
+	h.mu.RLock()
+	var out []Member
+	for _, l := range h.lanes {
+		for s := range l.topics[topic] {
+			if !s.isEnded() && (s.who.Presence || !presence) {
+				out = append(out, s.who)
+			}
+		}
+	}
+	h.mu.RUnlock()
+	slices.SortFunc(out, func(a, b Member) int {
+		return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.Connection, b.Connection))
+	})
+	return out
+}
+
+// How a disconnected stream is told why it ends (Hub.Disconnect): SSE in
+// a comment, WebSocket in the 1008 close reason.
+const disconnectedReason = "disconnected by the server's operator"
+
+var disconnectedComment = []byte(": " + disconnectedReason + "\n\n")
+
+// DefaultPresenceLimit is how many members of a topic a presence snapshot
+// lists; beyond it, only their count.
+const DefaultPresenceLimit = 1000
+
+// subscribe subscribes an admitted connection, who, and with presence
+// reads what its push.presence events say.
+func (e *Endpoint) subscribe(ctx context.Context, a *admission, who Member) (*Subscription, error) {
+	sub, err := e.hub.subscribe(ctx, a.Topics, a.LastEventID, who, e.Presence)
+	if err != nil || !e.Presence {
+		return sub, err
+	}
+	// read after the subscription is in place: a member that joins later
+	// comes as push.join, one that left before is gone from the list
+	for _, t := range sub.Topics {
+		members, count, _, err := e.hub.members(ctx, t, e.PresenceLimit, true)
+		if err != nil {
+			e.logger.Warn("presence not read", zap.String("topic", t), zap.Error(err))
+			continue
+		}
+		snap := presenceSnapshot{Topic: t, Count: count}
+		if count <= e.PresenceLimit {
+			snap.Members = make([]presenceEntry, len(members))
+			for i, m := range members {
+				snap.Members[i] = presenceEntry{Connection: m.Connection, User: m.User}
+			}
+		}
+		data, _ := json.Marshal(snap)
+		sub.presence = append(sub.presence, topicPresence{topic: t, data: string(data)})
+	}
+	return sub, nil
+}
+
+// presenceSnapshot is the data of a push.presence event.
+type presenceSnapshot struct {
+	Topic string `json:"topic"`
+	// Members are the topic's connections, oldest first; absent when
+	// there are more than the presence limit.
+	Members []presenceEntry `json:"members,omitempty"`
+	Count   int             `json:"count"`
+}
+
+// topicPresence is a push.presence event to send.
+type topicPresence struct{ topic, data string }
+
+// appendPresence appends the subscription's push.presence events, for an
+// SSE stream. They have no id: they are not events of the hub.
+func (s *Subscription) appendPresence(b []byte) []byte {
+	for _, p := range s.presence {
+		b = appendSSE(b, "", "push.presence", p.data, 0)
+	}
+	s.presence = nil
+	return b
+}
+
+// presenceFrames are the subscription's push.presence events as WebSocket
+// messages: in json format {"topic","event","data"} without an id (a
+// client keeping the last id must not lose it), in text format the data.
+func (s *Subscription) presenceFrames(format string) [][]byte {
+	frames := make([][]byte, len(s.presence))
+	for i, p := range s.presence {
+		if format == FormatText {
+			frames[i] = []byte(p.data)
+			continue
+		}
+		frames[i], _ = json.Marshal(struct {
+			Topic string `json:"topic"`
+			Event string `json:"event"`
+			Data  string `json:"data"`
+		}{p.topic, "push.presence", p.data})
+	}
+	s.presence = nil
+	return frames
+}
+
+// announce publishes a presence event about a subscription to its topics.
+func (h *Hub) announce(s *Subscription, event string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := h.Publish(ctx, Message{Topics: s.Topics, Type: event, Data: presenceData(s.who)}); err != nil {
+		h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
+	}
+}
+
+// Roster is implemented by brokers that span several nodes (Redis): they
+// keep who is connected on every node, each node's entries expiring unless
+// the node keeps them alive, and answer for the whole cluster.
+type Roster interface {
+	// Join records a connection of this node on its topics, before its
+	// push.join is published.
+	Join(ctx context.Context, m Member, topics []string) error
+	// Leave forgets a connection of this node. With wait it returns once
+	// that is done (its push.leave follows); else it may return before.
+	Leave(ctx context.Context, m Member, topics []string, wait bool)
+	// Members returns the members of topic on every live node (only those
+	// announced with presence, if asked), and their count; beyond max
+	// members, only the count.
+	Members(ctx context.Context, topic string, max int, presence bool) ([]Member, int, error)
+	// Topics counts the members of every topic that starts with prefix.
+	Topics(ctx context.Context, prefix string) (map[string]int, error)
+	// Stats returns the counters of every other live node.
+	Stats(ctx context.Context) ([]NodeStats, error)
+	// Ask broadcasts c to every other live node, and returns the sum of
+	// what their Command functions returned and how many nodes answered.
+	Ask(ctx context.Context, c Command) (count, nodes int, err error)
+}
+
+// NodeStats are one node's counters of a hub.
+type NodeStats struct {
+	Node        string            `json:"node,omitempty"`
+	Connections map[string]int64  `json:"connections"`
+	Published   uint64            `json:"published"`
+	Delivered   map[string]uint64 `json:"delivered"`
+}
+
+// Joined is a local connection and its topics, as a Roster records it.
+type Joined struct {
+	Member Member   `json:"m"`
+	Topics []string `json:"t"`
+}
+
+// nodeStats are the hub's counters in this process.
+func (h *Hub) nodeStats() NodeStats {
+	st := NodeStats{Connections: make(map[string]int64), Delivered: make(map[string]uint64),
+		Published: h.stats.published.Load()}
+	for _, t := range transports {
+		ts := h.stats.of(t)
+		st.Connections[t] = ts.connections.Load()
+		st.Delivered[t] = ts.delivered.Load()
+	}
+	return st
+}
+
+// joined lists the hub's local connections, for a Roster that must write
+// them anew (its backend lost them, or this node was taken for dead).
+func (h *Hub) joined() []Joined {
+	h.mu.RLock()
+	defer h.mu.RUnlock()
+	seen := make(map[*Subscription]bool)
+	var out []Joined
+	for _, l := range h.lanes {
+		for _, subs := range l.topics {
+			for s := range subs {
+				if !seen[s] {
+					seen[s] = true
+					out = append(out, Joined{Member: s.who, Topics: s.Topics})
+				}
+			}
+		}
+	}
+	return out
+}

@@ -1,0 +1,218 @@
+package push
+
+import (
+	"encoding/json"
+	"net/http"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/golang-jwt/jwt/v5"
+)
+
+func TestCaddyfilePresence(t *testing.T) {
+	for _, tc := range []struct {
+		name, input string
+		want        Endpoint
+		err         string
+	}{
+		{name: "presence", input: "presence", want: Endpoint{Presence: true}},
+		{name: "presence_limit", input: "presence\n\tpresence_limit 50", want: Endpoint{Presence: true, PresenceLimit: 50}},
+		{name: "presence with an argument", input: "presence on", err: "wrong argument count or unexpected line ending after 'on'"},
+		{name: "presence_limit without value", input: "presence_limit", err: "wrong argument count or unexpected line ending after 'presence_limit'"},
+		{name: "presence_limit not a number", input: "presence_limit many", err: "invalid presence_limit 'many'"},
+		{name: "presence_limit negative", input: "presence_limit -1", err: "invalid presence_limit '-1'"},
+		{name: "presence twice", input: "presence\n\tpresence", err: "option 'presence' given more than once"},
+	} {
+		for _, directive := range []string{"push_sse", "push_ws"} {
+			t.Run(directive+" "+tc.name, func(t *testing.T) {
+				input := directive + " {\n\t" + tc.input + "\n}"
+				var got Endpoint
+				var err error
+				if directive == "push_sse" {
+					var h SSEHandler
+					err = h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+					got = h.Endpoint
+				} else {
+					var h WSHandler
+					err = h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(input))
+					got = h.Endpoint
+				}
+				if checkErr(t, input, err, tc.err) && !reflect.DeepEqual(got, tc.want) {
+					t.Errorf("endpoint:\n got %+v\nwant %+v", got, tc.want)
+				}
+			})
+		}
+	}
+	cfg := `{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"push_sse","presence_limit":-3}]}]}}}}}`
+	if err := caddyValidate([]byte(cfg)); err == nil || !strings.Contains(err.Error(), "presence_limit must not be negative") {
+		t.Fatalf("negative presence_limit in JSON: %v", err)
+	}
+}
+
+var presenceSite = `
+http://127.0.0.1:PORT {
+	basic_auth /auth/* {
+		alice ` + bcryptHash("a-pass") + `
+		bob ` + bcryptHash("b-pass") + `
+	}
+	push_sse /auth/events {
+		topics room
+		presence
+	}
+	push_ws /auth/ws {
+		topics room
+		presence
+	}
+	push_sse /jwt/events {
+		topics room
+		presence
+		jwt_key ` + testSecret + `
+	}
+	push_ws /jwt/ws {
+		topics room
+		presence
+		jwt_key ` + testSecret + `
+	}
+	push_sse /limited {
+		topics room
+		presence
+		presence_limit 4
+	}
+	push_ws /text {
+		topics room
+		presence
+		format text
+	}
+	push_sse /quiet {
+		topics room
+	}
+	push_publish /publish {
+		anonymous
+	}
+}`
+
+// snapshotOf decodes a push.presence event's data into user names (or
+// "-" for a connection without one), in order; nil when it has only the
+// count.
+func snapshotOf(t testing.TB, data string) (users []string, count int) {
+	t.Helper()
+	var s struct {
+		Topic   string
+		Count   int
+		Members []struct{ Connection, User string }
+	}
+	if err := json.Unmarshal([]byte(data), &s); err != nil || s.Topic != "room" {
+		t.Fatalf("push.presence data %q: %v", data, err)
+	}
+	for _, m := range s.Members {
+		if m.Connection == "" {
+			t.Fatalf("member without a connection id in %s", data)
+		}
+		users = append(users, cmpOr(m.User, "-"))
+	}
+	return users, s.Count
+}
+
+// firstSSEEvent returns a stream's first event, checking that nothing
+// but the opening's id came before it.
+func firstSSEEvent(t testing.TB, s *sseClient) sseEvent {
+	t.Helper()
+	ids := 0
+	for {
+		it, ok := s.next(2 * time.Second)
+		if !ok {
+			t.Fatal("stream ended")
+		}
+		if it.ID != "" {
+			ids++
+		}
+		if it.Event != nil {
+			if ids > 1 {
+				t.Fatalf("push.presence came after an event id: %+v", it.Event)
+			}
+			return *it.Event
+		}
+	}
+}
+
+// A connection first gets who is on each of its topics (itself included,
+// oldest first), then push.join and push.leave as they come; the same
+// over SSE and WebSocket, with users from basic_auth and from JWTs.
+func TestPresenceSnapshot(t *testing.T) {
+	c := startCaddy(t, presenceSite)
+	bearer := func(sub string) http.Header {
+		return http.Header{"Authorization": {"Bearer " + hs256(t, jwt.MapClaims{"sub": sub})}}
+	}
+	check := func(who string, ev sseEvent, want ...string) {
+		t.Helper()
+		users, count := snapshotOf(t, ev.Data)
+		if ev.Type != "push.presence" || !reflect.DeepEqual(users, want) || count != len(want) {
+			t.Fatalf("%s's first event: %+v, want the members %v", who, ev, want)
+		}
+	}
+	alice := subscribe(t, c.URL+"/auth/events", basicAuthHeader("alice", "a-pass"))
+	check("alice", firstSSEEvent(t, alice), "alice")
+	if ev := alice.nextEvent(2 * time.Second); ev.Type != "push.join" || !strings.Contains(ev.Data, `"user":"alice"`) {
+		t.Fatalf("alice's own join: %+v", ev)
+	}
+
+	bob := mustDialWS(t, c.URL+"/auth/ws", basicAuthHeader("bob", "b-pass"))
+	raw := bob.next(2 * time.Second)
+	var frame map[string]string
+	if err := json.Unmarshal(raw, &frame); err != nil {
+		t.Fatal(err)
+	}
+	if _, hasID := frame["id"]; hasID || frame["topic"] != "room" {
+		t.Fatalf("bob's first frame %s: want a topic and no id", raw)
+	}
+	check("bob", sseEvent{Type: frame["event"], Data: frame["data"]}, "alice", "bob")
+	if ev := alice.nextEvent(2 * time.Second); ev.Type != "push.join" || !strings.Contains(ev.Data, `"user":"bob"`) {
+		t.Fatalf("alice saw %+v, want bob's join", ev)
+	}
+
+	carol := subscribe(t, c.URL+"/jwt/events", bearer("carol"))
+	check("carol", firstSSEEvent(t, carol), "alice", "bob", "carol")
+	dave := mustDialWS(t, c.URL+"/jwt/ws", bearer("dave"))
+	f := dave.nextFrame(2 * time.Second)
+	check("dave", sseEvent{Type: f.Event, Data: f.Data}, "alice", "bob", "carol", "dave")
+	anon := subscribe(t, c.URL+"/jwt/events", nil)
+	check("an anonymous client", firstSSEEvent(t, anon), "alice", "bob", "carol", "dave", "-")
+
+	// over presence_limit: the count, no list
+	limited := subscribe(t, c.URL+"/limited", nil)
+	ev := firstSSEEvent(t, limited)
+	if users, count := snapshotOf(t, ev.Data); ev.Type != "push.presence" || users != nil || count != 6 || strings.Contains(ev.Data, "members") {
+		t.Fatalf("over the limit: %+v", ev)
+	}
+	// text format: the data alone
+	text := mustDialWS(t, c.URL+"/text", nil)
+	if users, count := snapshotOf(t, string(text.next(2*time.Second))); count != 7 || len(users) != 7 {
+		t.Fatalf("text format snapshot: %v %d", users, count)
+	}
+	// without presence: no snapshot, and no join
+	quiet := subscribe(t, c.URL+"/quiet", nil)
+	_, id := c.publish("/publish", "topic=room&data=hi")
+	if ev := quiet.nextEvent(2 * time.Second); ev.ID != id {
+		t.Fatalf("a client without presence got %+v first", ev)
+	}
+
+	// diffs: bob leaves, alice hears it, and a newcomer no longer sees bob
+	for _, j := range []string{"carol", "dave", "-", "-", "-", "hi"} {
+		ev := alice.nextEvent(2 * time.Second)
+		if j == "hi" && ev.Data == "hi" {
+			continue
+		}
+		if ev.Type != "push.join" {
+			t.Fatalf("alice got %+v, want the join of %s", ev, j)
+		}
+	}
+	bob.conn.Close()
+	if ev := alice.nextEvent(2 * time.Second); ev.Type != "push.leave" || !strings.Contains(ev.Data, `"user":"bob"`) {
+		t.Fatalf("alice saw %+v, want bob's leave", ev)
+	}
+	late := subscribe(t, c.URL+"/auth/events", basicAuthHeader("alice", "a-pass"))
+	check("alice's second tab", firstSSEEvent(t, late), "alice", "carol", "dave", "-", "-", "-", "alice")
+}
