@@ -30,6 +30,7 @@ type Hub struct {
 	name       string
 	broker     Broker
 	brokerName string // its module's name: memory, redis
+	trims      bool   // holds memTrim (a hub of the push app)
 	logger     *zap.Logger
 	stats      hubStats
 

@@ -152,6 +152,7 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 			return nil, err
 		}
 		hub.broker = b
+		hub.trims = true
 		memTrim.acquire()
 		logger.Info("hub started", zap.Int("history", limits.Events), zap.Duration("history_ttl", limits.TTL))
 		return hub, nil
@@ -202,7 +203,9 @@ func (h *Hub) Destruct() error {
 	live.CompareAndDelete(h.name, h)
 	err := h.broker.Close()
 	h.stopLanes()
-	memTrim.release()
+	if h.trims {
+		memTrim.release()
+	}
 	return err
 }
 
