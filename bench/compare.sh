@@ -36,6 +36,7 @@
 #   CADDY_TLS_PORT [8443]  NCHAN_TLS_PORT [8444]: HTTPS (and caddy-push's HTTP/3)
 #   CENTRIFUGO  the centrifugo binary [go install's: $(go env GOPATH)/bin/centrifugo]
 #   TIME_LIMIT  seconds; no run starts after this [3600]
+#   TLS_CONNECT_RATE  connects per second over HTTPS [500]
 #
 # It needs Go. It installs nginx and libnginx-mod-nchan from Debian's
 # packages when they are missing (as root, or with sudo), and Centrifugo
@@ -60,6 +61,7 @@ CENTRIFUGO_PORT=${CENTRIFUGO_PORT:-8092}
 CADDY_TLS_PORT=${CADDY_TLS_PORT:-8443}
 NCHAN_TLS_PORT=${NCHAN_TLS_PORT:-8444}
 TIME_LIMIT=${TIME_LIMIT:-3600}
+TLS_CONNECT_RATE=${TLS_CONNECT_RATE:-500}
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 CENTRIFUGO_MODULE=github.com/centrifugal/centrifugo/v6
 CENTRIFUGO_VERSION=v6.9.1
@@ -246,6 +248,9 @@ bench() {
 	local name="$scenario-$transport-$target-$run"
 	if [ "$proto" != http ]; then
 		name="$scenario-$proto-$transport-$target-$run"
+		# a TLS handshake costs both sides a millisecond or more of CPU:
+		# connect as fast as this machine completes them
+		args+=(-connect-rate "$TLS_CONNECT_RATE")
 	fi
 	local skip
 	skip=$(skip_reason "$target" "$proto" "$transport")
