@@ -75,7 +75,7 @@ http://127.0.0.1:PORT {
 		max_connections_per_ip 100
 	}
 }`)
-	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: 1000}}
+	client := newTestClient()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var ok, limited, other atomic.Int32
@@ -116,7 +116,7 @@ http://127.0.0.1:PORT {
 		t.Fatalf("%d accepted, %d limited, %d other; want 100, 900, 0", ok.Load(), limited.Load(), other.Load())
 	}
 	cancel()
-	client.CloseIdleConnections()
+	closeTestClient(client)
 	// the places are given back when the clients leave
 	waitFor(t, 2*time.Second, func() bool {
 		s := subscribe(t, c.URL+"/events?topic=x", nil)

@@ -30,6 +30,9 @@ func TestSSEStreamsLeaveNetHTTP(t *testing.T) {
 	if !engine.Supported || engineOff {
 		t.Skip("the connection engine is off")
 	}
+	if testOverTLS() {
+		t.Skip("tests cleartext HTTP/1.1 streams; TestSSEOverTLSHTTP1LeavesNetHTTP tests TLS ones")
+	}
 	c := startCaddy(t, `
 http://127.0.0.1:PORT {
 	push_sse /events {

@@ -93,7 +93,7 @@ func TestSSEDeliversPublishedEvent(t *testing.T) {
 // The exact bytes: event: only when set, one data: line per line.
 func TestSSEWireFormat(t *testing.T) {
 	c := startCaddy(t, basicSite)
-	resp, err := http.Get(c.URL + "/news")
+	resp, err := testClient.Get(c.URL + "/news")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -591,16 +591,7 @@ http://127.0.0.1:PORT {
 	push_sse /events
 	metrics /metrics
 }`)
-	// a raw client that sends its request and never reads
-	stuck, err := net.Dial("tcp", "127.0.0.1:"+c.port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stuck.Close()
-	if tcp, ok := stuck.(*net.TCPConn); ok {
-		_ = tcp.SetReadBuffer(4096)
-	}
-	fmt.Fprintf(stuck, "GET /events?topic=x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+	defer openStalledStream(t, c, "/events?topic=x").Close()
 	fast := subscribe(t, c.URL+"/events?topic=x", nil)
 	hub, _ := LookupHub("default")
 	waitFor(t, time.Second, func() bool { return hub.stats.of(TransportSSE).connections.Load() == 2 })
@@ -621,6 +612,38 @@ http://127.0.0.1:PORT {
 	}
 }
 
+// openStalledStream opens a stream on a connection of its own and never
+// reads it: over cleartext a raw client with a small socket buffer; over
+// h2 and h3 a client whose flow control lets little unread data in.
+func openStalledStream(t testing.TB, c *testCaddy, path string) io.Closer {
+	t.Helper()
+	if testOverTLS() {
+		client := newStalledClient()
+		resp, err := client.Get(c.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return closerFunc(func() error {
+			resp.Body.Close()
+			closeTestClient(client)
+			return nil
+		})
+	}
+	stuck, err := net.Dial("tcp", "127.0.0.1:"+c.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tcp, ok := stuck.(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(4096)
+	}
+	fmt.Fprintf(stuck, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path)
+	return stuck
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
 func grepLines(s, sub string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {
@@ -634,7 +657,7 @@ func grepLines(s, sub string) string {
 func TestSSEMethodNotAllowed(t *testing.T) {
 	c := startCaddy(t, basicSite)
 	req := mustRequest(t, "POST", c.URL+"/news")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
