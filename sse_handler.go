@@ -242,6 +242,7 @@ func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseControl
 		return true
 	}
 	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	defer liftWriteDeadline(rc)
 	for _, ev := range events {
 		if _, err := w.Write(ev.SSE()); err != nil {
 			return writeFailed(sub, err)
@@ -256,10 +257,19 @@ func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseControl
 
 func (h *SSEHandler) write(w http.ResponseWriter, rc *http.ResponseController, p []byte) bool {
 	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout))
+	defer liftWriteDeadline(rc)
 	if _, err := w.Write(p); err != nil {
 		return false
 	}
 	return rc.Flush() == nil
+}
+
+// liftWriteDeadline ends a write's deadline once the write is done: over
+// HTTP/2 the deadline is a timer on the stream, which resets the stream
+// when it fires even if nothing is being written, so a stream quiet for
+// writeTimeout would die.
+func liftWriteDeadline(rc *http.ResponseController) {
+	_ = rc.SetWriteDeadline(time.Time{})
 }
 
 // writeFailed counts a client that stopped reading as a slow consumer.

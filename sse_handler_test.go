@@ -347,6 +347,22 @@ func TestSSEReplayRacingLive(t *testing.T) {
 	wg.Wait()
 }
 
+// A stream quiet for longer than the write timeout stays open, after its
+// opening and after an event: the timeout bounds a write, not the silence
+// between writes (over HTTP/2 a write deadline left in place is a timer
+// that resets the stream).
+func TestSSEQuietStreamOutlivesWriteTimeout(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	s := subscribe(t, c.URL+"/news", nil)
+	for i := range 2 {
+		time.Sleep(2 * writeTimeout)
+		_, id := c.publish("/publish", "topic=news&data="+strconv.Itoa(i))
+		if ev := s.nextEvent(time.Second); ev.ID != id {
+			t.Fatalf("after %v of quiet got %+v, want %s", 2*writeTimeout, ev, id)
+		}
+	}
+}
+
 func TestSSEKeepalive(t *testing.T) {
 	c := startCaddy(t, `
 http://127.0.0.1:PORT {
