@@ -116,7 +116,7 @@ http://127.0.0.1:PORT {
 		t.Fatalf("%d accepted, %d limited, %d other; want 100, 900, 0", ok.Load(), limited.Load(), other.Load())
 	}
 	cancel()
-	closeTestClient(client)
+	client.CloseIdleConnections()
 	// the places are given back when the clients leave
 	waitFor(t, 2*time.Second, func() bool {
 		s := subscribe(t, c.URL+"/events?topic=x", nil)

@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 		os.Exit(2)
 	}
 	if testOverTLS() {
-		testClient = newTestClient()
+		testClient = newSharedTestClient()
 	}
 	// cut stalled test clients off quickly; set before any server starts
 	writeTimeout = 500 * time.Millisecond

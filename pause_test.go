@@ -215,7 +215,7 @@ http://127.0.0.1:PORT {
 	}
 	const n = 1000
 	client := newTestClient()
-	t.Cleanup(func() { closeTestClient(client) })
+	t.Cleanup(client.CloseIdleConnections)
 	streams := make([]*sseClient, n)
 	for i := range streams {
 		streams[i] = subscribeWith(t, client, c.URL+"/events", nil)

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -55,6 +56,7 @@ func testTLSConfig() *tls.Config {
 // newTestClient returns a client with connections of its own that speaks
 // the test mode's protocol, and only that: over h2 and h3 a response over
 // any other protocol is an error, so a mode cannot silently fall back.
+// Over h3 each request has a connection of its own (see h3ConnPerRequest).
 func newTestClient() *http.Client {
 	switch testProto {
 	case "h2":
@@ -66,11 +68,60 @@ func newTestClient() *http.Client {
 			MaxIdleConnsPerHost: 1000,
 		}}}
 	case "h3":
+		return &http.Client{Transport: protocolCheck{major: 3, rt: &h3ConnPerRequest{}}}
+	}
+	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1000}}
+}
+
+// newSharedTestClient returns the harness's client: newTestClient's, but
+// over h3 one connection that all its requests share, as a browser's.
+func newSharedTestClient() *http.Client {
+	if testProto == "h3" {
 		return &http.Client{Transport: protocolCheck{major: 3, rt: &http3.Transport{
 			TLSClientConfig: testTLSConfig(),
 		}}}
 	}
-	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1000}}
+	return newTestClient()
+}
+
+// h3ConnPerRequest sends each request on a QUIC connection of its own,
+// closed with the response body or the request's context. quic-go's
+// http3.Transport keeps one connection per host, and a server's
+// connection takes 100 streams at once (quic-go's default, which Caddy
+// keeps): a test that holds open more streams than that needs more
+// connections, as that many visitors would have.
+type h3ConnPerRequest struct {
+	quic *quic.Config
+}
+
+func (h *h3ConnPerRequest) RoundTrip(r *http.Request) (*http.Response, error) {
+	conf := testTLSConfig()
+	conf.NextProtos = []string{http3.NextProtoH3}
+	qc, err := quic.DialAddr(r.Context(), r.URL.Host, conf, h.quic)
+	if err != nil {
+		return nil, err
+	}
+	hangUp := func() { qc.CloseWithError(0, "") }
+	stop := context.AfterFunc(r.Context(), hangUp)
+	resp, err := (&http3.Transport{}).NewClientConn(qc).RoundTrip(r)
+	if err != nil {
+		hangUp()
+		return nil, err
+	}
+	resp.Body = bodyThenConn{ReadCloser: resp.Body, close: func() { stop(); hangUp() }}
+	return resp, nil
+}
+
+// bodyThenConn closes the body, then its connection.
+type bodyThenConn struct {
+	io.ReadCloser
+	close func()
+}
+
+func (b bodyThenConn) Close() error {
+	err := b.ReadCloser.Close()
+	b.close()
+	return err
 }
 
 // protocolCheck fails a response that did not come over HTTP/major.
@@ -88,9 +139,13 @@ func (p protocolCheck) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
+// CloseIdleConnections closes the idle connections of h2, not of h3:
+// quic-go counts a connection whose requests have their headers as idle,
+// and would close it under the open streams (h3ConnPerRequest closes its
+// connections itself).
 func (p protocolCheck) CloseIdleConnections() {
-	if c, ok := p.rt.(interface{ CloseIdleConnections() }); ok {
-		c.CloseIdleConnections()
+	if tr, ok := p.rt.(*http.Transport); ok {
+		tr.CloseIdleConnections()
 	}
 }
 
@@ -103,8 +158,8 @@ func newStalledClient() *http.Client {
 	switch rt := c.Transport.(protocolCheck).rt.(type) {
 	case *http.Transport:
 		rt.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerConnection: window, MaxReceiveBufferPerStream: window}
-	case *http3.Transport:
-		rt.QUICConfig = &quic.Config{
+	case *h3ConnPerRequest:
+		rt.quic = &quic.Config{
 			InitialStreamReceiveWindow:     window,
 			MaxStreamReceiveWindow:         window,
 			InitialConnectionReceiveWindow: window,
@@ -114,22 +169,11 @@ func newStalledClient() *http.Client {
 	return c
 }
 
-// closeTestClient lets go of everything c holds: its idle connections,
-// and over h3 its UDP socket too.
-func closeTestClient(c *http.Client) {
-	c.CloseIdleConnections()
-	if p, ok := c.Transport.(protocolCheck); ok {
-		if closer, ok := p.rt.(io.Closer); ok {
-			closer.Close()
-		}
-	}
-}
-
 // probe GETs url once on a connection of its own.
 func probe(url string) error {
 	c := newTestClient()
 	c.Timeout = time.Second
-	defer closeTestClient(c)
+	defer c.CloseIdleConnections()
 	resp, err := c.Get(url)
 	if err != nil {
 		return err

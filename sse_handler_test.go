@@ -641,7 +641,7 @@ func openStalledStream(t testing.TB, c *testCaddy, path string) io.Closer {
 		}
 		return closerFunc(func() error {
 			resp.Body.Close()
-			closeTestClient(client)
+			client.CloseIdleConnections()
 			return nil
 		})
 	}

@@ -643,7 +643,7 @@ func BenchmarkNetworkFanout(b *testing.B) {
 	c := startCaddy(b, wsSite)
 	hub, _ := LookupHub("default")
 	client := newTestClient()
-	b.Cleanup(func() { closeTestClient(client) })
+	b.Cleanup(client.CloseIdleConnections)
 	open := map[string]func(topic string, delivered *atomic.Int64) io.Closer{
 		"sse": func(topic string, delivered *atomic.Int64) io.Closer {
 			resp, err := client.Get(c.URL + "/events?topic=" + topic)
