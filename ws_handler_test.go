@@ -368,9 +368,16 @@ http://127.0.0.1:PORT {
 			t.Errorf("%s from %s: %v, want %d", tc.path, tc.origin, ws.Resp, tc.status)
 		}
 	}
-	// a plain GET is told to upgrade
-	if status, body := do(t, mustRequest(t, "GET", c.URL+"/same?topic=x")); status != 426 || body == "" {
-		t.Fatalf("plain GET: %d %q", status, body)
+	// a plain GET is told to upgrade, with an Upgrade header where there
+	// is such a thing: over HTTP/1.1
+	resp, err := testClient.Get(c.URL + "/same?topic=x")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 426 || len(body) == 0 || (resp.Header.Get("Upgrade") == "websocket") != (resp.ProtoMajor == 1) {
+		t.Fatalf("plain GET over %s: %d, Upgrade %q, %q", resp.Proto, resp.StatusCode, resp.Header.Get("Upgrade"), body)
 	}
 }
 
