@@ -75,7 +75,7 @@ http://127.0.0.1:PORT {
 		max_connections_per_ip 100
 	}
 }`)
-	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 0, MaxIdleConnsPerHost: 1000}}
+	client := newTestClient()
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	var ok, limited, other atomic.Int32

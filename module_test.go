@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -20,9 +21,18 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if err := checkTestProto(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	if testOverTLS() {
+		testClient = newSharedTestClient()
+	}
 	// cut stalled test clients off quickly; set before any server starts
 	writeTimeoutSet.Store(int64(500 * time.Millisecond))
-	os.Exit(m.Run())
+	code := m.Run()
+	removeTestStorage()
+	os.Exit(code)
 }
 
 // freePort returns a loopback port that was free a moment ago.
@@ -53,20 +63,26 @@ func adapt(t testing.TB, caddyfile string) []byte {
 type testCaddy struct {
 	t    testing.TB
 	port string
-	// URL is the base URL of the site, e.g. http://127.0.0.1:1234.
+	// URL is the base URL of the site, e.g. http://127.0.0.1:1234, or
+	// https://127.0.0.1:1234 in the h2 and h3 test modes.
 	URL string
 	// admin is the admin endpoint's address; empty: admin off.
 	admin string
 }
 
 // startCaddy loads a Caddyfile whose site address may use PORT, with
-// the admin endpoint off, and stops Caddy when the test ends. The
+// the admin endpoint off, and stops Caddy when the test ends. In the h2
+// and h3 test modes a site at http://127.0.0.1:PORT is served over HTTPS
+// (see siteForTestProto). The
 // default grace period (eternal) is kept on purpose: streams must still
 // end promptly.
 func startCaddy(t testing.TB, site string) *testCaddy {
 	t.Helper()
 	c := &testCaddy{t: t, port: freePort(t)}
 	c.URL = "http://127.0.0.1:" + c.port
+	if testOverTLS() {
+		c.URL = "https://127.0.0.1:" + c.port
+	}
 	c.Load(site)
 	t.Cleanup(func() {
 		done := make(chan error, 1)
@@ -86,11 +102,13 @@ func startCaddy(t testing.TB, site string) *testCaddy {
 // Load (re)loads the config, as `caddy reload` does.
 func (c *testCaddy) Load(site string) {
 	c.t.Helper()
-	cf := strings.TrimSpace(strings.ReplaceAll(site, "PORT", c.port))
-	globals := "\n\tadmin off\n\tpersist_config off\n"
+	cf, tlsGlobals := siteForTestProto(strings.TrimSpace(site))
+	cf = strings.ReplaceAll(cf, "PORT", c.port)
+	admin := "off"
 	if c.admin != "" {
-		globals = "\n\tadmin " + c.admin + "\n\tpersist_config off\n"
+		admin = c.admin
 	}
+	globals := "\n\tadmin " + admin + "\n\tpersist_config off\n" + tlsGlobals
 	if strings.HasPrefix(cf, "{") {
 		cf = "{" + globals + cf[1:]
 	} else {
@@ -102,12 +120,15 @@ func (c *testCaddy) Load(site string) {
 	// the old server closes its idle connections, and the client would
 	// not retry a POST on one; and while the listener passes from the old
 	// server to the new, a new connection may be reset: wait until new
-	// connections are served
-	http.DefaultClient.CloseIdleConnections()
-	fresh := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}, Timeout: time.Second}
+	// connections are served (over TLS, until the internal CA has issued
+	// the site's certificate). A site at another address than c.URL
+	// (startTLSCaddy's) waits for itself.
+	testClient.CloseIdleConnections()
+	if !strings.Contains(cf, c.URL) {
+		return
+	}
 	for ok, deadline := 0, time.Now().Add(5*time.Second); ok < 3 && time.Now().Before(deadline); {
-		if resp, err := fresh.Get(c.URL + "/"); err == nil {
-			resp.Body.Close()
+		if err := probe(c.URL + "/"); err == nil {
 			ok++
 		} else {
 			ok = 0
@@ -131,7 +152,7 @@ func (c *testCaddy) post(path, contentType, body string) (int, string) {
 
 func do(t testing.TB, req *http.Request) (int, string) {
 	t.Helper()
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Fatalf("%s %s: %v", req.Method, req.URL, err)
 	}
@@ -269,7 +290,7 @@ type sseClient struct {
 // subscribe opens an event stream; header may set Last-Event-ID etc.
 func subscribe(t testing.TB, url string, header http.Header) *sseClient {
 	t.Helper()
-	return subscribeWith(t, http.DefaultClient, url, header)
+	return subscribeWith(t, testClient, url, header)
 }
 
 func subscribeWith(t testing.TB, client *http.Client, url string, header http.Header) *sseClient {

@@ -214,7 +214,8 @@ http://127.0.0.1:PORT {
 		t.Fatal("no default hub")
 	}
 	const n = 1000
-	client := &http.Client{Transport: &http.Transport{MaxConnsPerHost: 0}}
+	client := newTestClient()
+	t.Cleanup(client.CloseIdleConnections)
 	streams := make([]*sseClient, n)
 	for i := range streams {
 		streams[i] = subscribeWith(t, client, c.URL+"/events", nil)

@@ -79,7 +79,7 @@ func TestPublishErrors(t *testing.T) {
 		if tc.ctype != "" {
 			req.Header.Set("Content-Type", tc.ctype)
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testClient.Do(req)
 		if err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
@@ -144,7 +144,7 @@ func TestPublishAccepted(t *testing.T) {
 		req, _ := http.NewRequest("POST", c.URL+"/publish", strings.NewReader(tc.body))
 		req.Header.Set("Content-Type", tc.ctype)
 		req.Header.Set("Authorization", "bearer s3cret")
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := testClient.Do(req)
 		if err != nil {
 			t.Fatal(err)
 		}

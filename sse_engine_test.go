@@ -22,9 +22,9 @@ func goroutinesIn(fn string) int {
 	return n
 }
 
-// onEngine reports whether the tests' cleartext HTTP/1.1 connections go
-// to the connection engine.
-func onEngine() bool { return engine.Supported && !engineOff }
+// onEngine reports whether the tests' connections go to the connection
+// engine: cleartext HTTP/1.1 ones do, not those of the h2 and h3 modes.
+func onEngine() bool { return engine.Supported && !engineOff && !testOverTLS() }
 
 // Over cleartext HTTP/1.1 the engine owns the streams: no goroutine and no
 // request stays per stream, the body is raw (not chunked) and ends with
@@ -33,6 +33,9 @@ func onEngine() bool { return engine.Supported && !engineOff }
 func TestSSEStreamsLeaveNetHTTP(t *testing.T) {
 	if !engine.Supported || engineOff {
 		t.Skip("the connection engine is off")
+	}
+	if testOverTLS() {
+		t.Skip("tests cleartext HTTP/1.1 streams; TestSSEOverTLSHTTP1LeavesNetHTTP tests TLS ones")
 	}
 	c := startCaddy(t, `
 http://127.0.0.1:PORT {

@@ -93,7 +93,7 @@ func TestSSEDeliversPublishedEvent(t *testing.T) {
 // The exact bytes: event: only when set, one data: line per line.
 func TestSSEWireFormat(t *testing.T) {
 	c := startCaddy(t, basicSite)
-	resp, err := http.Get(c.URL + "/news")
+	resp, err := testClient.Get(c.URL + "/news")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -345,6 +345,22 @@ func TestSSEReplayRacingLive(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+}
+
+// A stream quiet for longer than the write timeout stays open, after its
+// opening and after an event: the timeout bounds a write, not the silence
+// between writes (over HTTP/2 a write deadline left in place is a timer
+// that resets the stream).
+func TestSSEQuietStreamOutlivesWriteTimeout(t *testing.T) {
+	c := startCaddy(t, basicSite)
+	s := subscribe(t, c.URL+"/news", nil)
+	for i := range 2 {
+		time.Sleep(2 * writeTimeout())
+		_, id := c.publish("/publish", "topic=news&data="+strconv.Itoa(i))
+		if ev := s.nextEvent(time.Second); ev.ID != id {
+			t.Fatalf("after %v of quiet got %+v, want %s", 2*writeTimeout(), ev, id)
+		}
+	}
 }
 
 func TestSSEKeepalive(t *testing.T) {
@@ -614,16 +630,7 @@ http://127.0.0.1:PORT {
 	push_sse /events
 	metrics /metrics
 }`)
-	// a raw client that sends its request and never reads
-	stuck, err := net.Dial("tcp", "127.0.0.1:"+c.port)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer stuck.Close()
-	if tcp, ok := stuck.(*net.TCPConn); ok {
-		_ = tcp.SetReadBuffer(4096)
-	}
-	fmt.Fprintf(stuck, "GET /events?topic=x HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+	defer openStalledStream(t, c, "/events?topic=x").Close()
 	fast := subscribe(t, c.URL+"/events?topic=x", nil)
 	hub, _ := LookupHub("default")
 	waitFor(t, time.Second, func() bool { return hub.stats.of(TransportSSE).connections.Load() == 2 })
@@ -644,6 +651,38 @@ http://127.0.0.1:PORT {
 	}
 }
 
+// openStalledStream opens a stream on a connection of its own and never
+// reads it: over cleartext a raw client with a small socket buffer; over
+// h2 and h3 a client whose flow control lets little unread data in.
+func openStalledStream(t testing.TB, c *testCaddy, path string) io.Closer {
+	t.Helper()
+	if testOverTLS() {
+		client := newStalledClient()
+		resp, err := client.Get(c.URL + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return closerFunc(func() error {
+			resp.Body.Close()
+			client.CloseIdleConnections()
+			return nil
+		})
+	}
+	stuck, err := net.Dial("tcp", "127.0.0.1:"+c.port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tcp, ok := stuck.(*net.TCPConn); ok {
+		_ = tcp.SetReadBuffer(4096)
+	}
+	fmt.Fprintf(stuck, "GET %s HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", path)
+	return stuck
+}
+
+type closerFunc func() error
+
+func (f closerFunc) Close() error { return f() }
+
 func grepLines(s, sub string) string {
 	var out []string
 	for _, l := range strings.Split(s, "\n") {
@@ -657,7 +696,7 @@ func grepLines(s, sub string) string {
 func TestSSEMethodNotAllowed(t *testing.T) {
 	c := startCaddy(t, basicSite)
 	req := mustRequest(t, "POST", c.URL+"/news")
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}

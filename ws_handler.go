@@ -159,7 +159,11 @@ func (h *WSHandler) Validate() error {
 // ServeHTTP upgrades the request and runs the connection.
 func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	if !websocket.IsWebSocketUpgrade(r) {
-		w.Header().Set("Upgrade", "websocket")
+		// Upgrade is HTTP/1.1's: over HTTP/3 it would make the response
+		// malformed (RFC 9114, 4.2), and Go's HTTP/2 server drops it
+		if r.ProtoMajor == 1 {
+			w.Header().Set("Upgrade", "websocket")
+		}
 		return writeError(w, r, http.StatusUpgradeRequired, errors.New("this endpoint speaks WebSocket"))
 	}
 	if !h.originAllowed(r) {
