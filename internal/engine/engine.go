@@ -357,7 +357,7 @@ func (c *Conn) CloseAfter(p []byte, within time.Duration) {
 	if p != nil {
 		err = c.writeLocked(p)
 	}
-	if err == ErrClosed && c.err == nil {
+	if (err == ErrClosed || err == errOverflowed) && c.err == nil {
 		err = nil // sealed or closing already: close as asked
 	}
 	if c.err == nil && c.closeBy.IsZero() {
@@ -393,7 +393,7 @@ func (c *Conn) Seal(p []byte) bool {
 	err := c.writeLocked(p)
 	c.sealed = true
 	c.mu.Unlock()
-	if err != nil {
+	if err != nil && err != errOverflowed { // overflowed: the drainer ends it
 		c.end(err)
 	}
 	return true
