@@ -56,7 +56,7 @@ func testTLSConfig() *tls.Config {
 // newTestClient returns a client with connections of its own that speaks
 // the test mode's protocol, and only that: over h2 and h3 a response over
 // any other protocol is an error, so a mode cannot silently fall back.
-// Over h3 each request has a connection of its own (see h3ConnPerRequest).
+// Over h3 it opens a connection for every 90 open requests (see h3Conns).
 func newTestClient() *http.Client {
 	switch testProto {
 	case "h2":
@@ -68,7 +68,7 @@ func newTestClient() *http.Client {
 			MaxIdleConnsPerHost: 1000,
 		}}}
 	case "h3":
-		return &http.Client{Transport: protocolCheck{major: 3, rt: &h3ConnPerRequest{}}}
+		return &http.Client{Transport: protocolCheck{major: 3, rt: &h3Conns{}}}
 	}
 	return &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 1000}}
 }
@@ -84,43 +84,96 @@ func newSharedTestClient() *http.Client {
 	return newTestClient()
 }
 
-// h3ConnPerRequest sends each request on a QUIC connection of its own,
-// closed with the response body or the request's context. quic-go's
-// http3.Transport keeps one connection per host, and a server's
+// h3Conns spreads requests over QUIC connections of its own, opening
+// another when each of them carries streamsPerH3Conn open requests.
+// quic-go's http3.Transport keeps one connection per host, and a server's
 // connection takes 100 streams at once (quic-go's default, which Caddy
-// keeps): a test that holds open more streams than that needs more
-// connections, as that many visitors would have.
-type h3ConnPerRequest struct {
-	quic *quic.Config
+// keeps): a test that holds open more streams than that would wait
+// forever for the 101st.
+type h3Conns struct {
+	quic  *quic.Config
+	mu    sync.Mutex // held while dialing too, so waiting requests share the new connection
+	conns map[*h3Conn]struct{}
 }
 
-func (h *h3ConnPerRequest) RoundTrip(r *http.Request) (*http.Response, error) {
-	conf := testTLSConfig()
-	conf.NextProtos = []string{http3.NextProtoH3}
-	qc, err := quic.DialAddr(r.Context(), r.URL.Host, conf, h.quic)
+const streamsPerH3Conn = 90
+
+// h3Conn is one of h3Conns' connections.
+type h3Conn struct {
+	addr string
+	qc   *quic.Conn
+	cc   *http3.ClientConn
+	open int // requests whose responses are not closed yet
+}
+
+func (h *h3Conns) RoundTrip(r *http.Request) (*http.Response, error) {
+	c, err := h.take(r.Context(), r.URL.Host)
 	if err != nil {
 		return nil, err
 	}
-	hangUp := func() { qc.CloseWithError(0, "") }
-	stop := context.AfterFunc(r.Context(), hangUp)
-	resp, err := (&http3.Transport{}).NewClientConn(qc).RoundTrip(r)
+	release := sync.OnceFunc(func() { h.release(c) })
+	stop := context.AfterFunc(r.Context(), release)
+	resp, err := c.cc.RoundTrip(r)
 	if err != nil {
-		hangUp()
+		stop()
+		release()
 		return nil, err
 	}
-	resp.Body = bodyThenConn{ReadCloser: resp.Body, close: func() { stop(); hangUp() }}
+	resp.Body = bodyThen{ReadCloser: resp.Body, then: func() { stop(); release() }}
 	return resp, nil
 }
 
-// bodyThenConn closes the body, then its connection.
-type bodyThenConn struct {
-	io.ReadCloser
-	close func()
+// take returns a connection to addr with room for one more request.
+func (h *h3Conns) take(ctx context.Context, addr string) (*h3Conn, error) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for c := range h.conns {
+		if c.addr == addr && c.open < streamsPerH3Conn && c.qc.Context().Err() == nil {
+			c.open++
+			return c, nil
+		}
+	}
+	conf := testTLSConfig()
+	conf.NextProtos = []string{http3.NextProtoH3}
+	qc, err := quic.DialAddr(ctx, addr, conf, h.quic)
+	if err != nil {
+		return nil, err
+	}
+	c := &h3Conn{addr: addr, qc: qc, cc: (&http3.Transport{}).NewClientConn(qc), open: 1}
+	if h.conns == nil {
+		h.conns = map[*h3Conn]struct{}{}
+	}
+	h.conns[c] = struct{}{}
+	return c, nil
 }
 
-func (b bodyThenConn) Close() error {
+func (h *h3Conns) release(c *h3Conn) {
+	h.mu.Lock()
+	c.open--
+	h.mu.Unlock()
+}
+
+// CloseIdleConnections closes the connections that carry no request.
+func (h *h3Conns) CloseIdleConnections() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for c := range h.conns {
+		if c.open == 0 {
+			c.qc.CloseWithError(0, "")
+			delete(h.conns, c)
+		}
+	}
+}
+
+// bodyThen runs then once the body is closed.
+type bodyThen struct {
+	io.ReadCloser
+	then func()
+}
+
+func (b bodyThen) Close() error {
 	err := b.ReadCloser.Close()
-	b.close()
+	b.then()
 	return err
 }
 
@@ -139,13 +192,15 @@ func (p protocolCheck) RoundTrip(r *http.Request) (*http.Response, error) {
 	return resp, err
 }
 
-// CloseIdleConnections closes the idle connections of h2, not of h3:
-// quic-go counts a connection whose requests have their headers as idle,
-// and would close it under the open streams (h3ConnPerRequest closes its
-// connections itself).
+// CloseIdleConnections closes the idle connections, but not those of an
+// http3.Transport: quic-go counts a connection whose requests have their
+// headers as idle, and would close it under the open streams.
 func (p protocolCheck) CloseIdleConnections() {
-	if tr, ok := p.rt.(*http.Transport); ok {
-		tr.CloseIdleConnections()
+	switch rt := p.rt.(type) {
+	case *http.Transport:
+		rt.CloseIdleConnections()
+	case *h3Conns:
+		rt.CloseIdleConnections()
 	}
 }
 
@@ -158,7 +213,7 @@ func newStalledClient() *http.Client {
 	switch rt := c.Transport.(protocolCheck).rt.(type) {
 	case *http.Transport:
 		rt.HTTP2 = &http.HTTP2Config{MaxReceiveBufferPerConnection: window, MaxReceiveBufferPerStream: window}
-	case *h3ConnPerRequest:
+	case *h3Conns:
 		rt.quic = &quic.Config{
 			InitialStreamReceiveWindow:     window,
 			MaxStreamReceiveWindow:         window,
