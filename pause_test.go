@@ -197,6 +197,10 @@ func TestPauseRequestValidate(t *testing.T) {
 // Hub.Pause with a fraction pauses that share of 1,000 real streams, picked
 // at random, with return times spread over For ± Jitter; the others stay.
 func TestHubPauseFraction(t *testing.T) {
+	// as TestMaxConnectionsPerIP: 1,000 openings at once may take longer
+	// than TestMain's short write timeout, which would end streams this
+	// test counts; nothing here is about slow clients
+	defer writeTimeoutSet.Store(writeTimeoutSet.Swap(int64(time.Minute)))
 	c := startCaddy(t, `
 http://127.0.0.1:PORT {
 	push_sse /events {
