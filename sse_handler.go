@@ -3,6 +3,7 @@ package push
 import (
 	"errors"
 	"fmt"
+	"math"
 	"math/rand/v2"
 	"net"
 	"net/http"
@@ -107,15 +108,18 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		// it ends when the connection closes
 		w.Header().Set("Transfer-Encoding", "identity")
 	}
-	rc := h.openStream(w)
-	ok := h.writeOpening(w, rc, sub, a.LastEventID)
+	sw := h.openStream(w)
+	ok := h.writeOpening(sw, sub, a.LastEventID)
+	if handOff {
+		sw.lift() // the engine keeps its own
+	}
 	if ok && handOff && h.handOff(w, sub, a.Release) {
 		return nil // the engine owns the stream now, and ends it
 	}
 	defer a.Release()
 	defer sub.Close()
 	if ok {
-		h.stream(w, r, rc, sub)
+		h.stream(r, sw, sub)
 	}
 	return nil
 }
@@ -131,7 +135,7 @@ func (h *SSEHandler) pauseOverLimit(w http.ResponseWriter, r *http.Request, stat
 		return writeError(w, r, status, err)
 	}
 	h.hub.stats.of(TransportSSE).paused.Add(1)
-	rc := h.openStream(w)
+	sw := h.openStream(w)
 	msg := make([]byte, 0, 128)
 	msg = append(msg, "retry: "...)
 	msg = strconv.AppendInt(msg, time.Duration(h.Retry).Milliseconds(), 10)
@@ -140,12 +144,13 @@ func (h *SSEHandler) pauseOverLimit(w http.ResponseWriter, r *http.Request, stat
 	msg = append(msg, "\n\n"...)
 	now := time.Now()
 	msg = appendPause(msg, now, now.Add(jittered(limitRetryAfter)))
-	h.write(w, rc, msg)
+	sw.write(msg)
+	sw.lift()
 	return nil
 }
 
 // openStream writes the stream's status and headers.
-func (h *SSEHandler) openStream(w http.ResponseWriter) *http.ResponseController {
+func (h *SSEHandler) openStream(w http.ResponseWriter) *sseWriter {
 	hdr := w.Header()
 	hdr.Set("Content-Type", "text/event-stream; charset=utf-8")
 	// no-transform keeps encode (and any proxy) from compressing, which
@@ -154,14 +159,23 @@ func (h *SSEHandler) openStream(w http.ResponseWriter) *http.ResponseController 
 	hdr.Set("X-Accel-Buffering", "no")
 	hdr.Del("Content-Length")
 	w.WriteHeader(http.StatusOK)
-	return http.NewResponseController(w)
+	return &sseWriter{w: w, rc: http.NewResponseController(w)}
 }
 
 // stream writes live events on this goroutine, after the opening, where
 // the engine cannot take the stream over.
-func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, rc *http.ResponseController, sub *Subscription) {
-	keepalive := time.NewTimer(time.Duration(h.Keepalive))
-	defer keepalive.Stop()
+func (h *SSEHandler) stream(r *http.Request, sw *sseWriter, sub *Subscription) {
+	defer sw.lift()
+	keepalive := time.Duration(h.Keepalive)
+	// idle fires for the keepalive, or sooner to lift the write deadline
+	// of a stream that went quiet (see sseWriter)
+	idle := time.NewTimer(min(keepalive, sw.liftAfter()))
+	defer idle.Stop()
+	lastWrite := time.Now()
+	wrote := func() {
+		lastWrite = time.Now()
+		idle.Reset(min(keepalive, sw.liftAfter()))
+	}
 	lifetime, end := h.lifetime()
 	if lifetime != nil {
 		defer lifetime.Stop()
@@ -171,48 +185,54 @@ func (h *SSEHandler) stream(w http.ResponseWriter, r *http.Request, rc *http.Res
 		select {
 		case <-sub.Ready():
 			batch = sub.Take(batch)
-			if !h.writeEvents(w, rc, sub, batch) {
+			if !sw.writeEvents(sub, batch) {
 				return
 			}
-		case <-keepalive.C:
-			if !h.write(w, rc, []byte(": keepalive\n\n")) {
+			wrote()
+		case <-idle.C:
+			if quiet := time.Since(lastWrite); quiet < keepalive {
+				sw.lift()
+				idle.Reset(keepalive - quiet)
+				continue
+			}
+			if !sw.write([]byte(": keepalive\n\n")) {
 				return
 			}
+			wrote()
 		case <-sub.Ended():
 			if sub.FellBehind() {
 				h.logger.Debug("slow subscriber disconnected", zap.Strings("topics", sub.Topics))
 				return
 			}
 			if until, ok := sub.PausedUntil(); ok {
-				h.write(w, rc, appendPause(nil, time.Now(), until))
+				sw.write(appendPause(nil, time.Now(), until))
 				return
 			}
 			if sub.Disconnected() {
-				h.write(w, rc, disconnectedComment)
+				sw.write(disconnectedComment)
 				return
 			}
-			h.goodbye(w, rc)
+			sw.write(goodbye())
 			return
 		case <-end:
 			if h.expire(sub) {
 				continue // ends as paused, through Ended
 			}
-			h.goodbye(w, rc)
+			sw.write(goodbye())
 			return
 		case <-h.stopping():
-			h.goodbye(w, rc)
+			sw.write(goodbye())
 			return
 		case <-r.Context().Done():
 			return
 		}
-		keepalive.Reset(time.Duration(h.Keepalive))
 	}
 }
 
 // writeOpening sends the retry, the id the stream starts from, a comment
 // (so the browser fires "open" at once), then the reset or the backlog,
 // which it releases: a long stream must not pin old events.
-func (h *SSEHandler) writeOpening(w http.ResponseWriter, rc *http.ResponseController, sub *Subscription, lastEventID string) bool {
+func (h *SSEHandler) writeOpening(sw *sseWriter, sub *Subscription, lastEventID string) bool {
 	b := sub.Backlog
 	sub.Backlog.Events = nil
 	open := make([]byte, 0, 128)
@@ -229,7 +249,7 @@ func (h *SSEHandler) writeOpening(w http.ResponseWriter, rc *http.ResponseContro
 	if b.Reset != "" {
 		open = appendSSE(open, b.Head, "push.reset", b.Reset, 0)
 	}
-	return h.write(w, rc, open) && h.writeEvents(w, rc, sub, b.Events)
+	return sw.write(open) && sw.writeEvents(sub, b.Events)
 }
 
 // startID is the id a stream opens with, so that the client's last id is
@@ -250,38 +270,77 @@ func startID(b Backlog, lastEventID string) string {
 	return FormatID(epoch, seq)
 }
 
-func (h *SSEHandler) writeEvents(w http.ResponseWriter, rc *http.ResponseController, sub *Subscription, events []*Event) bool {
+// sseWriter writes a stream that stays on its goroutine (HTTP/2, HTTP/3,
+// or the engine off), and keeps its write deadline.
+//
+// Setting a deadline on an HTTP/2 stream is a message to the connection's
+// serve goroutine, as costly as the write's own hand-off, so a deadline set
+// before and lifted after each write tripled the hand-offs per delivery.
+// Instead the deadline is set 1.5×writeTimeout ahead and renewed only when
+// less than writeTimeout is left: every write still has writeTimeout at
+// least, and a client that takes nothing is cut off within 1.5× of it.
+// HTTP/2 also resets a stream whose deadline passes while no write is
+// under way, so a stream quiet for liftAfter lifts its deadline, which then
+// still lies writeTimeout/2 ahead at least.
+type sseWriter struct {
+	w     http.ResponseWriter
+	rc    *http.ResponseController
+	until time.Time // the deadline set; zero when none is
+}
+
+// arm makes sure the next write has writeTimeout at least.
+func (sw *sseWriter) arm() {
+	wt := writeTimeout()
+	now := time.Now()
+	if !sw.until.IsZero() && sw.until.Sub(now) >= wt {
+		return
+	}
+	sw.until = now.Add(wt + wt/2)
+	_ = sw.rc.SetWriteDeadline(sw.until)
+}
+
+// lift removes the deadline, if one is set.
+func (sw *sseWriter) lift() {
+	if sw.until.IsZero() {
+		return
+	}
+	sw.until = time.Time{}
+	_ = sw.rc.SetWriteDeadline(time.Time{})
+}
+
+// liftAfter is how long after its last write a quiet stream lifts its
+// deadline: the deadline, renewed at most writeTimeout/2 before that
+// write, still lies 3/4 writeTimeout ahead.
+func (sw *sseWriter) liftAfter() time.Duration {
+	if sw.until.IsZero() {
+		return time.Duration(math.MaxInt64)
+	}
+	return writeTimeout() / 4
+}
+
+func (sw *sseWriter) writeEvents(sub *Subscription, events []*Event) bool {
 	if len(events) == 0 {
 		return true
 	}
-	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout()))
-	defer liftWriteDeadline(rc)
+	sw.arm()
 	for _, ev := range events {
-		if _, err := w.Write(ev.SSE()); err != nil {
+		if _, err := sw.w.Write(ev.SSE()); err != nil {
 			return writeFailed(sub, err)
 		}
 	}
-	if err := rc.Flush(); err != nil {
+	if err := sw.rc.Flush(); err != nil {
 		return writeFailed(sub, err)
 	}
 	sub.Delivered(len(events))
 	return true
 }
 
-func (h *SSEHandler) write(w http.ResponseWriter, rc *http.ResponseController, p []byte) bool {
-	_ = rc.SetWriteDeadline(time.Now().Add(writeTimeout()))
-	defer liftWriteDeadline(rc)
-	if _, err := w.Write(p); err != nil {
+func (sw *sseWriter) write(p []byte) bool {
+	sw.arm()
+	if _, err := sw.w.Write(p); err != nil {
 		return false
 	}
-	return rc.Flush() == nil
-}
-
-// liftWriteDeadline ends a write's deadline once it is done: HTTP/2
-// resets a stream whose write deadline passes, write or no write, and an
-// idle stream writes nothing for longer than writeTimeout.
-func liftWriteDeadline(rc *http.ResponseController) {
-	_ = rc.SetWriteDeadline(time.Time{})
+	return sw.rc.Flush() == nil
 }
 
 // writeFailed counts a client that stopped reading as a slow consumer.
@@ -292,11 +351,6 @@ func writeFailed(sub *Subscription, err error) bool {
 		sub.CutOff()
 	}
 	return false
-}
-
-// goodbye asks the client to come back soon.
-func (h *SSEHandler) goodbye(w http.ResponseWriter, rc *http.ResponseController) {
-	h.write(w, rc, goodbye())
 }
 
 // goodbye is a short retry, spread over a second so a reload does not

@@ -622,6 +622,31 @@ func TestSSEOverHTTP2IdlesPastWriteTimeout(t *testing.T) {
 	}
 }
 
+// A stream that writes more often than its deadline is renewed keeps
+// one deadline armed across writes (sseWriter) and renews it in time:
+// events spaced well under writeTimeout for several times writeTimeout
+// all arrive on the one stream, and it idles past writeTimeout after.
+func TestSSEOverHTTP2BusyStreamRenewsDeadline(t *testing.T) {
+	c, base := startTLSCaddy(t, strings.Replace(tlsSite, "push_sse /events", "push_sse /events {\n\t\tkeepalive 1m\n\t}", 1))
+	client := tlsClient(c, true)
+	s := subscribeWith(t, client, base+"/events?topic=x", nil)
+	s.next(time.Second)
+	wt := writeTimeout()
+	n := int(4 * wt / (wt / 8))
+	for i := range n {
+		publishWith(t, client, base+"/publish", fmt.Sprintf("topic=x&data=%d", i))
+		if ev := s.nextEvent(time.Second); ev.Data != strconv.Itoa(i) {
+			t.Fatalf("event %d: got %+v", i, ev)
+		}
+		time.Sleep(wt / 8)
+	}
+	s.quiet(2 * wt)
+	publishWith(t, client, base+"/publish", "topic=x&data=last")
+	if ev := s.nextEvent(time.Second); ev.Data != "last" {
+		t.Fatalf("after idling: got %+v", ev)
+	}
+}
+
 // A client that stops reading is cut off; the others keep receiving and
 // the hub never waits for it.
 func TestSSESlowConsumer(t *testing.T) {
