@@ -585,6 +585,11 @@ func (s *Subscription) end(cause endCause, until time.Time) bool {
 			s.hub.stats.of(s.transport).disconnected.Add(1)
 		}
 		close(s.ended)
+		// a goroutine waiting on Ready only hears of the end there
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
 		done = true
 	})
 	if done {
@@ -609,7 +614,8 @@ func (s *Subscription) isEnded() bool {
 	}
 }
 
-// Ready is signalled when events are waiting to be taken.
+// Ready is signalled when events are waiting to be taken, and when the
+// subscription has ended (Ended).
 func (s *Subscription) Ready() <-chan struct{} { return s.notify }
 
 // Ended is closed when the hub ends the subscription: the subscriber fell

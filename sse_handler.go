@@ -7,6 +7,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -119,6 +120,7 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	defer a.Release()
 	defer sub.Close()
 	if ok {
+		sw.underIdleTimeout()
 		h.stream(r, sw, sub)
 	}
 	return nil
@@ -166,67 +168,91 @@ func (h *SSEHandler) openStream(w http.ResponseWriter) *sseWriter {
 // the engine cannot take the stream over.
 func (h *SSEHandler) stream(r *http.Request, sw *sseWriter, sub *Subscription) {
 	defer sw.lift()
+	// one timer, and as few select cases as can be, since a stream goes
+	// round this loop once per delivery: the timer wakes the stream for
+	// its keepalive, for max_duration, and to lift the write deadline of
+	// a stream gone quiet (see sseWriter); Ready also tells of the end
 	keepalive := time.Duration(h.Keepalive)
-	// idle fires for the keepalive, or sooner to lift the write deadline
-	// of a stream that went quiet (see sseWriter)
-	idle := time.NewTimer(min(keepalive, sw.liftAfter()))
-	defer idle.Stop()
+	var expires time.Time
+	if h.MaxDuration > 0 {
+		expires = time.Now().Add(jittered(time.Duration(h.MaxDuration)))
+	}
 	lastWrite := time.Now()
+	next := func(now time.Time) time.Duration {
+		d := lastWrite.Add(keepalive).Sub(now)
+		if !sw.until.IsZero() {
+			d = min(d, lastWrite.Add(sw.liftAfter()).Sub(now))
+		}
+		if !expires.IsZero() {
+			d = min(d, expires.Sub(now))
+		}
+		return max(d, 0)
+	}
+	wake := time.NewTimer(next(lastWrite))
+	defer wake.Stop()
 	wrote := func() {
 		lastWrite = time.Now()
-		idle.Reset(min(keepalive, sw.liftAfter()))
+		wake.Reset(next(lastWrite))
 	}
-	lifetime, end := h.lifetime()
-	if lifetime != nil {
-		defer lifetime.Stop()
-	}
+	stopping, gone := h.stopping(), r.Context().Done()
 	var batch []*Event
 	for {
 		select {
 		case <-sub.Ready():
+			if sub.isEnded() {
+				h.ended(sw, sub)
+				return
+			}
 			batch = sub.Take(batch)
+			if len(batch) == 0 {
+				continue
+			}
 			if !sw.writeEvents(sub, batch) {
 				return
 			}
 			wrote()
-		case <-idle.C:
-			if quiet := time.Since(lastWrite); quiet < keepalive {
+		case now := <-wake.C:
+			switch {
+			case !expires.IsZero() && !now.Before(expires):
+				expires = time.Time{}
+				if !h.expire(sub) {
+					sw.write(goodbye())
+					return
+				}
+				// ends as paused, through Ready
+			case now.Sub(lastWrite) >= keepalive:
+				if !sw.write([]byte(": keepalive\n\n")) {
+					return
+				}
+				lastWrite = time.Now()
+			default:
 				sw.lift()
-				idle.Reset(keepalive - quiet)
-				continue
 			}
-			if !sw.write([]byte(": keepalive\n\n")) {
-				return
-			}
-			wrote()
-		case <-sub.Ended():
-			if sub.FellBehind() {
-				h.logger.Debug("slow subscriber disconnected", zap.Strings("topics", sub.Topics))
-				return
-			}
-			if until, ok := sub.PausedUntil(); ok {
-				sw.write(appendPause(nil, time.Now(), until))
-				return
-			}
-			if sub.Disconnected() {
-				sw.write(disconnectedComment)
-				return
-			}
+			wake.Reset(next(time.Now()))
+		case <-stopping:
 			sw.write(goodbye())
 			return
-		case <-end:
-			if h.expire(sub) {
-				continue // ends as paused, through Ended
-			}
-			sw.write(goodbye())
-			return
-		case <-h.stopping():
-			sw.write(goodbye())
-			return
-		case <-r.Context().Done():
+		case <-gone:
 			return
 		}
 	}
+}
+
+// ended writes why the hub ended sub, if the client is to know.
+func (h *SSEHandler) ended(sw *sseWriter, sub *Subscription) {
+	if sub.FellBehind() {
+		h.logger.Debug("slow subscriber disconnected", zap.Strings("topics", sub.Topics))
+		return
+	}
+	if until, ok := sub.PausedUntil(); ok {
+		sw.write(appendPause(nil, time.Now(), until))
+		return
+	}
+	if sub.Disconnected() {
+		sw.write(disconnectedComment)
+		return
+	}
+	sw.write(goodbye())
 }
 
 // writeOpening sends the retry, the id the stream starts from, a comment
@@ -287,6 +313,45 @@ type sseWriter struct {
 	rc    *http.ResponseController
 	until time.Time // the deadline set; zero when none is
 }
+
+// underIdleTimeout moves the stream's writes, once its opening is out,
+// under Caddy's write idle timeout (caddyhttp.IdleTimeoutWriter, on by
+// default): that wrapper sets a write deadline before and clears it after
+// every Write and every Flush, which over HTTP/2 is four more messages to
+// the connection's serve goroutine per event. The stream keeps its own
+// deadline, which bounds a stall more tightly (writeTimeout). Only
+// wrappers of Caddy's own HTTP package are stepped over, and only when
+// none buffers the response: elsewhere the stream keeps writing through
+// every wrapper. What is written past the wrapper is not in the access
+// log's size, as with streams the engine owns.
+func (sw *sseWriter) underIdleTimeout() {
+	for cur := sw.w; ; {
+		if t := reflect.TypeOf(cur); t.Kind() != reflect.Pointer || t.Elem().PkgPath() != caddyhttpPkg {
+			return
+		}
+		switch x := cur.(type) {
+		case *caddyhttp.IdleTimeoutWriter:
+			sw.w = x.ResponseWriterWrapper
+			sw.rc = http.NewResponseController(sw.w)
+			// over HTTP/1 and HTTP/3 the wrapper leaves its own idle
+			// deadline armed, which may come before sw.until
+			sw.until = time.Time{}
+			sw.arm()
+			return
+		case caddyhttp.ResponseRecorder:
+			if x.Buffered() {
+				return
+			}
+		}
+		u, ok := cur.(interface{ Unwrap() http.ResponseWriter })
+		if !ok {
+			return
+		}
+		cur = u.Unwrap()
+	}
+}
+
+var caddyhttpPkg = reflect.TypeFor[caddyhttp.IdleTimeoutWriter]().PkgPath()
 
 // arm makes sure the next write has writeTimeout at least.
 func (sw *sseWriter) arm() {

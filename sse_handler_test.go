@@ -2,6 +2,7 @@ package push
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"os"
 	"runtime"
@@ -18,6 +20,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 )
 
 const basicSite = `
@@ -782,3 +786,43 @@ http://127.0.0.1:PORT {
 	ws.conn.Close()
 	waitMetrics(`caddy_push_connections{hub="default",transport="ws"} 0`)
 }
+
+// An SSE stream writes under Caddy's write idle timeout wrapper, stepping
+// over Caddy's own pass-through wrappers only.
+func TestSSEWriterUnderIdleTimeout(t *testing.T) {
+	inner := httptest.NewRecorder()
+	idle := func() *caddyhttp.IdleTimeoutWriter {
+		return &caddyhttp.IdleTimeoutWriter{ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: inner}}
+	}
+	under := func(w http.ResponseWriter) http.ResponseWriter {
+		sw := &sseWriter{w: w, rc: http.NewResponseController(w)}
+		sw.underIdleTimeout()
+		return sw.w
+	}
+	direct := idle()
+	if got := under(direct); got != direct.ResponseWriterWrapper {
+		t.Fatalf("the wrapper itself: writes to %T, want the writer under it", got)
+	}
+	logged := idle()
+	rec := caddyhttp.NewResponseRecorder(logged, nil, nil)
+	rec.WriteHeader(200)
+	if got := under(rec); got != logged.ResponseWriterWrapper {
+		t.Fatalf("under an access-log recorder: writes to %T, want the writer under the idle wrapper", got)
+	}
+	buffered := caddyhttp.NewResponseRecorder(idle(), new(bytes.Buffer), func(int, http.Header) bool { return true })
+	buffered.WriteHeader(200)
+	if got := under(buffered); got != buffered {
+		t.Fatalf("under a buffering recorder: writes to %T, want the recorder", got)
+	}
+	foreign := &foreignWriter{idle()}
+	if got := under(foreign); got != foreign {
+		t.Fatalf("under another package's wrapper: writes to %T, want that wrapper", got)
+	}
+	if got := under(inner); got != inner {
+		t.Fatalf("no wrapper: writes to %T", got)
+	}
+}
+
+type foreignWriter struct{ http.ResponseWriter }
+
+func (f *foreignWriter) Unwrap() http.ResponseWriter { return f.ResponseWriter }
