@@ -85,20 +85,19 @@ type Endpoint struct {
 // unavailable hub backend, is told to try again.
 const limitRetryAfter = 5 * time.Second
 
+// expiresAt is when a connection opened now reaches max_duration (±10%),
+// or zero without max_duration.
+func (e *Endpoint) expiresAt() time.Time {
+	if e.MaxDuration <= 0 {
+		return time.Time{}
+	}
+	return time.Now().Add(jittered(time.Duration(e.MaxDuration)))
+}
+
 // jittered spreads d by ±10%, so clients told the same time do not all
 // come back in the same instant.
 func jittered(d time.Duration) time.Duration {
 	return time.Duration(float64(d) * (0.9 + 0.2*rand.Float64()))
-}
-
-// lifetime returns the timer that ends a connection at max_duration, and
-// its channel; both are nil without max_duration.
-func (e *Endpoint) lifetime() (*time.Timer, <-chan time.Time) {
-	if e.MaxDuration <= 0 {
-		return nil, nil
-	}
-	t := time.NewTimer(jittered(time.Duration(e.MaxDuration)))
-	return t, t.C
 }
 
 // expire ends a connection at max_duration: with pause_for it pauses the

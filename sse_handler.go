@@ -173,10 +173,7 @@ func (h *SSEHandler) stream(r *http.Request, sw *sseWriter, sub *Subscription) {
 	// its keepalive, for max_duration, and to lift the write deadline of
 	// a stream gone quiet (see sseWriter); Ready also tells of the end
 	keepalive := time.Duration(h.Keepalive)
-	var expires time.Time
-	if h.MaxDuration > 0 {
-		expires = time.Now().Add(jittered(time.Duration(h.MaxDuration)))
-	}
+	expires := h.expiresAt()
 	lastWrite := time.Now()
 	next := func(now time.Time) time.Duration {
 		d := lastWrite.Add(keepalive).Sub(now)

@@ -417,22 +417,30 @@ func (s *socket) write(readerDone <-chan struct{}) (int, string) {
 	if !s.writeEvents(b.Events) {
 		return 0, ""
 	}
-	ping := time.NewTicker(time.Duration(s.h.PingInterval))
-	defer ping.Stop()
-	lifetime, end := s.h.lifetime()
-	if lifetime != nil {
-		defer lifetime.Stop()
+	// one timer for pings and max_duration, and Ready also tells of the
+	// end: the loop goes round once per delivery, and a select costs
+	// by its cases
+	pingEvery := time.Duration(s.h.PingInterval)
+	nextPing := time.Now().Add(pingEvery)
+	expires := s.h.expiresAt()
+	next := func(now time.Time) time.Duration {
+		d := nextPing.Sub(now)
+		if !expires.IsZero() {
+			d = min(d, expires.Sub(now))
+		}
+		return max(d, 0)
 	}
+	wake := time.NewTimer(next(time.Now()))
+	defer wake.Stop()
+	stopping := s.h.stopping()
 	var batch []*Event
 	for {
-		// an ended subscription goes first, before the events it cannot take
-		select {
-		case <-s.sub.Ended():
-			return s.ended()
-		default:
-		}
 		select {
 		case <-s.sub.Ready():
+			// an ended subscription goes first, before the events it cannot take
+			if s.sub.isEnded() {
+				return s.ended()
+			}
 			batch = s.sub.Take(batch)
 			if !s.writeEvents(batch) {
 				return s.failed()
@@ -441,18 +449,22 @@ func (s *socket) write(readerDone <-chan struct{}) (int, string) {
 			if !s.send(websocket.TextMessage, frame) {
 				return 0, ""
 			}
-		case <-ping.C:
-			if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout())); err != nil {
-				return 0, ""
+		case now := <-wake.C:
+			if !expires.IsZero() && !now.Before(expires) {
+				expires = time.Time{}
+				if !s.h.expire(s.sub) {
+					return websocket.CloseGoingAway, "max_duration reached: reconnect and resume"
+				}
+				// ends as paused, through Ready
 			}
-		case <-s.sub.Ended():
-			return s.ended()
-		case <-end:
-			if s.h.expire(s.sub) {
-				continue // ends as paused, through Ended
+			if !now.Before(nextPing) {
+				if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout())); err != nil {
+					return 0, ""
+				}
+				nextPing = now.Add(pingEvery)
 			}
-			return websocket.CloseGoingAway, "max_duration reached: reconnect and resume"
-		case <-s.h.stopping():
+			wake.Reset(next(time.Now()))
+		case <-stopping:
 			return websocket.CloseGoingAway, "server is reloading or stopping"
 		case <-readerDone:
 			// send the reader's last error frames before its close
