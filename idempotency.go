@@ -153,8 +153,9 @@ func (f *inFlight) remove(id [16]byte) {
 // keyCost estimates the memory of one remembered key in the memory
 // broker, for history_max_bytes: its map slot (id, entry, and the map's
 // spare room) and its place in the age queue (with the slice's spare
-// room). BenchmarkIdempotencyKeyTable measures it.
-const keyCost = 128
+// room). BenchmarkIdempotencyKeyTable measures it: 142 bytes a key
+// after 1,000,000 keys through a table bounded at 32 MiB.
+const keyCost = 144
 
 // maxKeys bounds the memory broker's key table whatever the byte budget.
 const maxKeys = 1 << 20
