@@ -65,7 +65,7 @@ type HubConfig struct {
 	// Idempotency-Key (scoped to its publisher): a repeat within it is
 	// answered with the first event's id and publishes nothing. 0 ignores
 	// keys. The memory broker counts its keys in history_max_bytes
-	// (about 144 bytes each, at most half of it); Redis keeps each key
+	// (counted as 160 bytes each, at most half of it); Redis keeps each key
 	// with the window as its TTL. Default: 1h.
 	IdempotencyWindow *caddy.Duration `json:"idempotency_window,omitempty"`
 	// BrokerRaw is the backend that stores and fans out the hub's events.
