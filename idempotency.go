@@ -210,7 +210,7 @@ func (t *keyTable) remember(k IdempotencyKey, seq uint64, now time.Time) {
 func (t *keyTable) bytes() int64 { return int64(len(t.queue)) * keyCost }
 
 // trim drops the oldest keys while they have expired or the table is
-// over maxCount or maxBytes (0: no byte bound).
+// over maxKeys or maxBytes (0: no byte bound).
 func (t *keyTable) trim(now time.Time, maxBytes int64) {
 	n := 0
 	for n < len(t.queue) {
