@@ -188,6 +188,9 @@ type memoryStore struct {
 	log   []*Event
 	bytes int64
 	live  int
+	// keys are the idempotency keys remembered; their bytes count in
+	// bytes, and they may take half of MaxBytes at most
+	keys keyTable
 }
 
 // forgottenBuckets is how many buckets of forgotten topics a hub keeps
@@ -207,6 +210,37 @@ type topicHistory struct {
 func (m *memoryStore) Publish(_ context.Context, ev *Event) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	m.store(ev)
+	m.evict()
+	// under the lock, so subscribers see events in id order
+	m.deliver(ev)
+	return nil
+}
+
+// PublishOnce checks the key, stores the event and remembers the key
+// under one lock: a second publish with the key waits for the first and
+// finds it.
+func (m *memoryStore) PublishOnce(_ context.Context, ev *Event, k IdempotencyKey) (string, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	if e, ok := m.keys.lookup(k.ID, now); ok {
+		if e.fingerprint != k.Fingerprint {
+			return "", ErrIdempotencyConflict
+		}
+		return FormatID(m.epoch, e.seq), nil
+	}
+	m.store(ev)
+	m.keys.remember(k, ev.Seq, now)
+	m.bytes += keyCost
+	m.trimKeys(now)
+	m.evict()
+	m.deliver(ev)
+	return "", nil
+}
+
+// store gives ev its id and adds it to its topics' histories, trimmed.
+func (m *memoryStore) store(ev *Event) {
 	m.seq++
 	ev.Seq = m.seq
 	ev.ID = FormatID(m.epoch, m.seq)
@@ -232,10 +266,13 @@ func (m *memoryStore) Publish(_ context.Context, ev *Event) error {
 			m.trim(t, th, ev.Time)
 		}
 	}
-	m.evict()
-	// under the lock, so subscribers see events in id order
-	m.deliver(ev)
-	return nil
+}
+
+// trimKeys drops the idempotency keys that expired or no longer fit.
+func (m *memoryStore) trimKeys(now time.Time) {
+	m.bytes -= m.keys.bytes()
+	m.keys.trim(now, m.limits.MaxBytes/2)
+	m.bytes += m.keys.bytes()
 }
 
 // trim drops what the limits no longer allow from topic t, oldest first,
@@ -389,11 +426,13 @@ func (m *memoryStore) SetHistory(l HistoryLimits) {
 	for t, th := range m.topics {
 		m.trim(t, th, now)
 	}
+	m.trimKeys(now)
 	m.evict()
 }
 
 // sweep drops the events whose history_ttl has passed from topics nobody
-// publishes to or resumes from any more, forgetting the topics they empty.
+// publishes to or resumes from any more, forgetting the topics they empty,
+// and the idempotency keys whose window has passed.
 func (m *memoryStore) sweep(every time.Duration) {
 	t := time.NewTicker(every)
 	defer t.Stop()
@@ -406,6 +445,7 @@ func (m *memoryStore) sweep(every time.Duration) {
 			for t, th := range m.topics {
 				m.trim(t, th, now)
 			}
+			m.trimKeys(now)
 			m.compact()
 			m.mu.Unlock()
 		}
@@ -437,7 +477,8 @@ func (m *memoryStore) Close() error {
 
 // Interface guards
 var (
-	_ BrokerFactory = MemoryBroker{}
-	_ Broker        = (*memoryStore)(nil)
-	_ Inspector     = (*memoryStore)(nil)
+	_ BrokerFactory    = MemoryBroker{}
+	_ Broker           = (*memoryStore)(nil)
+	_ Inspector        = (*memoryStore)(nil)
+	_ IdempotentBroker = (*memoryStore)(nil)
 )

@@ -28,10 +28,11 @@ func init() {
 //
 //	push {
 //		hub <name> {
-//			history           <count>
-//			history_ttl       <duration>
-//			history_max_bytes <size>
-//			broker            <name> [<args...>]
+//			history            <count>
+//			history_ttl        <duration>
+//			history_max_bytes  <size>
+//			idempotency_window <duration>
+//			broker             <name> [<args...>]
 //		}
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -99,6 +100,12 @@ func (hc *HubConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := parseSize(d, &hc.HistoryMaxBytes); err != nil {
 				return err
 			}
+		case "idempotency_window":
+			var w caddy.Duration
+			if err := parseDuration(d, &w); err != nil {
+				return err
+			}
+			hc.IdempotencyWindow = &w
 		case "broker":
 			if !d.NextArg() {
 				return d.ArgErr()

@@ -17,6 +17,8 @@ func intPtr(n int) *int { return &n }
 
 func dur(d time.Duration) caddy.Duration { return caddy.Duration(d) }
 
+func durPtr(d time.Duration) *caddy.Duration { v := caddy.Duration(d); return &v }
+
 // checkErr fails unless err is nil when want is empty, or holds want.
 func checkErr(t *testing.T, input string, err error, want string) bool {
 	t.Helper()
@@ -52,11 +54,12 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 					history 1000
 					history_ttl 1h
 					history_max_bytes 64MiB
+					idempotency_window 10m
 					broker memory
 				}
 			}`,
 			want: map[string]*HubConfig{"default": {
-				History: intPtr(1000), HistoryTTL: dur(time.Hour), HistoryMaxBytes: 64 << 20, BrokerRaw: memory,
+				History: intPtr(1000), HistoryTTL: dur(time.Hour), HistoryMaxBytes: 64 << 20, IdempotencyWindow: durPtr(10 * time.Minute), BrokerRaw: memory,
 			}},
 		},
 		{
@@ -72,6 +75,7 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		{name: "broker memory with empty block", input: "push {\n\thub a {\n\t\tbroker memory {\n\t\t}\n\t}\n}", want: map[string]*HubConfig{"a": {BrokerRaw: memory}}},
 		{name: "history 0 keeps none", input: "push {\n\thub a {\n\t\thistory 0\n\t}\n}", want: map[string]*HubConfig{"a": {History: intPtr(0)}}},
 		{name: "history_ttl in days", input: "push {\n\thub a {\n\t\thistory_ttl 1d\n\t}\n}", want: map[string]*HubConfig{"a": {HistoryTTL: dur(24 * time.Hour)}}},
+		{name: "idempotency_window 0 ignores keys", input: "push {\n\thub a {\n\t\tidempotency_window 0\n\t}\n}", want: map[string]*HubConfig{"a": {IdempotencyWindow: durPtr(0)}}},
 		{name: "history_max_bytes plain", input: "push {\n\thub a {\n\t\thistory_max_bytes 4096\n\t}\n}", want: map[string]*HubConfig{"a": {HistoryMaxBytes: 4096}}},
 		{
 			name: "several hubs",
@@ -109,6 +113,9 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		{name: "history_ttl not a duration", input: "push {\n\thub a {\n\t\thistory_ttl forever\n\t}\n}", err: "invalid history_ttl 'forever'"},
 		{name: "history_ttl negative", input: "push {\n\thub a {\n\t\thistory_ttl -1h\n\t}\n}", err: "invalid history_ttl '-1h'"},
 		{name: "history_ttl without unit", input: "push {\n\thub a {\n\t\thistory_ttl 60\n\t}\n}", err: "invalid history_ttl '60'"},
+		{name: "idempotency_window negative", input: "push {\n\thub a {\n\t\tidempotency_window -1m\n\t}\n}", err: "invalid idempotency_window '-1m'"},
+		{name: "idempotency_window not a duration", input: "push {\n\thub a {\n\t\tidempotency_window long\n\t}\n}", err: "invalid idempotency_window 'long'"},
+		{name: "idempotency_window two values", input: "push {\n\thub a {\n\t\tidempotency_window 1m 2m\n\t}\n}", err: "wrong argument count or unexpected line ending after '2m'"},
 		{name: "history_max_bytes zero", input: "push {\n\thub a {\n\t\thistory_max_bytes 0\n\t}\n}", err: "invalid history_max_bytes '0'"},
 		{name: "history_max_bytes not a size", input: "push {\n\thub a {\n\t\thistory_max_bytes big\n\t}\n}", err: "invalid history_max_bytes 'big'"},
 		{name: "history_max_bytes negative", input: "push {\n\thub a {\n\t\thistory_max_bytes -1KiB\n\t}\n}", err: "invalid history_max_bytes '-1KiB'"},
@@ -292,10 +299,12 @@ func TestCaddyfileAdaptFullExample(t *testing.T) {
 			history 500
 			history_ttl 30m
 			history_max_bytes 16MiB
+			idempotency_window 15m
 			broker memory
 		}
 		hub chat {
 			history 0
+			idempotency_window 0
 		}
 	}
 }
@@ -477,12 +486,14 @@ example.com {
 		"push": {
 			"hubs": {
 				"chat": {
-					"history": 0
+					"history": 0,
+					"idempotency_window": 0
 				},
 				"default": {
 					"history": 500,
 					"history_ttl": 1800000000000,
 					"history_max_bytes": 16777216,
+					"idempotency_window": 900000000000,
 					"broker": {
 						"broker": "memory"
 					}

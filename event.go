@@ -34,6 +34,12 @@ type Message struct {
 	Data string `json:"data"`
 	// Retry, in milliseconds, is sent as the SSE `retry:` field when > 0.
 	Retry int64 `json:"retry,omitempty"`
+	// IdempotencyKey, when set, makes the publish happen once: a repeat
+	// with the same key and message, from the same publisher, within the
+	// hub's idempotency_window, stores nothing and returns the first
+	// event's id (see Hub.PublishAs). 1 to 255 printable ASCII
+	// characters. It is not part of the event.
+	IdempotencyKey string `json:"-"`
 }
 
 // Validate reports the first problem that would keep m from being published
@@ -58,6 +64,9 @@ func (m Message) Validate() error {
 	}
 	if m.Retry < 0 {
 		return fmt.Errorf("retry must not be negative")
+	}
+	if m.IdempotencyKey != "" {
+		return ValidateIdempotencyKey(m.IdempotencyKey)
 	}
 	return nil
 }

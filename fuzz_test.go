@@ -98,11 +98,12 @@ func FuzzCaddyfile(f *testing.F) {
 
 // FuzzClientFrame: whatever a WebSocket client sends, the parser gives a
 // message to one allowed topic, or an error; never a panic, never another
-// topic.
+// topic, never a bad idempotency key.
 func FuzzClientFrame(f *testing.F) {
 	for _, s := range []string{
 		"hello", `{"data":"x"}`, `{"topic":"a","event":"e","data":{"k":1}}`, `{"topic":"z","data":"x"}`,
 		`{"topic":"a","data":"x","more":1}`, `{"topic":"a"}{"topic":"b"}`, `[1,2]`, `"str"`, "\xff", "",
+		`{"topic":"a","data":"x","key":"k-1"}`, `{"data":"x","key":""}`, `{"data":"x","key":"\u00e9"}`, `{"data":"x","key":null}`,
 	} {
 		f.Add([]byte(s), true)
 		f.Add([]byte(s), false)
@@ -118,6 +119,9 @@ func FuzzClientFrame(f *testing.F) {
 		}
 		if len(m.Topics) != 1 || !slices.Contains(allowed, m.Topics[0]) {
 			t.Fatalf("frame %q went to %v", frame, m.Topics)
+		}
+		if m.IdempotencyKey != "" && ValidateIdempotencyKey(m.IdempotencyKey) != nil {
+			t.Fatalf("frame %q passed a bad key %q", frame, m.IdempotencyKey)
 		}
 	})
 }

@@ -34,6 +34,11 @@ type Hub struct {
 	logger     *zap.Logger
 	stats      hubStats
 
+	// idempotencyWindow is how long keys are remembered (0: ignored);
+	// inFlight has the keys being published by this node.
+	idempotencyWindow atomic.Int64
+	inFlight          inFlight
+
 	mu    sync.RWMutex
 	lanes []lane // at least one
 	next  atomic.Uint32
@@ -65,7 +70,9 @@ const laneQueue = 1024
 const spreadAt = 256
 
 func newHub(name string) *Hub {
-	return &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
+	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
+	h.idempotencyWindow.Store(int64(DefaultIdempotencyWindow))
+	return h
 }
 
 // startLanes spreads the fan-out over n lanes, until stopLanes. Call it
@@ -113,18 +120,76 @@ func (h *Hub) stopLanes() {
 func (h *Hub) Name() string { return h.name }
 
 // Publish validates m, has the broker store it, and returns the event id.
-// Delivery to subscribers follows asynchronously from the broker.
+// Delivery to subscribers follows asynchronously from the broker. With
+// m.IdempotencyKey set it is PublishAs on behalf of the process itself: a
+// repeat returns the first event's id and publishes nothing.
 func (h *Hub) Publish(ctx context.Context, m Message) (string, error) {
+	p, err := h.PublishAs(ctx, m, "")
+	return p.ID, err
+}
+
+// PublishAs is Publish on behalf of a publisher, whose identity scopes
+// m.IdempotencyKey: the same key from two publishers names two messages.
+// HTTP and WebSocket publishers are "token:<hash of the token>",
+// "user:<user id or JWT sub>", "jwt:<hash of the token>" (a JWT without
+// sub) or "anonymous"; the process's own code is "".
+//
+// With a key, and the hub's idempotency window not 0, a repeat of the
+// same message within the window stores nothing and returns the first
+// event's id with Replayed set; a different message with the key fails
+// with ErrIdempotencyConflict, and a repeat while the first is still
+// being stored by this node with ErrIdempotencyInFlight.
+func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Published, error) {
 	if err := m.Validate(); err != nil {
-		return "", err
+		return Published{}, err
 	}
 	m.Topics = uniqueTopics(m.Topics)
+	key, window := m.IdempotencyKey, time.Duration(h.idempotencyWindow.Load())
+	m.IdempotencyKey = "" // not kept with the event
 	ev := &Event{Message: m}
-	if err := h.broker.Publish(ctx, ev); err != nil {
-		return "", err
+	if key == "" || window <= 0 {
+		if err := h.broker.Publish(ctx, ev); err != nil {
+			return Published{}, err
+		}
+		h.stats.published.Add(1)
+		return Published{ID: ev.ID}, nil
+	}
+	b, ok := h.broker.(IdempotentBroker)
+	if !ok {
+		return Published{}, ErrIdempotencyUnsupported
+	}
+	k := IdempotencyKey{ID: idempotencyID(publisher, key), Fingerprint: fingerprint(m), Window: window}
+	if !h.inFlight.add(k.ID) {
+		h.stats.conflicts[conflictInFlight].Add(1)
+		return Published{}, ErrIdempotencyInFlight
+	}
+	defer h.inFlight.remove(k.ID)
+	if hold := testHoldPublish.Load(); hold != nil {
+		(*hold)(key)
+	}
+	first, err := b.PublishOnce(ctx, ev, k)
+	switch {
+	case errors.Is(err, ErrIdempotencyConflict):
+		h.stats.conflicts[conflictDifferent].Add(1)
+		return Published{}, err
+	case err != nil:
+		return Published{}, err
+	case first != "":
+		h.stats.replays.Add(1)
+		return Published{ID: first, Replayed: true}, nil
 	}
 	h.stats.published.Add(1)
-	return ev.ID, nil
+	return Published{ID: ev.ID}, nil
+}
+
+// testHoldPublish, set by tests, runs while a keyed publish is in flight,
+// before the broker stores it.
+var testHoldPublish atomic.Pointer[func(key string)]
+
+// SetIdempotencyWindow sets how long the hub remembers idempotency keys;
+// 0 ignores them. The push app sets it from idempotency_window.
+func (h *Hub) SetIdempotencyWindow(d time.Duration) {
+	h.idempotencyWindow.Store(int64(max(d, 0)))
 }
 
 // deliver hands ev to every local subscription of its topics. The broker

@@ -15,11 +15,23 @@ const (
 
 var transports = [...]string{TransportSSE, TransportWS}
 
+// Reasons an idempotency key is refused, as metric labels.
+const (
+	conflictDifferent = iota // the key was used for another message: 422
+	conflictInFlight         // the key's first publish is under way: 409
+)
+
+var conflictReasons = [...]string{"different_message", "in_flight"}
+
 // hubStats are a hub's counters. They live in the hub, not in a
 // configuration's metrics registry, so they survive reloads; each
 // configuration registers a collector that reads them.
 type hubStats struct {
-	published    atomic.Uint64
+	published atomic.Uint64
+	// replays counts keyed publishes answered with the first event's id,
+	// conflicts those refused, by reason
+	replays      atomic.Uint64
+	conflicts    [len(conflictReasons)]atomic.Uint64
 	perTransport [len(transports)]transportStats
 }
 
@@ -59,13 +71,18 @@ var (
 		"Streams paused: told to come back later (max_duration with pause_for, or Hub.Pause).", []string{"hub", "transport"}, nil)
 	descDisconnected = prometheus.NewDesc("caddy_push_disconnects_total",
 		"Streams an operator disconnected (the admin API, or Hub.Disconnect).", []string{"hub", "transport"}, nil)
+	descIdempotentReplays = prometheus.NewDesc("caddy_push_idempotent_replays_total",
+		"Publishes with an idempotency key already used for the same message: answered with the first event's id, nothing published.", []string{"hub"}, nil)
+	descIdempotencyConflicts = prometheus.NewDesc("caddy_push_idempotency_conflicts_total",
+		"Publishes refused for their idempotency key: used for a different message (422), or its first publish still in flight (409).", []string{"hub", "reason"}, nil)
 )
 
 // collector exposes the hubs of one configuration.
 type collector struct{ app *App }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow, descPaused, descDisconnected} {
+	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow, descPaused, descDisconnected,
+		descIdempotentReplays, descIdempotencyConflicts} {
 		ch <- d
 	}
 }
@@ -74,6 +91,10 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	for name, hub := range c.app.hubs {
 		s := &hub.stats
 		ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(s.published.Load()), name)
+		ch <- prometheus.MustNewConstMetric(descIdempotentReplays, prometheus.CounterValue, float64(s.replays.Load()), name)
+		for i, reason := range conflictReasons {
+			ch <- prometheus.MustNewConstMetric(descIdempotencyConflicts, prometheus.CounterValue, float64(s.conflicts[i].Load()), name, reason)
+		}
 		for _, t := range transports {
 			ts := s.of(t)
 			ch <- prometheus.MustNewConstMetric(descConnections, prometheus.GaugeValue, float64(ts.connections.Load()), name, t)

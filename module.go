@@ -61,6 +61,13 @@ type HubConfig struct {
 	// in bytes; beyond it the oldest events are dropped first, and clients
 	// resuming from before them get push.reset. Default: 67108864 (64 MiB).
 	HistoryMaxBytes int64 `json:"history_max_bytes,omitempty"`
+	// IdempotencyWindow is how long the hub remembers a publish's
+	// Idempotency-Key (scoped to its publisher): a repeat within it is
+	// answered with the first event's id and publishes nothing. 0 ignores
+	// keys. The memory broker counts its keys in history_max_bytes
+	// (counted as 160 bytes each, at most half of it); Redis keeps each key
+	// with the window as its TTL. Default: 1h.
+	IdempotencyWindow *caddy.Duration `json:"idempotency_window,omitempty"`
 	// BrokerRaw is the backend that stores and fans out the hub's events.
 	// Default: memory (this process only).
 	BrokerRaw json.RawMessage `json:"broker,omitempty" caddy:"namespace=push.brokers inline_key=broker"`
@@ -126,6 +133,13 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 	if hc.HistoryMaxBytes > 0 {
 		limits.MaxBytes = hc.HistoryMaxBytes
 	}
+	window := DefaultIdempotencyWindow
+	if hc.IdempotencyWindow != nil {
+		if *hc.IdempotencyWindow < 0 {
+			return nil, fmt.Errorf("idempotency_window must not be negative")
+		}
+		window = time.Duration(*hc.IdempotencyWindow)
+	}
 	brokerConfig := string(hc.BrokerRaw)
 	var factory BrokerFactory = MemoryBroker{}
 	if hc.BrokerRaw != nil {
@@ -164,6 +178,7 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 	if loaded {
 		hub.broker.SetHistory(limits)
 	}
+	hub.SetIdempotencyWindow(window)
 	a.keys = append(a.keys, key)
 	return hub, nil
 }

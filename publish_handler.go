@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -13,6 +14,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -103,7 +105,9 @@ func (h *PublishHandler) Provision(ctx caddy.Context) error {
 	return err
 }
 
-// ServeHTTP publishes one event and answers with its id.
+// ServeHTTP publishes one event and answers with its id. With an
+// Idempotency-Key header, a repeat of a publish is answered with the first
+// event's id and Idempotent-Replayed: true, and publishes nothing.
 func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	if r.Method != http.MethodPost {
 		w.Header().Set("Allow", http.MethodPost)
@@ -115,6 +119,10 @@ func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 			w.Header().Set("WWW-Authenticate", `Bearer realm="push"`)
 		}
 		return writeError(w, r, status, err)
+	}
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return writeError(w, r, http.StatusBadRequest, err)
 	}
 	mediaType, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
 	if err != nil || mediaType != "application/x-www-form-urlencoded" && mediaType != "application/json" {
@@ -137,6 +145,7 @@ func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 	} else {
 		m, err = parseFormMessage(body)
 	}
+	m.IdempotencyKey = key
 	if err == nil {
 		err = m.Validate()
 	}
@@ -153,21 +162,80 @@ func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 			}
 		}
 	}
-	id, err := h.hub.Publish(r.Context(), m)
+	p, err := h.hub.PublishAs(r.Context(), m, h.publisher(r, grant))
 	if err != nil {
-		h.logger.Error("publish failed", zap.Strings("topics", m.Topics), zap.Error(err))
-		status := http.StatusInternalServerError
-		if errors.Is(err, ErrUnavailable) {
-			status = http.StatusServiceUnavailable
-			w.Header().Set("Retry-After", "1")
-		}
-		return writeError(w, r, status, err)
+		return h.publishError(w, r, m, err)
+	}
+	if after := testAfterPublish.Load(); after != nil {
+		(*after)(r)
 	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
+	if p.Replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
 	w.WriteHeader(http.StatusOK)
-	_, _ = io.WriteString(w, id)
+	_, _ = io.WriteString(w, p.ID)
 	return nil
+}
+
+// testAfterPublish, set by tests, runs once an event is published and
+// before the answer is written.
+var testAfterPublish atomic.Pointer[func(*http.Request)]
+
+// publishError answers a publish the hub refused.
+func (h *PublishHandler) publishError(w http.ResponseWriter, r *http.Request, m Message, err error) error {
+	switch {
+	case errors.Is(err, ErrIdempotencyConflict):
+		return writeError(w, r, http.StatusUnprocessableEntity,
+			errors.New("Idempotency-Key was already used for a different message: use a new key for a new message"))
+	case errors.Is(err, ErrIdempotencyInFlight):
+		w.Header().Set("Retry-After", "1")
+		return writeError(w, r, http.StatusConflict,
+			errors.New("a publish with this Idempotency-Key is still in progress: retry later with the same key"))
+	case errors.Is(err, ErrIdempotencyUnsupported):
+		return writeError(w, r, http.StatusNotImplemented, err)
+	}
+	h.logger.Error("publish failed", zap.Strings("topics", m.Topics), zap.Error(err))
+	status := http.StatusInternalServerError
+	if errors.Is(err, ErrUnavailable) {
+		status = http.StatusServiceUnavailable
+		w.Header().Set("Retry-After", "1")
+	}
+	return writeError(w, r, status, err)
+}
+
+// idempotencyKey reads the Idempotency-Key header: "" when there is none.
+func idempotencyKey(r *http.Request) (string, error) {
+	values := r.Header.Values("Idempotency-Key")
+	switch len(values) {
+	case 0:
+		return "", nil
+	case 1:
+		if err := ValidateIdempotencyKey(values[0]); err != nil {
+			return "", fmt.Errorf("Idempotency-Key: %v", err)
+		}
+		return values[0], nil
+	}
+	return "", errors.New("Idempotency-Key is given more than once")
+}
+
+// publisher names who publishes, to scope idempotency keys: the static
+// token (by its hash), the JWT's subject (or the token's hash when it has
+// none), or anyone on an anonymous route.
+func (h *PublishHandler) publisher(r *http.Request, grant *Grant) string {
+	switch {
+	case grant != nil:
+		if sub, ok := grant.Claims["sub"].(string); ok && sub != "" {
+			return "user:" + sub
+		}
+		token, _ := h.JWT.findToken(r)
+		sum := sha256.Sum256([]byte(token))
+		return "jwt:" + hex.EncodeToString(sum[:])
+	case h.tokenHash != nil:
+		return "token:" + hex.EncodeToString(h.tokenHash[:])
+	}
+	return "anonymous"
 }
 
 // authorize checks the request's credentials. A nil grant with no error

@@ -173,7 +173,7 @@ func (st *wsStream) message(c *engine.Conn, op byte, payload []byte) bool {
 			closeWith(c, websocket.ClosePolicyViolation, "publish rate exceeded")
 			return false
 		default:
-			if err := publishFrame(st.h.ctx, st.sub.hub, st.publish, payload); err != nil {
+			if err := publishFrame(st.h.ctx, st.sub, st.publish, payload); err != nil {
 				reply(c, err.Error())
 			}
 		}

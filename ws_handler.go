@@ -554,7 +554,7 @@ func (s *socket) read(ctx context.Context) (int, string) {
 			case rateAbused:
 				return websocket.ClosePolicyViolation, "publish rate exceeded"
 			default:
-				if err := publishFrame(ctx, s.sub.hub, s.publish, data); err != nil {
+				if err := publishFrame(ctx, s.sub, s.publish, data); err != nil {
 					problem = err.Error()
 				}
 			}
@@ -579,8 +579,9 @@ func (s *socket) reply(msg string) bool {
 }
 
 // publishFrame publishes a client's message to one of the topics it may
-// publish to.
-func publishFrame(ctx context.Context, hub *Hub, allowed []string, frame []byte) error {
+// publish to, on behalf of the subscription's user (or of anyone, for a
+// client without one), who scopes its idempotency key.
+func publishFrame(ctx context.Context, sub *Subscription, allowed []string, frame []byte) error {
 	if len(allowed) == 0 {
 		return errors.New("this endpoint does not accept messages")
 	}
@@ -591,7 +592,17 @@ func publishFrame(ctx context.Context, hub *Hub, allowed []string, frame []byte)
 	if err := m.Validate(); err != nil {
 		return err
 	}
-	_, err = hub.Publish(ctx, m)
+	publisher := "anonymous"
+	if user := sub.Member().User; user != "" {
+		publisher = "user:" + user
+	}
+	_, err = sub.hub.PublishAs(ctx, m, publisher)
+	switch {
+	case errors.Is(err, ErrIdempotencyConflict):
+		return fmt.Errorf("key %q was already used for a different message: use a new key for a new message", m.IdempotencyKey)
+	case errors.Is(err, ErrIdempotencyInFlight):
+		return fmt.Errorf("a message with key %q is still being published: send it again later", m.IdempotencyKey)
+	}
 	return err
 }
 
@@ -609,11 +620,12 @@ type wsFrame struct {
 	Data  string `json:"data"`
 }
 
-// clientFrame is a client message: {"topic","event","data"}.
+// clientFrame is a client message: {"topic","event","data","key"}.
 type clientFrame struct {
 	Topic string          `json:"topic"`
 	Event string          `json:"event"`
 	Data  json.RawMessage `json:"data"`
+	Key   *string         `json:"key"`
 }
 
 // parseClientFrame reads a client message. An object with only the
@@ -639,7 +651,14 @@ func parseClientFrame(frame []byte, allowed []string) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
-	return Message{Topics: []string{f.Topic}, Type: f.Event, Data: data}, nil
+	m := Message{Topics: []string{f.Topic}, Type: f.Event, Data: data}
+	if f.Key != nil {
+		if err := ValidateIdempotencyKey(*f.Key); err != nil {
+			return Message{}, err
+		}
+		m.IdempotencyKey = *f.Key
+	}
+	return m, nil
 }
 
 // rateLimit is a token bucket: rate per second, up to burst at once. A

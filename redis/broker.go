@@ -9,6 +9,7 @@ import (
 	"cmp"
 	"context"
 	"crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"math/big"
@@ -178,8 +179,10 @@ type store struct {
 
 // Keys, under the prefix: epoch (set once), seq (the counter), t:<topic>
 // (a stream per topic), all (the hub-wide stream, for catching up),
-// trimmed (hash: topic → newest seq trimmed away), the events channel and
-// the control channel (commands such as pause, for every node).
+// trimmed (hash: topic → newest seq trimmed away), key:<hex id> (an
+// idempotency key: "<fingerprint> <epoch> <seq>" of its event, expiring
+// with the window), the events channel and the control channel (commands
+// such as pause, for every node).
 func (s *store) key(name string) string { return s.prefix + name }
 
 // publishScript stores an event in every topic's stream and the hub-wide
@@ -187,15 +190,30 @@ func (s *store) key(name string) string { return s.prefix + name }
 // "<seq>-1", so streams sort by seq; ages are kept in the entries. The
 // epoch is read in the script, so an id never pairs a sequence number
 // with the epoch of an earlier Redis (one that lost its data).
+//
+// With an idempotency key (ARGV[8], its fingerprint ARGV[9] and window
+// ARGV[10] in ms), the key is checked first and stored with the event,
+// in the same step: a key already stored answers {seq, epoch, 1} of its
+// event (a replay) or {0, "", 2} when its fingerprint differs, and
+// nothing is published; so two nodes given the same key publish once.
 var publishScript = goredis.NewScript(`
 local p, hist, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local ikey = ARGV[8] ~= '' and p .. 'key:' .. ARGV[8]
+if ikey then
+  local seen = redis.call('GET', ikey)
+  if seen then
+    local fp, e, s = string.match(seen, '^(%x+) (%S+) (%d+)$')
+    if fp ~= ARGV[9] then return {0, '', 2} end
+    return {tonumber(s), e, 1}
+  end
+end
 redis.call('SET', p..'epoch', ARGV[7], 'NX')
 local epoch = redis.call('GET', p..'epoch')
 local seq = redis.call('INCR', p..'seq')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local topics = {}
-for i = 8, #ARGV do topics[#topics + 1] = ARGV[i] end
+for i = 11, #ARGV do topics[#topics + 1] = ARGV[i] end
 local ev = cjson.encode({p = epoch, s = seq, t = now, k = topics, e = ARGV[4], d = ARGV[5], r = tonumber(ARGV[6])})
 local id = seq .. '-1'
 for _, topic in ipairs(topics) do
@@ -226,6 +244,9 @@ end
 redis.call('XADD', p .. 'all', id, 'v', ev)
 redis.call('XTRIM', p .. 'all', 'MAXLEN', '~', math.max(10000, hist * 10))
 redis.call('PUBLISH', p .. 'events', ev)
+if ikey then
+  redis.call('SET', ikey, ARGV[9] .. ' ' .. epoch .. ' ' .. seq, 'PX', ARGV[10])
+end
 return {seq, epoch}
 `)
 
@@ -259,24 +280,52 @@ func unavailable(err error) error {
 }
 
 func (s *store) Publish(ctx context.Context, ev *push.Event) error {
+	_, err := s.publish(ctx, ev, nil)
+	return err
+}
+
+// PublishOnce checks and stores the key in the script that stores the
+// event, so a retry that reaches another node is deduplicated too, and
+// nothing can come between "stored" and "key remembered".
+func (s *store) PublishOnce(ctx context.Context, ev *push.Event, k push.IdempotencyKey) (string, error) {
+	return s.publish(ctx, ev, &k)
+}
+
+func (s *store) publish(ctx context.Context, ev *push.Event, k *push.IdempotencyKey) (string, error) {
 	s.mu.Lock()
 	l := s.limits
 	s.mu.Unlock()
-	args := make([]any, 0, 7+len(ev.Topics))
-	args = append(args, s.prefix, l.Events, l.TTL.Milliseconds(), ev.Type, ev.Data, ev.Retry, newEpoch())
+	var id, fp string
+	var window int64
+	if k != nil {
+		id, fp, window = hex.EncodeToString(k.ID[:]), hex.EncodeToString(k.Fingerprint[:]), max(k.Window.Milliseconds(), 1)
+	}
+	args := make([]any, 0, 10+len(ev.Topics))
+	args = append(args, s.prefix, l.Events, l.TTL.Milliseconds(), ev.Type, ev.Data, ev.Retry, newEpoch(), id, fp, window)
 	for _, t := range ev.Topics {
 		args = append(args, t)
 	}
 	res, err := publishScript.Run(ctx, s.client, nil, args...).Slice()
 	if err != nil {
-		return unavailable(err)
+		return "", unavailable(err)
+	}
+	outcome := int64(0)
+	if len(res) == 3 {
+		outcome, _ = res[2].(int64)
+		res = res[:2]
+	}
+	if outcome == 2 {
+		return "", push.ErrIdempotencyConflict
 	}
 	seq, epoch, err := seqAndEpoch(res)
 	if err != nil {
-		return unavailable(err)
+		return "", unavailable(err)
+	}
+	if outcome == 1 {
+		return push.FormatID(epoch, seq), nil
 	}
 	ev.Seq, ev.ID, ev.Time = seq, push.FormatID(epoch, seq), time.Now()
-	return nil
+	return "", nil
 }
 
 // control is a message on the control channel, from the node that sent
@@ -659,5 +708,6 @@ var (
 	_ push.Broadcaster      = (*store)(nil)
 	_ push.Roster           = (*store)(nil)
 	_ push.Inspector        = (*store)(nil)
+	_ push.IdempotentBroker = (*store)(nil)
 	_ caddyfile.Unmarshaler = (*Broker)(nil)
 )
