@@ -237,7 +237,12 @@ func (adminAPI) publish(w http.ResponseWriter, r *http.Request, hub *Hub) error 
 	if err != nil {
 		return err
 	}
+	key, err := idempotencyKey(r)
+	if err != nil {
+		return apiError(http.StatusBadRequest, err)
+	}
 	m, err := parseJSONMessage(body)
+	m.IdempotencyKey = key
 	if err == nil {
 		err = m.Validate()
 	}
@@ -247,19 +252,31 @@ func (adminAPI) publish(w http.ResponseWriter, r *http.Request, hub *Hub) error 
 	if len(m.Data) > DefaultMaxData {
 		return apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("data is larger than %d bytes", DefaultMaxData))
 	}
-	id, err := hub.Publish(r.Context(), m)
+	// the admin endpoint's publishers share one scope of keys
+	p, err := hub.PublishAs(r.Context(), m, "admin")
 	if err != nil {
 		status := http.StatusInternalServerError
-		if errors.Is(err, ErrUnavailable) {
+		switch {
+		case errors.Is(err, ErrIdempotencyConflict):
+			status = http.StatusUnprocessableEntity
+		case errors.Is(err, ErrIdempotencyInFlight):
+			status = http.StatusConflict
+		case errors.Is(err, ErrIdempotencyUnsupported):
+			status = http.StatusNotImplemented
+		case errors.Is(err, ErrUnavailable):
 			status = http.StatusServiceUnavailable
 		}
 		return apiError(status, err)
 	}
+	if p.Replayed {
+		w.Header().Set("Idempotent-Replayed", "true")
+	}
 	return writeJSON(w, struct {
-		Hub   string `json:"hub"`
-		Scope string `json:"scope"`
-		ID    string `json:"id"`
-	}{hub.Name(), hub.scope(), id})
+		Hub      string `json:"hub"`
+		Scope    string `json:"scope"`
+		ID       string `json:"id"`
+		Replayed bool   `json:"replayed,omitempty"`
+	}{hub.Name(), hub.scope(), p.ID, p.Replayed})
 }
 
 // allowMethod refuses any other method with 405 and an Allow header.

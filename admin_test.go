@@ -318,6 +318,63 @@ func TestAdminPauseAndPublish(t *testing.T) {
 	}
 }
 
+// The admin endpoint's publish honours Idempotency-Key as push_publish
+// does, in a scope of its own.
+func TestAdminPublishIdempotencyKey(t *testing.T) {
+	c := startCaddyAdmin(t, adminSite)
+	news := subscribe(t, c.URL+"/events?topic=news", nil)
+	publish := func(key, body string) (int, string, string, bool) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", "http://"+c.admin+"/push/hubs/default/publish", strings.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		if key != "" {
+			req.Header.Set("Idempotency-Key", key)
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		raw, _ := io.ReadAll(resp.Body)
+		var out struct {
+			ID       string `json:"id"`
+			Replayed bool   `json:"replayed"`
+		}
+		_ = json.Unmarshal(raw, &out)
+		if out.Replayed != (resp.Header.Get("Idempotent-Replayed") == "true") {
+			t.Fatalf("replayed %v, header %q", out.Replayed, resp.Header.Get("Idempotent-Replayed"))
+		}
+		return resp.StatusCode, string(raw), out.ID, out.Replayed
+	}
+	status, raw, first, replayed := publish("order-1", `{"topic":"news","data":"paid"}`)
+	if status != 200 || first == "" || replayed {
+		t.Fatalf("first: %d %s", status, raw)
+	}
+	if status, raw, id, replayed := publish("order-1", `{"topic":"news","data":"paid"}`); status != 200 || id != first || !replayed {
+		t.Fatalf("repeat: %d %s", status, raw)
+	}
+	if status, raw, _, _ := publish("order-1", `{"topic":"news","data":"refunded"}`); status != 422 || !strings.Contains(raw, "different message") {
+		t.Fatalf("other message: %d %s", status, raw)
+	}
+	if status, raw, _, _ := publish(strings.Repeat("k", 256), `{"topic":"news","data":"x"}`); status != 400 || !strings.Contains(raw, "longer than") {
+		t.Fatalf("bad key: %d %s", status, raw)
+	}
+	// push_publish's anonymous publishers are another scope: same key, a new event
+	req, _ := http.NewRequest(http.MethodPost, c.URL+"/publish", strings.NewReader("topic=news&data=paid"))
+	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+	req.Header.Set("Idempotency-Key", "order-1")
+	status, id := do(t, req)
+	if status != 200 || id == first {
+		t.Fatalf("push_publish's key shared the admin scope: %s", id)
+	}
+	for _, want := range []string{first, id} {
+		if ev := news.nextEvent(2 * time.Second); ev.ID != want {
+			t.Fatalf("got %+v, want %s", ev, want)
+		}
+	}
+	news.quiet(300 * time.Millisecond)
+}
+
 // Every bad request gets its status and a one-line reason, as Caddy's
 // admin API gives them: {"error": "..."}.
 func TestAdminErrors(t *testing.T) {
