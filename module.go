@@ -179,6 +179,10 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		hub.broker.SetHistory(limits)
 	}
 	hub.SetIdempotencyWindow(window)
+	if window > limits.TTL {
+		logger.Warn("idempotency_window is longer than history_ttl: a late retry is answered with the id of an event no longer kept for replay",
+			zap.Duration("idempotency_window", window), zap.Duration("history_ttl", limits.TTL))
+	}
 	a.keys = append(a.keys, key)
 	return hub, nil
 }

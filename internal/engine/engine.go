@@ -461,18 +461,26 @@ func (c *Conn) input() {
 	}
 }
 
-// tickEvery is how often the engine's goroutine wakes for heartbeats and
-// read timeouts; 0: never.
+// beatSlots spreads heartbeats: each tick beats the connections of one
+// slot (by connection number), so a connection still gets one every
+// HeartbeatEvery, but 10,000 WebSocket pings (and their 10,000 pongs) do
+// not all come in one instant, where they would hold up deliveries.
+const beatSlots = 8
+
+// tickEvery is how often the engine's goroutine wakes for heartbeats (of
+// one slot) and read timeouts; 0: never.
 func (e *Engine) tickEvery() time.Duration {
 	var every time.Duration
-	if e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0 {
-		every = e.opts.HeartbeatEvery
+	if e.beats() {
+		every = max(e.opts.HeartbeatEvery/beatSlots, time.Millisecond)
 	}
 	if rt := e.opts.ReadTimeout / 4; rt > 0 && (every == 0 || rt < every) {
 		every = rt
 	}
 	return every
 }
+
+func (e *Engine) beats() bool { return e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0 }
 
 // event handles the poller's news of a connection: input or hang-up.
 func (e *Engine) event(id uint64) {
@@ -488,11 +496,13 @@ func (e *Engine) event(id uint64) {
 	}
 }
 
-// tick writes heartbeats when beat is set, and ends connections that have
-// been silent for longer than ReadTimeout.
-func (e *Engine) tick(beat bool) {
+// tick writes heartbeats to the connections of slot (none when slot is
+// negative), and ends connections that have been silent for longer than
+// ReadTimeout.
+func (e *Engine) tick(slot int) {
 	now := time.Now()
 	for _, c := range e.snapshot(false) {
+		beat := slot >= 0 && c.id%beatSlots == uint64(slot)
 		c.mu.Lock()
 		idle := !c.wrote || e.opts.HeartbeatAlways
 		if beat {

@@ -9,8 +9,10 @@ import (
 	"os"
 	"os/exec"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -331,6 +333,52 @@ func TestHeartbeatOnlyWhenIdle(t *testing.T) {
 	// once the writes stop it is idle too: look only while it was busy
 	if got := read(busy); strings.Contains(got[:strings.LastIndex(got, "d")], ":") {
 		t.Fatalf("busy connection got heartbeats: %q", got)
+	}
+}
+
+// Heartbeats to every connection (WebSocket pings) are spread over the
+// interval, a slot of connections at a time, and each connection still
+// gets one every HeartbeatEvery.
+func TestHeartbeatsSpread(t *testing.T) {
+	const every = 800 * time.Millisecond
+	e := newEngine(t, Options{Heartbeat: []byte("p"), HeartbeatEvery: every, HeartbeatAlways: true})
+	ln := listen(t)
+	const n = 2 * beatSlots
+	clients := make([]net.Conn, n)
+	for i := range clients {
+		s, c := pair(t, ln)
+		if _, err := e.Add(s, Handlers{}); err != nil {
+			t.Fatal(err)
+		}
+		clients[i] = c
+	}
+	start := time.Now()
+	first := make([]time.Duration, n)
+	var wg sync.WaitGroup
+	for i, c := range clients {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_ = c.SetReadDeadline(time.Now().Add(3 * every))
+			b := make([]byte, 1)
+			if _, err := io.ReadFull(c, b); err != nil {
+				t.Errorf("connection %d: first beat: %v after %v", i, err, time.Since(start))
+				return
+			}
+			first[i] = time.Since(start)
+			if _, err := io.ReadFull(c, b); err != nil {
+				t.Errorf("connection %d: second beat: %v after %v", i, err, time.Since(start))
+				return
+			}
+			if gap := time.Since(start) - first[i]; gap < every/2 || gap > 2*every {
+				t.Errorf("connection %d: beats %v apart, want about %v", i, gap, every)
+			}
+		}()
+	}
+	wg.Wait()
+	earliest, latest := slices.Min(first), slices.Max(first)
+	if latest-earliest < every/2 {
+		t.Fatalf("first heartbeats within %v of each other (%v): not spread over %v", latest-earliest, first, every)
 	}
 }
 

@@ -88,7 +88,8 @@ func (e *Engine) run() {
 	events := make([]unix.EpollEvent, 256)
 	every := e.tickEvery()
 	nextTick := time.Now().Add(every)
-	nextBeat := time.Now().Add(e.opts.HeartbeatEvery)
+	slotEvery := e.opts.HeartbeatEvery / beatSlots
+	nextBeat, slot := time.Now().Add(slotEvery), 0
 	for {
 		timeout := -1
 		if every > 0 {
@@ -106,9 +107,10 @@ func (e *Engine) run() {
 			e.event(id)
 		}
 		if now := time.Now(); every > 0 && !now.Before(nextTick) {
-			beat := e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0 && !now.Before(nextBeat)
-			if beat {
-				nextBeat = now.Add(e.opts.HeartbeatEvery)
+			beat := -1
+			if e.beats() && !now.Before(nextBeat) {
+				beat, slot = slot, (slot+1)%beatSlots
+				nextBeat = now.Add(slotEvery)
 			}
 			e.tick(beat)
 			nextTick = now.Add(every)
