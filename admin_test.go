@@ -153,7 +153,13 @@ func TestAdminHubsTopicsPresence(t *testing.T) {
 	}
 	news.events(2, 2*time.Second)
 
-	h := c.hubInfo("default")
+	// the hub counts a fan-out's deliveries once it has written them all,
+	// which may be just after the client has read them
+	var h HubInfo
+	waitFor(t, 2*time.Second, func() bool {
+		h = c.hubInfo("default")
+		return h.Delivered[TransportSSE] == 2
+	})
 	if h.Connections[TransportSSE] != 2 || h.Connections[TransportWS] != 1 || h.Topics != 2 ||
 		h.Published != 2 || h.Events != 2 || h.Bytes <= 0 || h.Head != last || h.Delivered[TransportSSE] != 2 {
 		t.Fatalf("GET /push/hubs: %+v", h)
