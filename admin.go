@@ -255,18 +255,7 @@ func (adminAPI) publish(w http.ResponseWriter, r *http.Request, hub *Hub) error 
 	// the admin endpoint's publishers share one scope of keys
 	p, err := hub.PublishAs(r.Context(), m, "admin")
 	if err != nil {
-		status := http.StatusInternalServerError
-		switch {
-		case errors.Is(err, ErrIdempotencyConflict):
-			status = http.StatusUnprocessableEntity
-		case errors.Is(err, ErrIdempotencyInFlight):
-			status = http.StatusConflict
-		case errors.Is(err, ErrIdempotencyUnsupported):
-			status = http.StatusNotImplemented
-		case errors.Is(err, ErrUnavailable):
-			status = http.StatusServiceUnavailable
-		}
-		return apiError(status, err)
+		return apiError(publishStatus(err))
 	}
 	if p.Replayed {
 		w.Header().Set("Idempotent-Replayed", "true")

@@ -185,24 +185,32 @@ var testAfterPublish atomic.Pointer[func(*http.Request)]
 
 // publishError answers a publish the hub refused.
 func (h *PublishHandler) publishError(w http.ResponseWriter, r *http.Request, m Message, err error) error {
+	status, reason := publishStatus(err)
+	if status == http.StatusConflict || status == http.StatusServiceUnavailable {
+		w.Header().Set("Retry-After", "1")
+	}
+	if status >= http.StatusInternalServerError && status != http.StatusNotImplemented {
+		h.logger.Error("publish failed", zap.Strings("topics", m.Topics), zap.Error(err))
+	}
+	return writeError(w, r, status, reason)
+}
+
+// publishStatus is the status and one-line reason of a publish the hub
+// refused, for the publish route and the admin API alike.
+func publishStatus(err error) (int, error) {
 	switch {
 	case errors.Is(err, ErrIdempotencyConflict):
-		return writeError(w, r, http.StatusUnprocessableEntity,
-			errors.New("Idempotency-Key was already used for a different message: use a new key for a new message"))
+		return http.StatusUnprocessableEntity,
+			errors.New("Idempotency-Key was already used for a different message: use a new key for a new message")
 	case errors.Is(err, ErrIdempotencyInFlight):
-		w.Header().Set("Retry-After", "1")
-		return writeError(w, r, http.StatusConflict,
-			errors.New("a publish with this Idempotency-Key is still in progress: retry later with the same key"))
+		return http.StatusConflict,
+			errors.New("a publish with this Idempotency-Key is still in progress: retry later with the same key")
 	case errors.Is(err, ErrIdempotencyUnsupported):
-		return writeError(w, r, http.StatusNotImplemented, err)
+		return http.StatusNotImplemented, err
+	case errors.Is(err, ErrUnavailable):
+		return http.StatusServiceUnavailable, err
 	}
-	h.logger.Error("publish failed", zap.Strings("topics", m.Topics), zap.Error(err))
-	status := http.StatusInternalServerError
-	if errors.Is(err, ErrUnavailable) {
-		status = http.StatusServiceUnavailable
-		w.Header().Set("Retry-After", "1")
-	}
-	return writeError(w, r, status, err)
+	return http.StatusInternalServerError, err
 }
 
 // idempotencyKey reads the Idempotency-Key header: "" when there is none.
