@@ -20,6 +20,14 @@ import (
 // out should the engine misbehave.
 var engineOff = os.Getenv("CADDY_PUSH_ENGINE") == "off"
 
+// CADDY_PUSH_IO_URING=off makes the fan-out write to each connection with
+// a system call of its own instead of batches through io_uring.
+func init() {
+	if os.Getenv("CADDY_PUSH_IO_URING") == "off" {
+		engine.SetRing(false)
+	}
+}
+
 // handlerEngine is a handler's connection engine, made at its first
 // connection (Provision stays cheap) and shut down with the handler.
 type handlerEngine struct {

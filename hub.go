@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/caddy-push/push/internal/engine"
 )
 
 // Hub is one named channel space: its broker stores events, and the hub fans
@@ -53,9 +55,12 @@ type Hub struct {
 	idle    sync.WaitGroup // the lanes' goroutines
 }
 
-// lane is a share of a hub's subscriptions: its topic index.
+// lane is a share of a hub's subscriptions: its topic index, and what
+// its fan-out of one event gathers (used by one goroutine at a time).
 type lane struct {
-	topics map[string]map[*Subscription]struct{}
+	topics  map[string]map[*Subscription]struct{}
+	batch   engine.Batch            // writes to connections the engine owns, made together
+	written [len(transports)]uint64 // deliveries of the event, per transport
 }
 
 // maxLanes bounds the fan-out goroutines of a hub.
@@ -234,10 +239,10 @@ func (h *Hub) audience(ev *Event) int {
 func (h *Hub) deliverLane(ev *Event, i int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
+	l := &h.lanes[i]
 	multi := len(ev.Topics) > 1
-	var written [len(transports)]uint64 // counted once per event, not per delivery
 	for _, t := range ev.Topics {
-		for s := range h.lanes[i].topics[t] {
+		for s := range l.topics[t] {
 			if multi {
 				// a subscription to several of the event's topics gets it once
 				if s.lastOffered >= ev.Seq {
@@ -245,14 +250,16 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 				}
 				s.lastOffered = ev.Seq
 			}
-			if s.offer(ev) {
-				written[s.transportIndex]++
+			if s.offer(ev, &l.batch, &l.written[s.transportIndex]) {
+				l.written[s.transportIndex]++
 			}
 		}
 	}
-	for t, n := range written {
-		if n > 0 {
+	l.batch.Flush()
+	for t, n := range l.written {
+		if n > 0 { // counted once per event, not per delivery
 			h.stats.perTransport[t].delivered.Add(n)
+			l.written[t] = 0
 		}
 	}
 }
@@ -534,6 +541,15 @@ type Sink interface {
 	Ended()
 }
 
+// batchSink is a Sink whose deliveries the fan-out gathers into one
+// batch of writes (a stream the connection engine owns).
+type batchSink interface {
+	Sink
+	// DeliverInto adds a live event's write to b, and has b count it in
+	// count once written.
+	DeliverInto(b *engine.Batch, ev *Event, count *uint64)
+}
+
 // maxPending is how many events a subscription may have queued before it is
 // a slow consumer and is disconnected (it can resume with its last id).
 const maxPending = 1024
@@ -580,14 +596,22 @@ const (
 )
 
 // offer queues ev for the subscription's goroutine, or writes it through
-// its sink; it reports whether the sink wrote it.
-func (s *Subscription) offer(ev *Event) bool {
+// its sink (a batchSink adds it to b, which counts it in count); it
+// reports whether the sink wrote it.
+func (s *Subscription) offer(ev *Event, b *engine.Batch, count *uint64) bool {
 	s.mu.Lock()
 	if sink := s.sink; sink != nil {
 		// skipThrough is set before Attach, which published it under mu
 		skip := ev.Seq <= s.skipThrough
 		s.mu.Unlock()
-		return !skip && sink.Deliver(ev)
+		if skip {
+			return false
+		}
+		if bs, ok := sink.(batchSink); ok && b != nil {
+			bs.DeliverInto(b, ev, count)
+			return false
+		}
+		return sink.Deliver(ev)
 	}
 	if len(s.pending) >= maxPending {
 		s.mu.Unlock()

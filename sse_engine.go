@@ -55,6 +55,11 @@ func (st *sseStream) Deliver(ev *Event) bool {
 	return st.conn.Write(ev.SSE()) == nil
 }
 
+// DeliverInto is Deliver as part of the fan-out's batch of writes.
+func (st *sseStream) DeliverInto(b *engine.Batch, ev *Event, count *uint64) {
+	b.Add(st.conn, ev.SSE(), count)
+}
+
 // Ended closes the connection the way the hub's reason asks: at once for
 // a slow consumer, after a pause block for a pause, after a short retry
 // otherwise.

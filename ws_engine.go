@@ -96,6 +96,12 @@ func (st *wsStream) Deliver(ev *Event) bool {
 	return false
 }
 
+// DeliverInto is Deliver as part of the fan-out's batch of writes; a
+// slow consumer is cut off once its close frame is sent (closed).
+func (st *wsStream) DeliverInto(b *engine.Batch, ev *Event, count *uint64) {
+	b.Add(st.conn, ev.wsFrame(st.h.Format, st.sub.Topics), count)
+}
+
 // Ended closes with the code the hub's reason asks for; a paused client
 // first gets the pause frame.
 func (st *wsStream) Ended() {

@@ -224,6 +224,11 @@ func (c *Conn) Write(p []byte) error {
 	c.mu.Lock()
 	err := c.writeLocked(p)
 	c.mu.Unlock()
+	return c.after(err)
+}
+
+// after ends the connection if a write failed, and says how it did.
+func (c *Conn) after(err error) error {
 	switch err {
 	case nil, ErrClosed:
 	case errOverflowed:
@@ -235,29 +240,51 @@ func (c *Conn) Write(p []byte) error {
 }
 
 func (c *Conn) writeLocked(p []byte) error {
+	if done, err := c.admitLocked(p); done {
+		return err
+	}
+	return c.writeAdmittedLocked(p)
+}
+
+// admitLocked is a write's first half: done when p is refused (the
+// connection is ending) or queued behind a drain under way; otherwise p
+// is for the socket now.
+func (c *Conn) admitLocked(p []byte) (done bool, err error) {
 	if c.err != nil || !c.closeBy.IsZero() || c.sealed {
-		return ErrClosed
+		return true, ErrClosed
 	}
 	c.wrote = true
 	if c.draining {
 		if len(c.queue) >= c.e.opts.MaxQueue {
-			return c.overflowLocked()
+			return true, c.overflowLocked()
 		}
 		c.queue = append(c.queue, p)
-		return nil
+		return true, nil
 	}
+	return false, nil
+}
+
+// writeAdmittedLocked writes an admitted p to the socket, and queues what
+// it does not take.
+func (c *Conn) writeAdmittedLocked(p []byte) error {
 	n, err := c.writeNow(p)
 	if err != nil {
 		return err
 	}
+	c.restLocked(p, n)
+	return nil
+}
+
+// restLocked queues what the socket did not take of p (n bytes of it
+// written), and starts the drainer for it.
+func (c *Conn) restLocked(p []byte, n int) {
 	if n == len(p) {
-		return nil
+		return
 	}
 	c.queue = append(c.queue, p[n:])
 	c.begun = n > 0 // the rest of a partial write must go out whole
 	c.draining = true
 	go c.drain()
-	return nil
 }
 
 // overflowLocked ends a connection whose queue is full: at once, or with

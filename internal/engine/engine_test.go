@@ -557,9 +557,23 @@ func TestCloseStopsTheEngine(t *testing.T) {
 // whose clients drain them, as the hub's fan-out does; ns/op is per
 // delivery, and a delivery allocates nothing.
 func BenchmarkWrite(b *testing.B) {
+	conns := benchConns(b, 1000)
+	event := []byte("id: 1-1\ndata: " + strings.Repeat("x", 240) + "\n\n")
+	b.ReportAllocs()
+	b.SetBytes(int64(len(event)))
+	b.ResetTimer()
+	for i := range b.N {
+		if err := conns[i%len(conns)].Write(event); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// benchConns gives an engine n loopback connections whose clients drain
+// what they get.
+func benchConns(b *testing.B, n int) []*Conn {
 	e := newEngine(b, Options{MaxQueue: 1 << 20})
 	ln := listen(b)
-	const n = 1000
 	conns := make([]*Conn, n)
 	for i := range conns {
 		s, c := pair(b, ln)
@@ -569,13 +583,5 @@ func BenchmarkWrite(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
-	event := []byte("id: 1-1\ndata: " + strings.Repeat("x", 240) + "\n\n")
-	b.ReportAllocs()
-	b.SetBytes(int64(len(event)))
-	b.ResetTimer()
-	for i := range b.N {
-		if err := conns[i%n].Write(event); err != nil {
-			b.Fatal(err)
-		}
-	}
+	return conns
 }

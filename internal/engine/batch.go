@@ -1,0 +1,121 @@
+package engine
+
+import (
+	"math"
+	"sync/atomic"
+)
+
+// Batch gathers writes to many connections (one event's fan-out) and
+// hands them to the kernel together: on Linux, up to 256 non-blocking
+// sends in one io_uring system call, where Write makes one write(2) per
+// connection. On a machine where a system call costs microseconds (a
+// virtual machine with page-table isolation), that call is most of what
+// a delivery costs.
+//
+// A Batch keeps Write's promises: each connection gets its bytes in the
+// order they were added, what the socket does not take is queued and
+// drained as Write does, and a connection that fails ends the same way.
+// Its zero value is ready to use; it is not safe for concurrent use.
+type Batch struct {
+	entries []entry
+	sends   []send
+	held    []int // per send: its entry
+	later   []int // entries written one by one, after the batch
+}
+
+type entry struct {
+	c     *Conn
+	p     []byte
+	count *uint64
+}
+
+// send is one entry as the ring sees it; res is what the kernel answered.
+type send struct {
+	fd  int
+	p   []byte
+	res int32 // bytes written (0: the socket is full), a negative errno, or notSent
+}
+
+const notSent = math.MinInt32
+
+// ringOff makes batches write one connection at a time (SetRing).
+var ringOff atomic.Bool
+
+// SetRing turns batches' use of io_uring on (the default, where the
+// kernel allows it) or off, for the whole process.
+func SetRing(on bool) { ringOff.Store(!on) }
+
+// Add writes p to c with the batch's other writes, when the batch is
+// flushed (Flush, or Add once the batch is full); p must not change
+// afterwards. If count is not nil, it is incremented once p is written
+// or queued.
+func (b *Batch) Add(c *Conn, p []byte, count *uint64) {
+	b.entries = append(b.entries, entry{c: c, p: p, count: count})
+	if len(b.entries) >= ringEntries {
+		b.Flush()
+	}
+}
+
+// Len is how many writes wait for Flush.
+func (b *Batch) Len() int { return len(b.entries) }
+
+// Flush writes what was added.
+func (b *Batch) Flush() {
+	if len(b.entries) == 0 {
+		return
+	}
+	var r *uring
+	if !ringOff.Load() {
+		r = takeRing()
+	}
+	for i := range b.entries {
+		e := &b.entries[i]
+		c := e.c
+		// a connection locked elsewhere (or added twice) is written
+		// after the batch: a batch never waits for a lock while it
+		// holds others
+		if r == nil || c.fd < 0 || !c.mu.TryLock() {
+			b.later = append(b.later, i)
+			continue
+		}
+		if done, err := c.admitLocked(e.p); done {
+			c.mu.Unlock()
+			e.settle(c.after(err))
+			continue
+		}
+		// held under its lock until the kernel has answered: its
+		// descriptor cannot be closed (and reused) meanwhile
+		b.sends = append(b.sends, send{fd: c.fd, p: e.p})
+		b.held = append(b.held, i)
+	}
+	if r != nil {
+		failed := len(b.sends) > 0 && r.sendAll(b.sends) != nil
+		giveRing(r, failed)
+	}
+	for k := range b.sends {
+		e := &b.entries[b.held[k]]
+		c := e.c
+		var err error
+		if res := b.sends[k].res; res >= 0 {
+			c.restLocked(e.p, int(res))
+		} else {
+			// failed or not sent: write(2) tells why, or writes it
+			err = c.writeAdmittedLocked(e.p)
+		}
+		c.mu.Unlock()
+		e.settle(c.after(err))
+	}
+	for _, i := range b.later {
+		e := &b.entries[i]
+		e.settle(e.c.Write(e.p))
+	}
+	clear(b.entries) // let the bytes and connections go
+	clear(b.sends)
+	b.entries, b.sends, b.held, b.later = b.entries[:0], b.sends[:0], b.held[:0], b.later[:0]
+}
+
+func (e *entry) settle(err error) {
+	if err == nil && e.count != nil {
+		*e.count++
+	}
+}
