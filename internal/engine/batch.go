@@ -21,6 +21,9 @@ type Batch struct {
 	sends   []send
 	held    []int // per send: its entry
 	later   []int // entries written one by one, after the batch
+	// deferred has the connections of later, once there are any: their
+	// next entries must follow them there
+	deferred map[*Conn]struct{}
 }
 
 type entry struct {
@@ -68,14 +71,22 @@ func (b *Batch) Flush() {
 	if !ringOff.Load() {
 		r = takeRing()
 	}
+	if r == nil {
+		for i := range b.entries {
+			e := &b.entries[i]
+			e.settle(e.c.Write(e.p))
+		}
+		b.reset()
+		return
+	}
 	for i := range b.entries {
 		e := &b.entries[i]
 		c := e.c
 		// a connection locked elsewhere (or added twice) is written
-		// after the batch: a batch never waits for a lock while it
-		// holds others
-		if r == nil || c.fd < 0 || !c.mu.TryLock() {
-			b.later = append(b.later, i)
+		// after the batch, as are its entries after that one: a batch
+		// never waits for a lock while it holds others
+		if c.fd < 0 || b.isDeferred(c) || !c.mu.TryLock() {
+			b.putOff(i)
 			continue
 		}
 		if done, err := c.admitLocked(e.p); done {
@@ -88,10 +99,8 @@ func (b *Batch) Flush() {
 		b.sends = append(b.sends, send{fd: c.fd, p: e.p})
 		b.held = append(b.held, i)
 	}
-	if r != nil {
-		failed := len(b.sends) > 0 && r.sendAll(b.sends) != nil
-		giveRing(r, failed)
-	}
+	failed := len(b.sends) > 0 && r.sendAll(b.sends) != nil
+	giveRing(r, failed)
 	for k := range b.sends {
 		e := &b.entries[b.held[k]]
 		c := e.c
@@ -109,9 +118,30 @@ func (b *Batch) Flush() {
 		e := &b.entries[i]
 		e.settle(e.c.Write(e.p))
 	}
+	b.reset()
+}
+
+func (b *Batch) reset() {
 	clear(b.entries) // let the bytes and connections go
 	clear(b.sends)
+	clear(b.deferred)
 	b.entries, b.sends, b.held, b.later = b.entries[:0], b.sends[:0], b.held[:0], b.later[:0]
+}
+
+func (b *Batch) putOff(i int) {
+	b.later = append(b.later, i)
+	if b.deferred == nil {
+		b.deferred = make(map[*Conn]struct{})
+	}
+	b.deferred[b.entries[i].c] = struct{}{}
+}
+
+func (b *Batch) isDeferred(c *Conn) bool {
+	if len(b.later) == 0 {
+		return false
+	}
+	_, ok := b.deferred[c]
+	return ok
 }
 
 func (e *entry) settle(err error) {

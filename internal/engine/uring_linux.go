@@ -139,8 +139,8 @@ func (r *uring) close() {
 var errRing = errors.New("engine: io_uring failed")
 
 // sendAll sends each sends[i].p to sends[i].fd without blocking, in one
-// system call, and sets sends[i].res: the bytes written, or a negative
-// errno (-EAGAIN: the socket is full). An entry whose res stays notSent
+// system call, and sets sends[i].res: the bytes written (0 when the
+// socket is full), or a negative errno. An entry whose res stays notSent
 // was not sent; errRing then says the ring must be dropped.
 func (r *uring) sendAll(sends []send) error {
 	tail := *r.sqTail // only this goroutine writes it
@@ -192,6 +192,9 @@ func (r *uring) reap(sends []send) int {
 		c := &r.cqes[head&r.cqMask]
 		if i := c.userData; i < uint64(len(sends)) {
 			sends[i].res = c.res
+			if c.res == -int32(unix.EAGAIN) {
+				sends[i].res = 0 // the socket is full
+			}
 			got++
 		}
 	}
