@@ -55,6 +55,9 @@ func (he *handlerEngine) get(opts engine.Options, stopping <-chan struct{}, last
 		return nil
 	}
 	he.eng = eng
+	if !engine.RingAvailable() && os.Getenv("CADDY_PUSH_IO_URING") != "off" {
+		logger.Info("io_uring unavailable: the fan-out writes to each connection with a system call of its own")
+	}
 	go func() {
 		<-stopping
 		eng.Shutdown(last, closeGrace)

@@ -48,6 +48,21 @@ var ringOff atomic.Bool
 // kernel allows it) or off, for the whole process.
 func SetRing(on bool) { ringOff.Store(!on) }
 
+// RingAvailable reports whether batches go through io_uring: it is on,
+// and the kernel allows it (Linux 5.6 and up, not turned off by
+// kernel.io_uring_disabled or a seccomp filter).
+func RingAvailable() bool {
+	if ringOff.Load() {
+		return false
+	}
+	r := takeRing()
+	if r == nil {
+		return false
+	}
+	giveRing(r, false)
+	return true
+}
+
 // Add writes p to c with the batch's other writes, when the batch is
 // flushed (Flush, or Add once the batch is full); p must not change
 // afterwards. If count is not nil, it is incremented once p is written

@@ -113,9 +113,10 @@ type Handlers struct {
 
 // Engine owns connections. Its zero value is not usable: call New.
 type Engine struct {
-	opts Options
-	p    *poller
-	done chan struct{} // closed when the poller's goroutine has ended
+	opts  Options
+	p     *poller
+	done  chan struct{} // closed when the poller's goroutine has ended
+	beats Batch         // the heartbeats of a tick; the poller's goroutine's
 
 	mu     sync.Mutex
 	conns  map[uint64]*Conn
@@ -498,7 +499,7 @@ const beatSlots = 8
 // one slot) and read timeouts; 0: never.
 func (e *Engine) tickEvery() time.Duration {
 	var every time.Duration
-	if e.beats() {
+	if e.beating() {
 		every = max(e.opts.HeartbeatEvery/beatSlots, time.Millisecond)
 	}
 	if rt := e.opts.ReadTimeout / 4; rt > 0 && (every == 0 || rt < every) {
@@ -507,7 +508,7 @@ func (e *Engine) tickEvery() time.Duration {
 	return every
 }
 
-func (e *Engine) beats() bool { return e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0 }
+func (e *Engine) beating() bool { return e.opts.HeartbeatEvery > 0 && len(e.opts.Heartbeat) > 0 }
 
 // event handles the poller's news of a connection: input or hang-up.
 func (e *Engine) event(id uint64) {
@@ -541,9 +542,10 @@ func (e *Engine) tick(slot int) {
 		case silent:
 			c.end(ErrTimeout)
 		case beat && idle:
-			_ = c.Write(e.opts.Heartbeat)
+			e.beats.Add(c, e.opts.Heartbeat, nil)
 		}
 	}
+	e.beats.Flush()
 }
 
 // snapshot lists the connections, to act on outside the engine's lock;

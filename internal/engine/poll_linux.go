@@ -108,7 +108,7 @@ func (e *Engine) run() {
 		}
 		if now := time.Now(); every > 0 && !now.Before(nextTick) {
 			beat := -1
-			if e.beats() && !now.Before(nextBeat) {
+			if e.beating() && !now.Before(nextBeat) {
 				beat, slot = slot, (slot+1)%beatSlots
 				nextBeat = now.Add(slotEvery)
 			}
