@@ -229,7 +229,9 @@ func takeRing() *uring {
 	}
 	r, err := newUring()
 	if err != nil {
-		rings.disabled = true // io_uring is off here (kernel.io_uring_disabled, seccomp, an old kernel)
+		// off here (an old kernel, kernel.io_uring_disabled, seccomp),
+		// unless the process was short of descriptors or memory
+		rings.disabled = err != unix.EMFILE && err != unix.ENFILE && err != unix.ENOMEM && err != unix.EAGAIN
 		return nil
 	}
 	rings.made++
