@@ -198,17 +198,25 @@ func appendSSE(b []byte, id, typ, data string, retry int64) []byte {
 	return append(b, '\n')
 }
 
-// wsEncoding is an event as one WebSocket message: prepared for gorilla
-// (connections on goroutines), and as a whole server frame (connections
-// the engine writes).
+// wsEncoding is an event as one WebSocket message: as a whole server
+// frame (connections the engine writes), and prepared for gorilla
+// (connections on goroutines) when one of those asks: preparing builds a
+// gorilla connection's worth of buffers, which costs an event more than
+// its whole fan-out to a few dozen engine connections.
 type wsEncoding struct {
-	pm    *websocket.PreparedMessage
-	frame []byte
+	frame  []byte
+	data   []byte
+	pmOnce sync.Once
+	pm     *websocket.PreparedMessage
 }
 
 // wsMessage returns the event as a WebSocket message for gorilla.
 func (e *Event) wsMessage(format string, subscribed []string) *websocket.PreparedMessage {
-	return e.wsEncoded(format, subscribed).pm
+	enc := e.wsEncoded(format, subscribed)
+	enc.pmOnce.Do(func() {
+		enc.pm, _ = websocket.NewPreparedMessage(websocket.TextMessage, enc.data)
+	})
+	return enc.pm
 }
 
 // wsFrame returns the event as a whole unmasked text frame.
@@ -251,8 +259,7 @@ func (e *Event) wsEncoded(format string, subscribed []string) *wsEncoding {
 	if format == FormatJSON {
 		data = encodeFrame(wsFrame{ID: e.ID, Topic: topic, Event: e.Type, Data: e.Data})
 	}
-	pm, _ := websocket.NewPreparedMessage(websocket.TextMessage, data)
-	enc := &wsEncoding{pm: pm, frame: appendServerFrame(nil, opText, data)}
+	enc := &wsEncoding{data: data, frame: appendServerFrame(nil, opText, data)}
 	m := make(map[string]*wsEncoding, 1)
 	if old != nil {
 		maps.Copy(m, *old)

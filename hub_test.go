@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 )
@@ -246,6 +247,18 @@ func TestHubLogCompacts(t *testing.T) {
 	m := h.broker.(*memoryStore)
 	if m.live != 3 || len(m.log) > 2*m.live+64 {
 		t.Fatalf("%d live events, log of %d", m.live, len(m.log))
+	}
+}
+
+// BenchmarkWSFrame is what an event pays once to become the frame every
+// engine-owned WebSocket connection is written.
+func BenchmarkWSFrame(b *testing.B) {
+	subscribed := []string{"t"}
+	data := strings.Repeat("x", 256)
+	b.ReportAllocs()
+	for range b.N {
+		ev := &Event{Message: Message{Topics: []string{"t"}, Data: data}, ID: "abc-1"}
+		_ = ev.wsFrame(FormatJSON, subscribed)
 	}
 }
 
