@@ -205,7 +205,7 @@ func appendSSE(b []byte, id, typ, data string, retry int64) []byte {
 // its whole fan-out to a few dozen engine connections.
 type wsEncoding struct {
 	frame  []byte
-	data   []byte
+	data   []byte // the frame's payload (gorilla copies it)
 	pmOnce sync.Once
 	pm     *websocket.PreparedMessage
 }
@@ -259,7 +259,8 @@ func (e *Event) wsEncoded(format string, subscribed []string) *wsEncoding {
 	if format == FormatJSON {
 		data = encodeFrame(wsFrame{ID: e.ID, Topic: topic, Event: e.Type, Data: e.Data})
 	}
-	enc := &wsEncoding{data: data, frame: appendServerFrame(nil, opText, data)}
+	frame := appendServerFrame(nil, opText, data)
+	enc := &wsEncoding{frame: frame, data: frame[len(frame)-len(data):]}
 	m := make(map[string]*wsEncoding, 1)
 	if old != nil {
 		maps.Copy(m, *old)
