@@ -607,7 +607,7 @@ func (s *Subscription) offer(ev *Event, b *engine.Batch, count *uint64) bool {
 		if skip {
 			return false
 		}
-		if bs, ok := sink.(batchSink); ok && b != nil {
+		if bs, ok := sink.(batchSink); ok {
 			bs.DeliverInto(b, ev, count)
 			return false
 		}

@@ -19,7 +19,6 @@ import (
 type Batch struct {
 	entries []entry
 	sends   []send
-	held    []int // per send: its entry
 	later   []int // entries written one by one, after the batch
 	// deferred has the connections of later, once there are any: their
 	// next entries must follow them there
@@ -34,9 +33,10 @@ type entry struct {
 
 // send is one entry as the ring sees it; res is what the kernel answered.
 type send struct {
-	fd  int
-	p   []byte
-	res int32 // bytes written (0: the socket is full), a negative errno, or notSent
+	fd    int
+	p     []byte
+	res   int32 // bytes written (0: the socket is full), a negative errno, or notSent
+	entry int   // of the batch
 }
 
 const notSent = math.MinInt32
@@ -74,9 +74,6 @@ func (b *Batch) Add(c *Conn, p []byte, count *uint64) {
 	}
 }
 
-// Len is how many writes wait for Flush.
-func (b *Batch) Len() int { return len(b.entries) }
-
 // Flush writes what was added.
 func (b *Batch) Flush() {
 	if len(b.entries) == 0 {
@@ -111,16 +108,15 @@ func (b *Batch) Flush() {
 		}
 		// held under its lock until the kernel has answered: its
 		// descriptor cannot be closed (and reused) meanwhile
-		b.sends = append(b.sends, send{fd: c.fd, p: e.p})
-		b.held = append(b.held, i)
+		b.sends = append(b.sends, send{fd: c.fd, p: e.p, entry: i})
 	}
 	failed := len(b.sends) > 0 && r.sendAll(b.sends) != nil
 	giveRing(r, failed)
-	for k := range b.sends {
-		e := &b.entries[b.held[k]]
+	for _, sent := range b.sends {
+		e := &b.entries[sent.entry]
 		c := e.c
 		var err error
-		if res := b.sends[k].res; res >= 0 {
+		if res := sent.res; res >= 0 {
 			c.restLocked(e.p, int(res))
 		} else {
 			// failed or not sent: write(2) tells why, or writes it
@@ -140,7 +136,7 @@ func (b *Batch) reset() {
 	clear(b.entries) // let the bytes and connections go
 	clear(b.sends)
 	clear(b.deferred)
-	b.entries, b.sends, b.held, b.later = b.entries[:0], b.sends[:0], b.held[:0], b.later[:0]
+	b.entries, b.sends, b.later = b.entries[:0], b.sends[:0], b.later[:0]
 }
 
 func (b *Batch) putOff(i int) {

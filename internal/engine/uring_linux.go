@@ -172,8 +172,9 @@ func (r *uring) sendAll(sends []send) error {
 		}
 		if errno != 0 || (ret == 0 && submitted < n) {
 			err = errRing
+		} else {
+			submitted += int(ret)
 		}
-		submitted += int(ret)
 		got += r.reap(sends)
 		if err != nil {
 			break
