@@ -38,12 +38,22 @@ func TestMain(m *testing.M) {
 // freePort returns a loopback port that was free a moment ago.
 func freePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	// free for UDP too: an HTTPS site also listens for HTTP/3 on it
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", ":"+strconv.Itoa(port))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return strconv.Itoa(port)
+		}
 	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no port free for both TCP and UDP")
+	return ""
 }
 
 // adapt turns a Caddyfile into Caddy's JSON config.
