@@ -58,7 +58,14 @@ type Hub struct {
 // lane is a share of a hub's subscriptions: its topic index, and what
 // its fan-out of one event gathers (used by one goroutine at a time).
 type lane struct {
-	topics  map[string]map[*Subscription]struct{}
+	topics map[string]map[*Subscription]struct{}
+	// out is what the lane's fan-out writes as it goes; behind a pointer,
+	// so that readers of the index may copy a lane while it writes
+	out *laneOut
+}
+
+// laneOut is a lane's fan-out of one event, in progress.
+type laneOut struct {
 	batch   engine.Batch            // writes to connections the engine owns, made together
 	written [len(transports)]uint64 // deliveries of the event, per transport
 }
@@ -75,7 +82,7 @@ const laneQueue = 1024
 const spreadAt = 256
 
 func newHub(name string) *Hub {
-	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{})}}}
+	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{}), out: new(laneOut)}}}
 	h.idempotencyWindow.Store(int64(DefaultIdempotencyWindow))
 	return h
 }
@@ -92,6 +99,7 @@ func (h *Hub) startLanes(n int) {
 	h.busy = make([]atomic.Int32, n)
 	for i := range h.lanes {
 		h.lanes[i].topics = make(map[string]map[*Subscription]struct{})
+		h.lanes[i].out = new(laneOut)
 		if i == 0 {
 			continue // the broker's goroutine
 		}
@@ -239,7 +247,7 @@ func (h *Hub) audience(ev *Event) int {
 func (h *Hub) deliverLane(ev *Event, i int) {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
-	l := &h.lanes[i]
+	l, out := h.lanes[i], h.lanes[i].out
 	multi := len(ev.Topics) > 1
 	for _, t := range ev.Topics {
 		for s := range l.topics[t] {
@@ -250,16 +258,16 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 				}
 				s.lastOffered = ev.Seq
 			}
-			if s.offer(ev, &l.batch, &l.written[s.transportIndex]) {
-				l.written[s.transportIndex]++
+			if s.offer(ev, &out.batch, &out.written[s.transportIndex]) {
+				out.written[s.transportIndex]++
 			}
 		}
 	}
-	l.batch.Flush()
-	for t, n := range l.written {
+	out.batch.Flush()
+	for t, n := range out.written {
 		if n > 0 { // counted once per event, not per delivery
 			h.stats.perTransport[t].delivered.Add(n)
-			l.written[t] = 0
+			out.written[t] = 0
 		}
 	}
 }
