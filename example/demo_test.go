@@ -366,12 +366,18 @@ func TestBrowserChatAcrossTabs(t *testing.T) {
 		var ok bool
 		run(t, ctx, 5*time.Second, chromedp.Evaluate(js, &ok))
 	}
-	say(first, "ann", "hello")
-	say(second, "bob", "hi ann")
-	// both see both messages before the reload, so nothing is in flight
-	for _, ctx := range []context.Context{first, second} {
-		run(t, ctx, 5*time.Second, waitJS(`window.pushDemo.chat.filter(m => m.event === 'chat').length >= 2`))
+	// each message is seen by both tabs before the next is sent: two
+	// browsers' sends race each other, and the order asserted below is the
+	// order in which they were said
+	saw := func(n int) {
+		for _, ctx := range []context.Context{first, second} {
+			run(t, ctx, 10*time.Second, waitJS(fmt.Sprintf(`window.pushDemo.chat.filter(m => m.event === 'chat').length >= %d`, n)))
+		}
 	}
+	say(first, "ann", "hello")
+	saw(1)
+	say(second, "bob", "hi ann")
+	saw(2) // so nothing is in flight at the reload
 	d.reload()
 	// published while both are reconnecting: they get it when they resume
 	d.publish(url.Values{"topic": {"chat/lobby"}, "type": {"chat"}, "data": {"server: reloaded"}})
@@ -380,6 +386,7 @@ func TestBrowserChatAcrossTabs(t *testing.T) {
 		run(t, ctx, 10*time.Second, waitJS(`window.pushDemo.chatOpens >= 2 && document.getElementById('chat-state').textContent === 'open'`))
 	}
 	say(first, "ann", "still there?")
+	saw(4)
 	say(second, "bob", "yes")
 	want := []string{"ann: hello", "bob: hi ann", "server: reloaded", "ann: still there?", "bob: yes"}
 	for _, ctx := range []context.Context{first, second} {
