@@ -1,8 +1,6 @@
 package push
 
 import (
-	"bytes"
-	"encoding/json"
 	"fmt"
 	"maps"
 	"slices"
@@ -101,10 +99,14 @@ type Event struct {
 	sseOnce sync.Once
 	sse     []byte
 
-	// WebSocket messages by format and topic: read without a lock by
-	// every connection, replaced whole (under wsMu) when one is added
-	wsMu sync.Mutex
-	ws   atomic.Pointer[map[string]*wsEncoding]
+	// WebSocket messages by format and topic, read without a lock by
+	// every connection: the first one made (most events need no other),
+	// then the rest, replaced whole (under wsMu) when one is added. An
+	// event in history keeps them, so they are few objects: the
+	// collector marks every one of them at every cycle.
+	wsMu   sync.Mutex
+	ws     atomic.Pointer[wsEncoding]
+	wsMore atomic.Pointer[map[wsKey]*wsEncoding]
 
 	// kept by the in-memory broker, under its lock: how many topic
 	// histories hold the event, and its estimated size
@@ -148,7 +150,10 @@ func ParseID(id string) (epoch string, seq uint64, ok bool) {
 // shared by every subscriber.
 func (e *Event) SSE() []byte {
 	e.sseOnce.Do(func() {
-		e.sse = appendSSE(nil, e.ID, e.Type, e.Data, e.Retry)
+		// sized at once: an event in history keeps it
+		lines := 1 + strings.Count(e.Data, "\n") + strings.Count(e.Data, "\r")
+		b := make([]byte, 0, len(e.ID)+len(e.Type)+len(e.Data)+7*lines+42)
+		e.sse = appendSSE(b, e.ID, e.Type, e.Data, e.Retry)
 	})
 	return e.sse
 }
@@ -204,10 +209,17 @@ func appendSSE(b []byte, id, typ, data string, retry int64) []byte {
 // gorilla connection's worth of buffers, which costs an event more than
 // its whole fan-out to a few dozen engine connections.
 type wsEncoding struct {
+	wsKey
 	frame  []byte
 	data   []byte // the frame's payload (gorilla copies it)
 	pmOnce sync.Once
 	pm     *websocket.PreparedMessage
+}
+
+// wsKey names an encoding: text, or json with the topic it names.
+type wsKey struct {
+	json  bool
+	topic string
 }
 
 // wsMessage returns the event as a WebSocket message for gorilla.
@@ -229,52 +241,148 @@ func (e *Event) wsFrame(format string, subscribed []string) []byte {
 // the first of the event's topics the subscription follows (subscribed is
 // sorted).
 func (e *Event) wsEncoded(format string, subscribed []string) *wsEncoding {
-	key := FormatText
-	var topic string
+	var key wsKey
 	if format == FormatJSON {
 		// the subscription follows one of them: if no earlier one, the
 		// last (so an event to one topic needs no search)
 		last := len(e.Topics) - 1
-		topic = e.Topics[last]
+		key = wsKey{json: true, topic: e.Topics[last]}
 		for _, t := range e.Topics[:last] {
 			if _, ok := slices.BinarySearch(subscribed, t); ok {
-				topic = t
+				key.topic = t
 				break
 			}
 		}
-		key = topic
 	}
-	if m := e.ws.Load(); m != nil {
+	if enc := e.ws.Load(); enc != nil && enc.wsKey == key {
+		return enc
+	}
+	if m := e.wsMore.Load(); m != nil {
 		if enc := (*m)[key]; enc != nil {
 			return enc
 		}
 	}
 	e.wsMu.Lock()
 	defer e.wsMu.Unlock()
-	old := e.ws.Load()
+	first := e.ws.Load()
+	if first == nil {
+		enc := e.encodeWS(key)
+		e.ws.Store(enc)
+		return enc
+	}
+	if first.wsKey == key {
+		return first
+	}
+	old := e.wsMore.Load()
 	if old != nil && (*old)[key] != nil {
 		return (*old)[key]
 	}
-	data := []byte(e.Data)
-	if format == FormatJSON {
-		data = encodeFrame(wsFrame{ID: e.ID, Topic: topic, Event: e.Type, Data: e.Data})
-	}
-	frame := appendServerFrame(nil, opText, data)
-	enc := &wsEncoding{frame: frame, data: frame[len(frame)-len(data):]}
-	m := make(map[string]*wsEncoding, 1)
+	enc := e.encodeWS(key)
+	m := make(map[wsKey]*wsEncoding, 1)
 	if old != nil {
 		maps.Copy(m, *old)
 	}
 	m[key] = enc
-	e.ws.Store(&m)
+	e.wsMore.Store(&m)
 	return enc
 }
 
+// wsScratch holds json payloads while their frame is sized.
+var wsScratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// encodeWS makes one encoding: a text frame of exactly its size, which
+// is all an event keeps of it besides the wsEncoding.
+func (e *Event) encodeWS(key wsKey) *wsEncoding {
+	if !key.json {
+		n := len(e.Data)
+		frame := appendServerFrameString(make([]byte, 0, frameHeaderLen(n)+n), opText, e.Data)
+		return &wsEncoding{wsKey: key, frame: frame, data: frame[len(frame)-n:]}
+	}
+	bp := wsScratch.Get().(*[]byte)
+	payload := appendFrameJSON((*bp)[:0], wsFrame{ID: e.ID, Topic: key.topic, Event: e.Type, Data: e.Data})
+	n := len(payload)
+	frame := appendServerFrame(make([]byte, 0, frameHeaderLen(n)+n), opText, payload)
+	if cap(payload) <= 64<<10 { // a rare large one is left to the collector
+		*bp = payload
+		wsScratch.Put(bp)
+	}
+	return &wsEncoding{wsKey: key, frame: frame, data: frame[len(frame)-n:]}
+}
+
 // encodeFrame writes a json-format frame, leaving <, > and & as they are.
-func encodeFrame(f wsFrame) []byte {
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	_ = enc.Encode(f)
-	return bytes.TrimSuffix(b.Bytes(), []byte("\n"))
+func encodeFrame(f wsFrame) []byte { return appendFrameJSON(nil, f) }
+
+// appendFrameJSON appends f as encoding/json writes it with SetEscapeHTML
+// (false), without the reflection and the buffers: an event's frame is
+// made on the fan-out's path. FuzzFrameJSON holds the two to the same
+// bytes.
+func appendFrameJSON(b []byte, f wsFrame) []byte {
+	b = append(b, `{"id":`...)
+	b = appendJSONString(b, f.ID)
+	if f.Topic != "" {
+		b = append(b, `,"topic":`...)
+		b = appendJSONString(b, f.Topic)
+	}
+	if f.Event != "" {
+		b = append(b, `,"event":`...)
+		b = appendJSONString(b, f.Event)
+	}
+	b = append(b, `,"data":`...)
+	b = appendJSONString(b, f.Data)
+	return append(b, '}')
+}
+
+// appendJSONString is encoding/json's string encoder without HTML
+// escaping: quotes, backslashes and control characters escaped, invalid
+// UTF-8 replaced by U+FFFD, U+2028 and U+2029 escaped for JavaScript.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }

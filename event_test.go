@@ -2,6 +2,7 @@ package push
 
 import (
 	"bytes"
+	"encoding/json"
 	"strconv"
 	"strings"
 	"testing"
@@ -336,5 +337,46 @@ func FuzzSSERoundTrip(f *testing.F) {
 		id := FormatID("k3x", seq)
 		ev := &Event{Message: m, ID: id}
 		assertRoundTrip(t, ev.SSE(), id, typ, data, retry)
+	})
+}
+
+// FuzzFrameJSON: the hand-written json frame is byte for byte what
+// encoding/json writes with SetEscapeHTML(false), for any strings, valid
+// UTF-8 or not; and the event's WebSocket frame carries it whole.
+func FuzzFrameJSON(f *testing.F) {
+	for _, s := range [][4]string{
+		{"k3x-1", "t", "", "hello"},
+		{"k3x-2", "chat/lobby", "update", `{"a":"<b>&</b>"}`},
+		{"", "", "", ""},
+		{"x", "\"quoted\"\\", "\b\f\n\r\t", "\x00\x01\x1f\x7f"},
+		{"x", "bad \xff utf-8 \xe2\x80", "\u2028\u2029", "é\uFEFF😀"},
+	} {
+		f.Add(s[0], s[1], s[2], s[3])
+	}
+	f.Fuzz(func(t *testing.T, id, topic, typ, data string) {
+		fr := wsFrame{ID: id, Topic: topic, Event: typ, Data: data}
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(fr); err != nil {
+			t.Fatal(err)
+		}
+		got := appendFrameJSON([]byte("prefix"), fr)
+		if !bytes.Equal(got[len("prefix"):], bytes.TrimSuffix(want.Bytes(), []byte("\n"))) {
+			t.Fatalf("appendFrameJSON(%+v) = %q, encoding/json writes %q", fr, got[len("prefix"):], want.Bytes())
+		}
+		if topic == "" {
+			return
+		}
+		ev := &Event{Message: Message{Topics: []string{topic}, Type: typ, Data: data}, ID: id}
+		fr.Topic = topic
+		frame := ev.wsFrame(FormatJSON, []string{topic})
+		payload := encodeFrame(fr)
+		if !bytes.Equal(frame, appendServerFrame(nil, opText, payload)) || cap(frame) != len(frame) {
+			t.Fatalf("wsFrame = %q (cap %d), want the frame of %q, exactly sized", frame, cap(frame), payload)
+		}
+		if text := ev.wsFrame(FormatText, nil); !bytes.Equal(text, appendServerFrame(nil, opText, []byte(data))) {
+			t.Fatalf("text wsFrame = %q, want the frame of %q", text, data)
+		}
 	})
 }

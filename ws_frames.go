@@ -19,18 +19,40 @@ const (
 
 // appendServerFrame appends one whole, unmasked frame (a server's).
 func appendServerFrame(b []byte, op byte, payload []byte) []byte {
+	return append(appendFrameHeader(b, op, len(payload)), payload...)
+}
+
+// appendServerFrameString is appendServerFrame with the payload in a
+// string.
+func appendServerFrameString(b []byte, op byte, payload string) []byte {
+	return append(appendFrameHeader(b, op, len(payload)), payload...)
+}
+
+// appendFrameHeader appends the header of an unmasked, final frame whose
+// payload is n bytes; it is frameHeaderLen(n) bytes long.
+func appendFrameHeader(b []byte, op byte, n int) []byte {
 	b = append(b, 0x80|op)
-	switch n := len(payload); {
+	switch {
 	case n < 126:
-		b = append(b, byte(n))
+		return append(b, byte(n))
 	case n <= 0xFFFF:
 		b = append(b, 126)
-		b = binary.BigEndian.AppendUint16(b, uint16(n))
+		return binary.BigEndian.AppendUint16(b, uint16(n))
 	default:
 		b = append(b, 127)
-		b = binary.BigEndian.AppendUint64(b, uint64(n))
+		return binary.BigEndian.AppendUint64(b, uint64(n))
 	}
-	return append(b, payload...)
+}
+
+func frameHeaderLen(n int) int {
+	switch {
+	case n < 126:
+		return 2
+	case n <= 0xFFFF:
+		return 4
+	default:
+		return 10
+	}
 }
 
 // closeFrame is a close frame with a code and a reason, cut to the 123
