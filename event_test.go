@@ -350,6 +350,8 @@ func FuzzFrameJSON(f *testing.F) {
 		{"", "", "", ""},
 		{"x", "\"quoted\"\\", "\b\f\n\r\t", "\x00\x01\x1f\x7f"},
 		{"x", "bad \xff utf-8 \xe2\x80", "\u2028\u2029", "é\uFEFF😀"},
+		// a topic named as a format: its json frame is not the text one
+		{"k3x-3", "text", "", "plain"},
 	} {
 		f.Add(s[0], s[1], s[2], s[3])
 	}
