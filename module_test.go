@@ -11,6 +11,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -36,6 +37,10 @@ func TestMain(m *testing.M) {
 }
 
 // freePort returns a loopback port that was free a moment ago.
+// portsGiven are the ports freePort has returned: the kernel may offer a
+// closed port again at once, and a test taking two would get it twice.
+var portsGiven sync.Map
+
 func freePort(t testing.TB) string {
 	t.Helper()
 	// free for UDP too: an HTTPS site also listens for HTTP/3 on it
@@ -49,7 +54,9 @@ func freePort(t testing.TB) string {
 		l.Close()
 		if err == nil {
 			u.Close()
-			return strconv.Itoa(port)
+			if _, taken := portsGiven.LoadOrStore(port, true); !taken {
+				return strconv.Itoa(port)
+			}
 		}
 	}
 	t.Fatal("no port free for both TCP and UDP")

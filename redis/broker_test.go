@@ -48,14 +48,25 @@ func buildCaddy(t *testing.T) string {
 	return caddyBin
 }
 
+// portsGiven are the ports freePort has returned: the kernel may offer a
+// closed port again at once, and a test taking two would get it twice.
+var portsGiven sync.Map
+
 func freePort(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	for range 20 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if _, taken := portsGiven.LoadOrStore(port, true); !taken {
+			return strconv.Itoa(port)
+		}
 	}
-	defer l.Close()
-	return strconv.Itoa(l.Addr().(*net.TCPAddr).Port)
+	t.Fatal("no free port")
+	return ""
 }
 
 // redisServer is a redis-server of the test's own, on a free loopback

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -29,6 +30,10 @@ func newBufReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, rea
 
 // freePort is a loopback port free for TCP and, when udp is set, for UDP
 // too (HTTP/3 serves on the HTTPS port's UDP twin).
+// portsGiven are the ports freePort has returned: the kernel may offer a
+// closed port again at once, and a test taking two would get it twice.
+var portsGiven sync.Map
+
 func freePort(t *testing.T, udp bool) string {
 	t.Helper()
 	for range 20 {
@@ -38,11 +43,14 @@ func freePort(t *testing.T, udp bool) string {
 		}
 		port := l.Addr().(*net.TCPAddr).Port
 		l.Close()
-		if !udp {
-			return strconv.Itoa(port)
-		}
-		if u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port}); err == nil {
+		if udp {
+			u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
+			if err != nil {
+				continue
+			}
 			u.Close()
+		}
+		if _, taken := portsGiven.LoadOrStore(port, true); !taken {
 			return strconv.Itoa(port)
 		}
 	}
