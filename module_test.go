@@ -6,12 +6,10 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +17,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	_ "github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
+
+	"github.com/caddy-push/push/internal/testport"
 )
 
 func TestMain(m *testing.M) {
@@ -36,32 +36,9 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
-// freePort returns a loopback port that was free a moment ago.
-// portsGiven are the ports freePort has returned: the kernel may offer a
-// closed port again at once, and a test taking two would get it twice.
-var portsGiven sync.Map
-
-func freePort(t testing.TB) string {
-	t.Helper()
-	// free for UDP too: an HTTPS site also listens for HTTP/3 on it
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", ":"+strconv.Itoa(port))
-		l.Close()
-		if err == nil {
-			u.Close()
-			if _, taken := portsGiven.LoadOrStore(port, true); !taken {
-				return strconv.Itoa(port)
-			}
-		}
-	}
-	t.Fatal("no port free for both TCP and UDP")
-	return ""
-}
+// freePort is a port free for TCP and UDP: an HTTPS site also listens
+// for HTTP/3 on it.
+func freePort(t testing.TB) string { return testport.Free(t, true) }
 
 // adapt turns a Caddyfile into Caddy's JSON config.
 func adapt(t testing.TB, caddyfile string) []byte {

@@ -19,6 +19,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/caddy-push/push/internal/testport"
 )
 
 // caddyBin is cmd/caddy, built once for every test of the package.
@@ -48,26 +50,7 @@ func buildCaddy(t *testing.T) string {
 	return caddyBin
 }
 
-// portsGiven are the ports freePort has returned: the kernel may offer a
-// closed port again at once, and a test taking two would get it twice.
-var portsGiven sync.Map
-
-func freePort(t testing.TB) string {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if _, taken := portsGiven.LoadOrStore(port, true); !taken {
-			return strconv.Itoa(port)
-		}
-	}
-	t.Fatal("no free port")
-	return ""
-}
+func freePort(t testing.TB) string { return testport.Free(t, false) }
 
 // redisServer is a redis-server of the test's own, on a free loopback
 // port, persisting every write (so a restart loses nothing acknowledged).

@@ -11,7 +11,6 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -22,6 +21,7 @@ import (
 	_ "github.com/caddyserver/caddy/v2/modules/standard"
 
 	_ "github.com/caddy-push/push"
+	"github.com/caddy-push/push/internal/testport"
 )
 
 var errConnRefused = syscall.ECONNREFUSED
@@ -30,33 +30,7 @@ func newBufReader(r io.Reader) *bufio.Reader { return bufio.NewReaderSize(r, rea
 
 // freePort is a loopback port free for TCP and, when udp is set, for UDP
 // too (HTTP/3 serves on the HTTPS port's UDP twin).
-// portsGiven are the ports freePort has returned: the kernel may offer a
-// closed port again at once, and a test taking two would get it twice.
-var portsGiven sync.Map
-
-func freePort(t *testing.T, udp bool) string {
-	t.Helper()
-	for range 20 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		l.Close()
-		if udp {
-			u, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1), Port: port})
-			if err != nil {
-				continue
-			}
-			u.Close()
-		}
-		if _, taken := portsGiven.LoadOrStore(port, true); !taken {
-			return strconv.Itoa(port)
-		}
-	}
-	t.Fatal("no free port")
-	return ""
-}
+func freePort(t *testing.T, udp bool) string { return testport.Free(t, udp) }
 
 // startCaddy runs bench/Caddyfile's sites in this process on free
 // loopback ports, and returns their addresses: plain HTTP, and HTTPS
