@@ -150,9 +150,11 @@ func ParseID(id string) (epoch string, seq uint64, ok bool) {
 // shared by every subscriber.
 func (e *Event) SSE() []byte {
 	e.sseOnce.Do(func() {
-		// sized at once: an event in history keeps it
+		// sized at once, as an event in history keeps it: "data: " and
+		// "\n" per line, and at most 41 bytes of field names, the retry's
+		// digits and line ends besides
 		lines := 1 + strings.Count(e.Data, "\n") + strings.Count(e.Data, "\r")
-		b := make([]byte, 0, len(e.ID)+len(e.Type)+len(e.Data)+7*lines+42)
+		b := make([]byte, 0, len(e.ID)+len(e.Type)+len(e.Data)+7*lines+41)
 		e.sse = appendSSE(b, e.ID, e.Type, e.Data, e.Retry)
 	})
 	return e.sse
@@ -254,37 +256,37 @@ func (e *Event) wsEncoded(format string, subscribed []string) *wsEncoding {
 			}
 		}
 	}
-	if enc := e.ws.Load(); enc != nil && enc.wsKey == key {
+	if enc := e.findWS(key); enc != nil {
 		return enc
-	}
-	if m := e.wsMore.Load(); m != nil {
-		if enc := (*m)[key]; enc != nil {
-			return enc
-		}
 	}
 	e.wsMu.Lock()
 	defer e.wsMu.Unlock()
-	first := e.ws.Load()
-	if first == nil {
-		enc := e.encodeWS(key)
+	if enc := e.findWS(key); enc != nil {
+		return enc // made meanwhile
+	}
+	enc := e.encodeWS(key)
+	if e.ws.Load() == nil {
 		e.ws.Store(enc)
 		return enc
 	}
-	if first.wsKey == key {
-		return first
-	}
-	old := e.wsMore.Load()
-	if old != nil && (*old)[key] != nil {
-		return (*old)[key]
-	}
-	enc := e.encodeWS(key)
 	m := make(map[wsKey]*wsEncoding, 1)
-	if old != nil {
+	if old := e.wsMore.Load(); old != nil {
 		maps.Copy(m, *old)
 	}
 	m[key] = enc
 	e.wsMore.Store(&m)
 	return enc
+}
+
+// findWS returns the encoding named key, if it was made.
+func (e *Event) findWS(key wsKey) *wsEncoding {
+	if enc := e.ws.Load(); enc != nil && enc.wsKey == key {
+		return enc
+	}
+	if m := e.wsMore.Load(); m != nil {
+		return (*m)[key]
+	}
+	return nil
 }
 
 // wsScratch holds json payloads while their frame is sized.
