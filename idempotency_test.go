@@ -397,6 +397,60 @@ func TestIdempotencyThroughReloads(t *testing.T) {
 	publishers := []keyed{{path: "/publish", auth: "s3cret"}, {path: "/other", auth: "other-s3cret"}}
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
+	var (
+		mu     sync.Mutex
+		got    []sseEvent
+		resume int
+	)
+	subDone, opened := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(subDone)
+		client := newTestClient()
+		defer client.CloseIdleConnections()
+		last, open := "", opened
+		for ctx.Err() == nil {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+"/events?topic=r", nil)
+			if last != "" {
+				req.Header.Set("Last-Event-ID", last)
+			}
+			resp, err := client.Do(req)
+			if err != nil {
+				time.Sleep(20 * time.Millisecond)
+				continue
+			}
+			if open != nil {
+				// subscribed: the publishers may start (a fresh stream
+				// starts from the head, so an event published before
+				// would never reach it)
+				close(open)
+				open = nil
+			}
+			done := false
+			_ = parseSSE(resp.Body, func(it sseItem) bool {
+				if it.Event == nil {
+					return true
+				}
+				mu.Lock()
+				defer mu.Unlock()
+				got = append(got, *it.Event)
+				last = it.Event.ID
+				done = len(got) >= len(publishers)*perPublisher
+				return !done
+			})
+			resp.Body.Close()
+			if done {
+				return
+			}
+			mu.Lock()
+			resume++
+			mu.Unlock()
+		}
+	}()
+	select {
+	case <-opened:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the subscriber's stream did not open")
+	}
 	var wg sync.WaitGroup
 	acked := make([][]string, len(publishers))
 	for i, p := range publishers {
@@ -420,48 +474,6 @@ func TestIdempotencyThroughReloads(t *testing.T) {
 			}
 		}()
 	}
-	var (
-		mu     sync.Mutex
-		got    []sseEvent
-		resume int
-	)
-	subDone := make(chan struct{})
-	go func() {
-		defer close(subDone)
-		client := newTestClient()
-		defer client.CloseIdleConnections()
-		last := ""
-		for ctx.Err() == nil {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, c.URL+"/events?topic=r", nil)
-			if last != "" {
-				req.Header.Set("Last-Event-ID", last)
-			}
-			resp, err := client.Do(req)
-			if err != nil {
-				time.Sleep(20 * time.Millisecond)
-				continue
-			}
-			done := false
-			_ = parseSSE(resp.Body, func(it sseItem) bool {
-				if it.Event == nil {
-					return true
-				}
-				mu.Lock()
-				defer mu.Unlock()
-				got = append(got, *it.Event)
-				last = it.Event.ID
-				done = len(got) >= len(publishers)*perPublisher
-				return !done
-			})
-			resp.Body.Close()
-			if done {
-				return
-			}
-			mu.Lock()
-			resume++
-			mu.Unlock()
-		}
-	}()
 	for range 5 {
 		time.Sleep(300 * time.Millisecond)
 		c.Load(idempotencySite)
@@ -471,9 +483,20 @@ func TestIdempotencyThroughReloads(t *testing.T) {
 	case <-subDone:
 	case <-time.After(10 * time.Second):
 		mu.Lock()
-		n := len(got)
-		mu.Unlock()
-		t.Fatalf("the subscriber has %d events of %d", n, len(publishers)*perPublisher)
+		defer mu.Unlock()
+		seen := make(map[string]bool)
+		for _, ev := range got {
+			seen[ev.Data] = true
+		}
+		var missing []string
+		for i := range publishers {
+			for n := range perPublisher {
+				if d := fmt.Sprintf("%d/%d", i, n); !seen[d] {
+					missing = append(missing, d)
+				}
+			}
+		}
+		t.Fatalf("the subscriber has %d events of %d; missing: %q", len(got), len(publishers)*perPublisher, missing[:min(len(missing), 20)])
 	}
 	cancel()
 	t.Logf("%d answers cut, %d publishes retried by the test's loop (more by Go's transport), %d streams resumed", cuts.Load(), retries.Load(), resume)
