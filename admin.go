@@ -7,7 +7,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"net/url"
 	"slices"
@@ -296,7 +295,7 @@ func readBody(w http.ResponseWriter, r *http.Request) ([]byte, error) {
 	if ct := r.Header.Get("Content-Type"); ct != "" && !strings.HasPrefix(ct, "application/json") {
 		return nil, apiError(http.StatusUnsupportedMediaType, errors.New("content type must be application/json"))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, DefaultMaxBody))
+	body, err := readLimited(w, r, DefaultMaxBody)
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			return nil, apiError(http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", DefaultMaxBody))

@@ -1,7 +1,12 @@
 package push
 
 import (
+	"bytes"
+	"fmt"
+	"net/url"
+	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
@@ -124,4 +129,68 @@ func FuzzClientFrame(f *testing.F) {
 			t.Fatalf("frame %q passed a bad key %q", frame, m.IdempotencyKey)
 		}
 	})
+}
+
+// FuzzFormParse holds parseFormMessage, which reads the form body's bytes
+// with no map, to what url.ParseQuery makes of the same body: the same
+// message when one is accepted, and a malformed form reported as such.
+func FuzzFormParse(f *testing.F) {
+	for _, s := range []string{
+		"topic=a&data=hello", "topic=a&topic=b&type=x&retry=100", "topic=%ff", "data=%zz", "data=%4", "data=%",
+		"to%70ic=a&d%61ta=x+y%20z", "topic=a;b", "topic=a&&data=b&", "=x", "topic", "data=1&data=2",
+		"topic=a&colour=red&data=%zz", "topic=a&id=1", "retry=-1&topic=a", "topic=a&data=%E2%80%A8+%0a",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		if bytes.Count(body, []byte("&"))+1 > maxFormFields {
+			return // ParseQuery's own limit, with its own message
+		}
+		got, err := parseFormMessage(body)
+		want, wantErr := parseFormReference(body)
+		if (err == nil) != (wantErr == nil) {
+			t.Fatalf("%q: got %+v, %v; url.ParseQuery's reading: %+v, %v", body, got, err, want, wantErr)
+		}
+		if err != nil {
+			malformed := strings.HasPrefix(err.Error(), "malformed form body: ")
+			if malformed != strings.HasPrefix(wantErr.Error(), "malformed form body: ") ||
+				malformed && err.Error() != wantErr.Error() {
+				t.Fatalf("%q: error %q; url.ParseQuery's reading: %q", body, err, wantErr)
+			}
+			return
+		}
+		if !reflect.DeepEqual(got, want) {
+			t.Fatalf("%q: got %+v, url.ParseQuery's reading %+v", body, got, want)
+		}
+	})
+}
+
+// parseFormReference is parseFormMessage as it was, on url.ParseQuery;
+// with several bad fields, which one it names depends on map order.
+func parseFormReference(body []byte) (Message, error) {
+	form, err := url.ParseQuery(string(body))
+	if err != nil {
+		return Message{}, fmt.Errorf("malformed form body: %v", err)
+	}
+	var m Message
+	for field, values := range form {
+		if field != "topic" && len(values) > 1 {
+			return Message{}, fmt.Errorf("field %q is given more than once", field)
+		}
+		switch field {
+		case "topic":
+			m.Topics = values
+		case "data":
+			m.Data = values[0]
+		case "type":
+			m.Type = values[0]
+		case "retry":
+			if m.Retry, err = strconv.ParseInt(values[0], 10, 64); err != nil || m.Retry < 0 {
+				return Message{}, fmt.Errorf("retry %q is not a number of milliseconds", values[0])
+			}
+		default:
+			return Message{}, fmt.Errorf("unknown field %q", field)
+		}
+	}
+	return m, nil
 }

@@ -2,6 +2,7 @@ package push
 
 import (
 	"bytes"
+	"cmp"
 	"crypto/sha256"
 	"crypto/subtle"
 	"encoding/hex"
@@ -132,7 +133,7 @@ func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 	if r.ContentLength > h.MaxBody {
 		return writeError(w, r, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", h.MaxBody))
 	}
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.MaxBody))
+	body, err := readLimited(w, r, h.MaxBody)
 	if err != nil {
 		if errors.As(err, new(*http.MaxBytesError)) {
 			return writeError(w, r, http.StatusRequestEntityTooLarge, fmt.Errorf("body is larger than %d bytes", h.MaxBody))
@@ -177,6 +178,27 @@ func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 	w.WriteHeader(http.StatusOK)
 	_, _ = io.WriteString(w, p.ID)
 	return nil
+}
+
+// presize is the largest body read into a buffer of the size its
+// Content-Length gives before a byte has come: a claimed length costs the
+// client nothing, so a larger body grows only as it arrives.
+const presize = 64 << 10
+
+// readLimited reads a request body of at most max bytes: a small body
+// whose length the request gives (a publish, usually) into a buffer of
+// its size, any other growing as it comes. Past max, the error is an
+// *http.MaxBytesError.
+func readLimited(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
+	if n := r.ContentLength; n >= 0 && n <= min(max, presize) {
+		// net/http ends the body at its Content-Length
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r.Body, body); err != nil {
+			return nil, err
+		}
+		return body, nil
+	}
+	return io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 }
 
 // testAfterPublish, set by tests, runs once an event is published and
@@ -281,38 +303,163 @@ func (h *PublishHandler) tokenMatches(r *http.Request) bool {
 	return subtle.ConstantTimeCompare(sum[:], h.tokenHash[:]) == 1
 }
 
+// maxFormFields bounds the fields of a form body, as url.ParseQuery
+// does by default.
+const maxFormFields = 10000
+
+var errSemicolon = errors.New("invalid semicolon separator in query")
+
 // parseFormMessage reads Mercure's publish fields: topic (repeatable),
-// data, type and retry.
+// data, type and retry. It reads the form as url.ParseQuery does, and in
+// body order, but straight from the body's bytes and with no map: a
+// malformed form (a bad escape, a semicolon) is reported before any
+// field's problem, and otherwise the first field's problem is.
 func parseFormMessage(body []byte) (Message, error) {
-	form, err := url.ParseQuery(string(body))
-	if err != nil {
-		return Message{}, fmt.Errorf("malformed form body: %v", err)
+	if bytes.Count(body, []byte("&"))+1 > maxFormFields {
+		return Message{}, fmt.Errorf("malformed form body: more than %d fields", maxFormFields)
 	}
-	var m Message
-	for field, values := range form {
-		if field != "topic" && len(values) > 1 {
-			return Message{}, fmt.Errorf("field %q is given more than once", field)
+	var (
+		m                  Message
+		malformed, invalid error
+		given              [3]bool // data, type, retry
+	)
+	for q := body; len(q) > 0; {
+		var part []byte
+		part, q, _ = bytes.Cut(q, []byte("&"))
+		if bytes.IndexByte(part, ';') >= 0 {
+			// as url.ParseQuery has it: this one replaces an earlier
+			// error, where a bad escape does not
+			malformed = errSemicolon
+			continue
 		}
-		switch field {
-		case "topic":
-			m.Topics = values
-		case "data":
-			m.Data = values[0]
-		case "type":
-			m.Type = values[0]
-		case "retry":
-			if m.Retry, err = strconv.ParseInt(values[0], 10, 64); err != nil || m.Retry < 0 {
-				return Message{}, fmt.Errorf("retry %q is not a number of milliseconds", values[0])
-			}
-		case "id":
-			return Message{}, errors.New("field \"id\" is not supported: the hub assigns event ids")
-		case "private":
-			return Message{}, errors.New("field \"private\" is not supported: protect topics on the subscribe side")
-		default:
-			return Message{}, fmt.Errorf("unknown field %q", field)
+		if len(part) == 0 {
+			continue
 		}
+		rawField, rawValue, _ := bytes.Cut(part, []byte("="))
+		field, err := formField(rawField)
+		if err != nil {
+			malformed = cmp.Or(malformed, err)
+			continue
+		}
+		value, err := unescapeForm(rawValue)
+		if err != nil {
+			malformed = cmp.Or(malformed, err)
+			continue
+		}
+		if invalid == nil {
+			invalid = m.setFormField(field, value, &given)
+		}
+	}
+	switch {
+	case malformed != nil:
+		return Message{}, fmt.Errorf("malformed form body: %v", malformed)
+	case invalid != nil:
+		return Message{}, invalid
 	}
 	return m, nil
+}
+
+// formField is a form field's name, unescaped; the known ones cost no
+// allocation.
+func formField(b []byte) (string, error) {
+	switch string(b) {
+	case "topic":
+		return "topic", nil
+	case "data":
+		return "data", nil
+	case "type":
+		return "type", nil
+	case "retry":
+		return "retry", nil
+	}
+	return unescapeForm(b)
+}
+
+// unescapeForm is url.QueryUnescape of b, with the same errors, in one
+// allocation.
+func unescapeForm(b []byte) (string, error) {
+	escapes, plus := 0, false
+	for i := 0; i < len(b); i++ {
+		switch b[i] {
+		case '%':
+			if i+2 >= len(b) || !isHex(b[i+1]) || !isHex(b[i+2]) {
+				return "", url.EscapeError(b[i:min(i+3, len(b))])
+			}
+			escapes++
+			i += 2
+		case '+':
+			plus = true
+		}
+	}
+	if escapes == 0 && !plus {
+		return string(b), nil
+	}
+	var t strings.Builder
+	t.Grow(len(b) - 2*escapes)
+	for i := 0; i < len(b); i++ {
+		switch c := b[i]; c {
+		case '%':
+			t.WriteByte(unHex(b[i+1])<<4 | unHex(b[i+2]))
+			i += 2
+		case '+':
+			t.WriteByte(' ')
+		default:
+			t.WriteByte(c)
+		}
+	}
+	return t.String(), nil
+}
+
+func isHex(c byte) bool {
+	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
+}
+
+func unHex(c byte) byte {
+	switch {
+	case c <= '9':
+		return c - '0'
+	case c <= 'F':
+		return c - 'A' + 10
+	}
+	return c - 'a' + 10
+}
+
+// setFormField sets one field of a form body on m; given tracks the
+// fields that may appear only once.
+func (m *Message) setFormField(field, value string, given *[3]bool) error {
+	once := func(i int) error {
+		if given[i] {
+			return fmt.Errorf("field %q is given more than once", field)
+		}
+		given[i] = true
+		return nil
+	}
+	var err error
+	switch field {
+	case "topic":
+		m.Topics = append(m.Topics, value)
+	case "data":
+		if err = once(0); err == nil {
+			m.Data = value
+		}
+	case "type":
+		if err = once(1); err == nil {
+			m.Type = value
+		}
+	case "retry":
+		if err = once(2); err == nil {
+			if m.Retry, err = strconv.ParseInt(value, 10, 64); err != nil || m.Retry < 0 {
+				err = fmt.Errorf("retry %q is not a number of milliseconds", value)
+			}
+		}
+	case "id":
+		err = errors.New("field \"id\" is not supported: the hub assigns event ids")
+	case "private":
+		err = errors.New("field \"private\" is not supported: protect topics on the subscribe side")
+	default:
+		err = fmt.Errorf("unknown field %q", field)
+	}
+	return err
 }
 
 // jsonMessage is the JSON publish body.
