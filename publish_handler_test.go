@@ -62,6 +62,9 @@ func TestPublishErrors(t *testing.T) {
 		{"id field", "POST", "/publish", auth, form, "topic=a&id=7", 400, "assigns event ids"},
 		{"private field", "POST", "/publish", auth, form, "topic=a&private=on", 400, "private"},
 		{"bad escape", "POST", "/publish", auth, form, "topic=a&data=%zz", 400, "malformed form"},
+		{"semicolon", "POST", "/publish", auth, form, "topic=a;data=x", 400, "malformed form body: invalid semicolon"},
+		{"malformed before a bad field", "POST", "/publish", auth, form, "colour=red&data=%zz", 400, `malformed form body: invalid URL escape "%zz"`},
+		{"the first bad field", "POST", "/publish", auth, form, "topic=a&colour=red&id=7&data=1&data=2", 400, `unknown field "colour"`},
 		{"json syntax", "POST", "/publish", auth, json, `{"topic":"a",`, 400, "invalid JSON"},
 		{"json topics type", "POST", "/publish", auth, json, `{"topics":"a"}`, 400, "invalid JSON"},
 		{"json retry type", "POST", "/publish", auth, json, `{"topic":"a","retry":"1"}`, 400, "invalid JSON"},
@@ -290,6 +293,19 @@ func TestPublishNeedsCredentialsOrAnonymous(t *testing.T) {
 	cfg := adapt(t, "{\n\tadmin off\n}\nhttp://127.0.0.1:"+freePort(t)+" {\n\tpush_publish\n}\n")
 	if err := caddyValidate(cfg); err == nil || !strings.Contains(err.Error(), "anonymous") {
 		t.Fatalf("got %v, want a refusal that names anonymous", err)
+	}
+}
+
+// A form body of more than 10,000 fields is refused before any is read,
+// as url.ParseQuery refuses it.
+func TestFormFieldsBounded(t *testing.T) {
+	body := strings.Repeat("topic=a&", maxFormFields) + "data=x"
+	if _, err := parseFormMessage([]byte(body)); err == nil || !strings.Contains(err.Error(), "more than 10000 fields") {
+		t.Fatalf("got %v, want a refusal of more than 10000 fields", err)
+	}
+	m, err := parseFormMessage([]byte(body[len("topic=a&"):]))
+	if err != nil || len(m.Topics) != maxFormFields-1 || m.Data != "x" {
+		t.Fatalf("10000 fields: %d topics, %q, %v", len(m.Topics), m.Data, err)
 	}
 }
 
