@@ -191,12 +191,21 @@ const presize = 64 << 10
 // *http.MaxBytesError.
 func readLimited(w http.ResponseWriter, r *http.Request, max int64) ([]byte, error) {
 	if n := r.ContentLength; n >= 0 && n <= min(max, presize) {
-		// net/http ends the body at its Content-Length
-		body := make([]byte, n)
-		if _, err := io.ReadFull(r.Body, body); err != nil {
+		// one byte more than the length, to see the body end there, as
+		// reading to the end would (HTTP/2 and HTTP/3 bodies are not cut
+		// at their Content-Length by the server)
+		body := make([]byte, n+1)
+		switch got, err := io.ReadFull(r.Body, body); {
+		case got > int(n):
+			return nil, errors.New("body is longer than its Content-Length")
+		case err == io.EOF || err == io.ErrUnexpectedEOF:
+			if got < int(n) {
+				return nil, io.ErrUnexpectedEOF
+			}
+			return body[:n], nil
+		default:
 			return nil, err
 		}
-		return body, nil
 	}
 	return io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 }

@@ -309,6 +309,35 @@ func TestFormFieldsBounded(t *testing.T) {
 	}
 }
 
+// readLimited reads a body to its end, as io.ReadAll would: one longer
+// or shorter than its Content-Length (which an HTTP/2 or HTTP/3 client
+// can send) is an error, not a body cut at the length.
+func TestReadLimited(t *testing.T) {
+	for _, tc := range []struct {
+		name, body string
+		length     int64
+		want       string // or the error
+	}{
+		{"exact", "topic=a", 7, "topic=a"},
+		{"empty", "", 0, ""},
+		{"longer than its length", "topic=a&data=x", 7, "error: body is longer than its Content-Length"},
+		{"shorter than its length", "topic", 7, "error: unexpected EOF"},
+		{"no length", "topic=a", -1, "topic=a"},
+		{"no length, over the limit", strings.Repeat("x", 101), -1, "error: http: request body too large"},
+	} {
+		r := httptest.NewRequest(http.MethodPost, "/", strings.NewReader(tc.body))
+		r.ContentLength = tc.length
+		body, err := readLimited(httptest.NewRecorder(), r, 100)
+		got := string(body)
+		if err != nil {
+			got = "error: " + err.Error()
+		}
+		if got != tc.want {
+			t.Errorf("%s: got %q, want %q", tc.name, got, tc.want)
+		}
+	}
+}
+
 // BenchmarkPublishHandler is one publish through the route's handler, as
 // pushbench sends it (a form with a 256-byte payload), without Caddy's
 // own request handling around it: what the handler allocates per publish.
