@@ -30,6 +30,9 @@
 #   SCENARIOS   [idle fanout broadcast churn]    TRANSPORTS [sse ws]
 #   TARGETS     [caddy-push nchan centrifugo]
 #   PROTOCOLS   [http]: any of http https-h1 h2 h3
+#   PUBLISH     [http]: any of http ws; ws publishes over a WebSocket per
+#               topic (pushbench -pub-ws; caddy-push and nchan only), and
+#               the table names those runs fanout-pubws and so on
 #   RUNS        runs of everything; the table has the medians [1]
 #   OUT         results directory [bench/out]    PLOT [bench/latency.png]
 #   CADDY_PORT [8090]  NCHAN_PORT [8091]  CENTRIFUGO_PORT [8092]
@@ -52,6 +55,7 @@ SCENARIOS=${SCENARIOS:-idle fanout broadcast churn}
 TRANSPORTS=${TRANSPORTS:-sse ws}
 TARGETS=${TARGETS:-caddy-push nchan centrifugo}
 PROTOCOLS=${PROTOCOLS:-http}
+PUBLISH=${PUBLISH:-http}
 RUNS=${RUNS:-1}
 OUT=${OUT:-bench/out}
 PLOT=${PLOT:-bench/latency.png}
@@ -221,9 +225,13 @@ stop_server() {
 	SERVER_PID=""
 }
 
-# skip_reason TARGET PROTOCOL TRANSPORT: why that combination does not
-# run, or nothing
+# skip_reason TARGET PROTOCOL TRANSPORT SCENARIO PUBLISH: why that
+# combination does not run, or nothing
 skip_reason() {
+	case $5/$4/$1 in
+	ws/idle/*) echo "idle publishes nothing"; return ;;
+	ws/*/centrifugo) echo "Centrifugo publishes over HTTP here"; return ;;
+	esac
 	case $1/$2/$3 in
 	*/http/* | caddy-push/https-h1/* | nchan/https-h1/*) ;;
 	*/h2/ws | */h3/ws) echo "WebSocket is over http and https-h1 only" ;;
@@ -232,9 +240,10 @@ skip_reason() {
 	esac
 }
 
-# bench TARGET SCENARIO TRANSPORT RUN PROTOCOL: one pushbench run on a fresh server
+# bench TARGET SCENARIO TRANSPORT RUN PROTOCOL PUBLISH: one pushbench run
+# on a fresh server
 bench() {
-	local target=$1 scenario=$2 transport=$3 run=$4 proto=${5:-http}
+	local target=$1 scenario=$2 transport=$3 run=$4 proto=${5:-http} over=${6:-http}
 	local -a args
 	case $scenario in
 	idle) args=(-n "$(scale 19000)" -duration "$(seconds 10)") ;;
@@ -252,8 +261,12 @@ bench() {
 		# connect as fast as this machine completes them
 		args+=(-connect-rate "$TLS_CONNECT_RATE")
 	fi
+	if [ "$over" = ws ]; then
+		name="${name/#$scenario-/$scenario-pubws-}"
+		args+=(-pub-ws)
+	fi
 	local skip
-	skip=$(skip_reason "$target" "$proto" "$transport")
+	skip=$(skip_reason "$target" "$proto" "$transport" "$scenario" "$over")
 	if [ -n "$skip" ]; then
 		((run > 1)) || log "$name: skipped: $skip"
 		return
@@ -282,6 +295,12 @@ bench() {
 	stop_server
 }
 
+for over in $PUBLISH; do
+	case $over in
+	http | ws) ;;
+	*) die "unknown way to publish $over in PUBLISH: http or ws" ;;
+	esac
+done
 for target in $TARGETS; do
 	case $target in
 	caddy-push | nchan | centrifugo) ;;
@@ -333,8 +352,10 @@ for run in $(seq "$RUNS"); do
 	for scenario in $SCENARIOS; do
 		for proto in $PROTOCOLS; do
 			for transport in $TRANSPORTS; do
-				for target in $TARGETS; do
-					bench "$target" "$scenario" "$transport" "$run" "$proto"
+				for over in $PUBLISH; do
+					for target in $TARGETS; do
+						bench "$target" "$scenario" "$transport" "$run" "$proto" "$over"
+					done
 				done
 			done
 		done

@@ -10,12 +10,14 @@
 // over TLS; with -h2 and -h3 they are SSE streams over HTTP/2 and HTTP/3,
 // each on a connection of its own, as each browser has its own. The
 // publisher stays on HTTP/1.1 (over TLS too unless -pub-addr names a
-// plain HTTP address).
+// plain HTTP address). With -pub-ws it publishes over WebSocket instead,
+// a connection per topic, with no request per event.
 //
 //	pushbench -scenario fanout -transport ws -pid 1234
 //	pushbench -h2 -addr 127.0.0.1:8443 -pub-addr 127.0.0.1:8090 -scenario fanout
 //	pushbench -target nchan -addr 127.0.0.1:8091 -n 2000 -topics 20 -rate 200 -json > nchan.json
 //	pushbench -target centrifugo -addr 127.0.0.1:8092 -transport ws -n 2000 -topics 20
+//	pushbench -scenario fanout -transport ws -pub-ws
 //	pushbench -compare caddy.json nchan.json       # a table of medians and ratios
 //	pushbench -plot latency.png caddy.json nchan.json
 package main
@@ -45,6 +47,7 @@ type config struct {
 	tls, h2, h3 bool
 	subURL      string
 	pubURL      string
+	pubWS       bool
 	allowRemote bool
 	label       string
 
@@ -106,6 +109,9 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 		"SSE only: no WebSocket over HTTP/3 (RFC 9220); certificates are not checked on loopback")
 	fs.StringVar(&c.subURL, "sub-url", "", "subscribe URL template with {addr} and {topic} (default: the target's)")
 	fs.StringVar(&c.pubURL, "pub-url", "", "publish URL template with {addr} and {topic} (default: the target's)")
+	fs.BoolVar(&c.pubWS, "pub-ws", false, "publish over WebSocket, a connection per topic, each message an event "+
+		"(caddy-push: a push_ws route with publish {query.topic}, /ws-publish as bench/Caddyfile has it; "+
+		"nchan: its WebSocket publisher on the publish location); -pub-url is then a ws:// template")
 	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow URLs that are not on loopback")
 	fs.StringVar(&c.label, "label", "", "name of the run in tables and plots (default: target transport scenario)")
 	fs.StringVar(&c.scenario, "scenario", "", "preset: idle, fanout, broadcast or churn (flags given still win)")

@@ -2,8 +2,11 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -23,7 +26,8 @@ type job struct {
 }
 
 // publisher sends events through the publish route over a few keep-alive
-// connections, each owned by one worker goroutine.
+// connections, each owned by one worker goroutine; with -pub-ws, over a
+// WebSocket per topic, which the workers share.
 type publisher struct {
 	t      *target
 	topics []string
@@ -37,6 +41,9 @@ type publisher struct {
 	next     int      // the topic of the next event, round robin
 	inflight sync.WaitGroup
 	workers  sync.WaitGroup
+
+	ws      []wsPub // per topic, with -pub-ws
+	readers sync.WaitGroup
 
 	mu     sync.Mutex
 	acked  []bitmap // per topic: publishes the server answered 2xx
@@ -66,6 +73,9 @@ func newPublisher(t *target, topics []string, size, conns int, timeout time.Dura
 		if ep.tls {
 			p.tls = tlsConfig(ep, "http/1.1")
 		}
+	}
+	if t.pubWS {
+		p.ws = make([]wsPub, len(topics))
 	}
 	for range conns {
 		p.workers.Go(p.work)
@@ -100,6 +110,12 @@ func (p *publisher) run(ctx context.Context, rate float64, d time.Duration) {
 func (p *publisher) close() {
 	close(p.jobs)
 	p.workers.Wait()
+	for i := range p.ws {
+		if c := p.ws[i].conn; c != nil {
+			c.Close()
+		}
+	}
+	p.readers.Wait()
 }
 
 // snapshot returns the acknowledged publishes, per topic.
@@ -116,7 +132,11 @@ func (p *publisher) work() {
 	var c *pubConn
 	for j := range p.jobs {
 		var err error
-		c, err = p.publish(c, j)
+		if p.ws != nil {
+			err = p.publishWS(j)
+		} else {
+			c, err = p.publish(c, j)
+		}
 		p.sent.Add(1)
 		if err != nil {
 			p.failures.add(err)
@@ -146,18 +166,9 @@ type pubConn struct {
 func (p *publisher) publish(c *pubConn, j job) (*pubConn, error) {
 	ep := p.eps[j.topic]
 	if c == nil {
-		conn, err := p.dialer.dial(context.Background(), ep.hostport)
+		conn, err := p.dial(ep)
 		if err != nil {
-			return nil, stageError{"dial", err}
-		}
-		if ep.tls {
-			tc := tls.Client(conn, p.tls)
-			_ = conn.SetDeadline(time.Now().Add(publishTimeout))
-			if err := tc.Handshake(); err != nil {
-				conn.Close()
-				return nil, stageError{"tls", err}
-			}
-			conn = tc
+			return nil, err
 		}
 		c = &pubConn{conn: conn, br: bufio.NewReaderSize(conn, readBufferSize)}
 	}
@@ -173,6 +184,106 @@ func (p *publisher) publish(c *pubConn, j job) (*pubConn, error) {
 		p.rtt.Record(int64(time.Since(start)))
 	}
 	return c, err
+}
+
+// dial connects to ep, over TLS for https:// and wss://.
+func (p *publisher) dial(ep endpoint) (net.Conn, error) {
+	conn, err := p.dialer.dial(context.Background(), ep.hostport)
+	if err != nil {
+		return nil, stageError{"dial", err}
+	}
+	if ep.tls {
+		tc := tls.Client(conn, p.tls)
+		_ = conn.SetDeadline(time.Now().Add(publishTimeout))
+		if err := tc.Handshake(); err != nil {
+			conn.Close()
+			return nil, stageError{"tls", err}
+		}
+		conn = tc
+	}
+	return conn, nil
+}
+
+// wsPub is one topic's WebSocket publishing connection, with its
+// reusable buffers.
+type wsPub struct {
+	mu          sync.Mutex
+	conn        net.Conn
+	body, frame []byte
+}
+
+// publishWS sends job j as one text message on its topic's WebSocket,
+// opening it first if it is not open. A WebSocket publish has no answer
+// to wait for (caddy-push answers only a refused message, with an error
+// frame; nchan answers each with the channel's state, which tells no more
+// than an HTTP 2xx would), so a message written is a message published,
+// and an error frame counts as a failure besides.
+func (p *publisher) publishWS(j job) error {
+	c := &p.ws[j.topic]
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.conn == nil {
+		conn, err := p.openWS(p.eps[j.topic], p.topics[j.topic])
+		if err != nil {
+			return err
+		}
+		c.conn = conn
+	}
+	start := time.Now()
+	c.body = appendPayload(c.body[:0], j.seq, start.UnixNano(), p.size, ' ')
+	c.frame = appendClientText(c.frame[:0], c.body)
+	_ = c.conn.SetWriteDeadline(start.Add(publishTimeout))
+	if _, err := c.conn.Write(c.frame); err != nil {
+		c.conn.Close()
+		c.conn = nil
+		return err
+	}
+	return nil
+}
+
+// openWS opens a publishing WebSocket to ep, and a goroutine that reads
+// what the server sends on it until it closes.
+func (p *publisher) openWS(ep endpoint, topic string) (net.Conn, error) {
+	conn, err := p.dial(ep)
+	if err != nil {
+		return nil, err
+	}
+	_ = conn.SetDeadline(time.Now().Add(publishTimeout))
+	src, err := handshake(conn, ep, "ws", wrapNone, topic)
+	if err != nil {
+		conn.Close()
+		return nil, stageError{"handshake", err}
+	}
+	_ = conn.SetDeadline(time.Time{})
+	p.readers.Go(func() {
+		for {
+			msg, err := src.next()
+			if err != nil {
+				return
+			}
+			if bytes.HasPrefix(msg, []byte(`{"error"`)) {
+				p.failures.add(fmt.Errorf("%s", msg))
+			}
+		}
+	})
+	return conn, nil
+}
+
+// appendClientText appends payload as one text frame from a client. A
+// client's frames must be masked; a zero mask leaves the payload as it
+// is.
+func appendClientText(b, payload []byte) []byte {
+	n := len(payload)
+	switch {
+	case n < 126:
+		b = append(b, 0x81, 0x80|byte(n))
+	case n <= 0xffff:
+		b = append(b, 0x81, 0x80|126, byte(n>>8), byte(n))
+	default:
+		b = append(b, 0x81, 0x80|127)
+		b = binary.BigEndian.AppendUint64(b, uint64(n))
+	}
+	return append(append(b, 0, 0, 0, 0), payload...)
 }
 
 func (c *pubConn) request(t *target, ep endpoint, topic string, seq uint64, nanos int64, size int) {

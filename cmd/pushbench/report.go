@@ -170,12 +170,12 @@ func count(m map[string]int) int {
 // column per target with the median of its runs, and the ratio of
 // caddy-push to each other target.
 func printComparison(w io.Writer, results []*result) {
-	type key struct{ scenario, protocol, transport string }
+	type key struct{ scenario, protocol, transport, over string }
 	var keys []key
 	var targets []string
 	groups := map[key]map[string][]*result{}
 	for _, r := range results {
-		k := key{cmp.Or(r.Scenario, "-"), r.Protocol, r.Transport}
+		k := key{cmp.Or(r.Scenario, "-"), r.Protocol, r.Transport, r.PublishOver}
 		if groups[k] == nil {
 			groups[k] = map[string][]*result{}
 			keys = append(keys, k)
@@ -218,6 +218,10 @@ func printComparison(w io.Writer, results []*result) {
 		name := k.scenario
 		if k.protocol != "" {
 			name = strings.TrimPrefix(name+"-"+k.protocol, "--")
+		}
+		if k.over != "" {
+			// published over WebSocket: fanout-pubws
+			name += "-pub" + k.over
 		}
 		for _, m := range metrics {
 			if m.scenarios != "*" && !slices.Contains(strings.Fields(m.scenarios), k.scenario) {

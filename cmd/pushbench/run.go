@@ -29,6 +29,8 @@ type result struct {
 	// Disconnects are streams the server ended during the run.
 	Disconnects map[string]int `json:"disconnects,omitempty"`
 
+	// PublishOver is "ws" for runs that published over WebSocket.
+	PublishOver     string         `json:"publish_over,omitempty"`
 	Published       int64          `json:"published"`
 	PublishOK       int64          `json:"publish_ok"`
 	PublishFailures map[string]int `json:"publish_failures,omitempty"`
@@ -358,8 +360,15 @@ func newResult(c *config, proto string) *result {
 		if proto != protoHTTP {
 			label += " " + proto
 		}
+		if c.pubWS {
+			label += " pub-ws"
+		}
 	}
-	return &result{
+	over := ""
+	if c.pubWS {
+		over = "ws"
+	}
+	return &result{PublishOver: over,
 		Label: label, Target: c.target, Transport: c.transport, Protocol: proto, Scenario: c.scenario,
 		Subscribers: c.n, Topics: c.topics, Rate: c.rate, Size: c.size, DurationS: c.duration.Seconds(),
 	}

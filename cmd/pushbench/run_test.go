@@ -309,6 +309,10 @@ func TestTargetOverTLS(t *testing.T) {
 			"wss://127.0.0.1:8443/ws?topic=x", "https://127.0.0.1:8443/publish", protoTLS, "http/1.1"},
 		{[]string{"-target", "nchan", "-addr", "localhost:8444", "-h3", "-pub-addr", "127.0.0.1:8091"},
 			"https://localhost:8444/sub/x", "http://127.0.0.1:8091/pub/x", protoH3, "h3"},
+		// publishing over WebSocket: a ws:// URL per topic
+		{[]string{"-pub-ws"}, "http://127.0.0.1:8090/events?topic=x", "ws://127.0.0.1:8090/ws-publish?topic=x", protoHTTP, ""},
+		{[]string{"-target", "nchan", "-addr", "127.0.0.1:8091", "-pub-ws", "-transport", "ws"},
+			"ws://127.0.0.1:8091/sub/x", "ws://127.0.0.1:8091/pub/x", protoHTTP, ""},
 		// an https:// URL alone is -tls
 		{[]string{"-sub-url", "https://[::1]/events?topic={topic}"},
 			"https://[::1]/events?topic=x", "http://127.0.0.1:8090/publish", protoTLS, "http/1.1"},
@@ -334,6 +338,11 @@ func TestTargetOverTLS(t *testing.T) {
 	c, _, _ := parseFlags([]string{"-h2", "-addr", "push.example:443", "-allow-remote"}, io.Discard)
 	if tg, err := newTarget(c); err != nil || tg.subTLS.InsecureSkipVerify || tg.subTLS.ServerName != "push.example" {
 		t.Errorf("remote: %v", err)
+	}
+	// Centrifugo publishes through its HTTP server API only
+	c, _, _ = parseFlags([]string{"-target", "centrifugo", "-pub-ws"}, io.Discard)
+	if _, err := newTarget(c); err == nil || !strings.Contains(err.Error(), "HTTP only") {
+		t.Errorf("centrifugo -pub-ws: %v", err)
 	}
 	// WebSocket over HTTP/2 or HTTP/3 is refused with the reason
 	if _, _, err := parseFlags([]string{"-h2", "-transport", "ws"}, io.Discard); err == nil || !strings.Contains(err.Error(), "SSE only") {
@@ -370,19 +379,22 @@ func TestComparison(t *testing.T) {
 }
 
 // Runs over HTTPS get rows of their own, the protocol in the scenario's
-// name; a target that did not run one (nchan over h3) has n/a.
+// name; a target that did not run one (nchan over h3) has n/a. So do runs
+// that published over WebSocket.
 func TestComparisonProtocols(t *testing.T) {
 	mk := func(target, protocol string, dps float64) *result {
 		return &result{Target: target, Transport: "sse", Protocol: protocol, Scenario: "fanout", Connected: 10, DeliveriesPerSec: dps}
 	}
 	var b bytes.Buffer
+	overWS := func(r *result) *result { r.PublishOver = "ws"; return r }
 	printComparison(&b, []*result{mk("caddy-push", "", 300), mk("nchan", "", 100), mk("caddy-push", protoH2, 200),
-		mk("nchan", protoH2, 50), mk("caddy-push", protoH3, 150)})
+		mk("nchan", protoH2, 50), mk("caddy-push", protoH3, 150), overWS(mk("caddy-push", "", 400)), overWS(mk("nchan", "", 200))})
 	out := strings.Join(strings.Fields(b.String()), " ")
 	for _, want := range []string{
 		"fanout sse deliveries/s 300 100 3.00×",
 		"fanout-h2 sse deliveries/s 200 50 4.00×",
 		"fanout-h3 sse deliveries/s 150 n/a n/a",
+		"fanout-pubws sse deliveries/s 400 200 2.00×",
 	} {
 		if !strings.Contains(out, want) {
 			t.Errorf("no %q in\n%s", want, b.String())

@@ -16,6 +16,7 @@ type target struct {
 	subURL  string   // template: {topic} is replaced
 	pubURL  string   // template too, for servers with the topic in the path
 	pubBody bodyKind // how a publish carries the topic and the payload
+	pubWS   bool     // publish over WebSocket: pubURL is a ws:// template
 	wrap    wrapKind // how a pushed message wraps the payload
 	header  string   // extra publish header lines, CRLF between them, none at the end
 	bearer  string   // publish credentials
@@ -93,6 +94,21 @@ func newTarget(c *config) (*target, error) {
 		}
 	default:
 		return nil, fmt.Errorf("unknown -target %q: caddy-push, nchan, centrifugo or mercure", c.target)
+	}
+	if c.pubWS {
+		// a WebSocket per topic, each text message an event: the topic
+		// is in the URL, so the body is the payload alone
+		t.pubWS, t.pubBody = true, bodyRaw
+		switch c.target {
+		case "caddy-push":
+			// a push_ws route whose publish template is {query.topic}
+			t.pubURL = "ws://{addr}/ws-publish?topic={topic}"
+		case "nchan":
+			// nchan_publisher takes WebSocket connections too
+			t.pubURL = "ws://{addr}/pub/{topic}"
+		default:
+			return nil, fmt.Errorf("-pub-ws: %s publishes over HTTP only here", c.target)
+		}
 	}
 	if c.subURL != "" {
 		t.subURL = c.subURL
