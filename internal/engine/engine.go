@@ -27,13 +27,16 @@
 //     send in flight; without io_uring a Batch is one Write each.
 //
 //   - Input and hang-up. One epoll instance per Engine watches every
-//     connection, and one goroutine waits on it. A connection without an
-//     OnInput handler (a Server-Sent Events stream, whose client never
-//     sends after its request) ends at its first input or hang-up. One
-//     with OnInput (a WebSocket) is read when it is readable: OnInput runs
-//     on a goroutine that lives only while there is input to read, and
-//     the connection is armed again (EPOLLONESHOT) once it returns, so
-//     one connection's input is never read by two goroutines at once.
+//     connection, and one goroutine waits on it, parked in Go's own
+//     poller (where the epoll descriptor is registered) rather than
+//     blocked in epoll_wait(2), so that what it starts runs at once. A
+//     connection without an OnInput handler (a Server-Sent Events
+//     stream, whose client never sends after its request) ends at its
+//     first input or hang-up. One with OnInput (a WebSocket) is read
+//     when it is readable: OnInput runs on a goroutine that lives only
+//     while there is input to read, and the connection is armed again
+//     (EPOLLONESHOT) once it returns, so one connection's input is
+//     never read by two goroutines at once.
 //
 //   - Heartbeat and liveness. The same goroutine wakes every
 //     HeartbeatEvery and writes Heartbeat to each connection that wrote

@@ -585,3 +585,61 @@ func benchConns(b *testing.B, n int) []*Conn {
 	}
 	return conns
 }
+
+// BenchmarkInputEcho: a client sends a byte, the connection's OnInput
+// reads it and writes it back, the client reads it; ns/op is the round
+// trip through the engine's input path. In "busy", another goroutine
+// keeps a processor busy the whole time, as a fan-out or a collection
+// does: what the engine's goroutine starts on an event must still run
+// at once.
+func BenchmarkInputEcho(b *testing.B) {
+	for _, busy := range []bool{false, true} {
+		name := "idle"
+		if busy {
+			name = "busy"
+		}
+		b.Run(name, func(b *testing.B) {
+			e := newEngine(b, Options{MaxQueue: 1 << 20})
+			s, c := pair(b, listen(b))
+			if _, err := e.Add(s, Handlers{OnInput: func(c *Conn) {
+				var buf [64]byte
+				for {
+					n, err := c.Read(buf[:])
+					if err != nil {
+						return
+					}
+					_ = c.Write(buf[:n])
+				}
+			}}); err != nil {
+				b.Fatal(err)
+			}
+			if busy {
+				stop := make(chan struct{})
+				done := make(chan struct{})
+				go func() {
+					defer close(done)
+					for x := 0; ; x++ {
+						if x%1_000_000 == 0 {
+							select {
+							case <-stop:
+								return
+							default:
+							}
+						}
+					}
+				}()
+				defer func() { close(stop); <-done }()
+			}
+			var one [1]byte
+			b.ResetTimer()
+			for range b.N {
+				if _, err := c.Write(one[:]); err != nil {
+					b.Fatal(err)
+				}
+				if _, err := io.ReadFull(c, one[:]); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

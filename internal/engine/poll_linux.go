@@ -1,8 +1,11 @@
 package engine
 
 import (
+	"errors"
 	"io"
+	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -12,9 +15,18 @@ import (
 const Supported = true
 
 // poller is one epoll instance, and an eventfd that wakes its goroutine
-// to stop.
+// to stop. The engine's goroutine does not wait in epoll_wait(2): the
+// epoll descriptor is itself registered with Go's own poller (an epoll
+// instance is readable while it has events), and the goroutine parks
+// there, as a goroutine reading a socket does. A goroutine blocked in a
+// system call holds its thread, and what it starts on waking (a
+// connection's input handler) sits on its processor's queue until the
+// runtime's monitor takes the processor back, which it looks at only
+// every 10 ms when the process is quiet; a goroutine parked in Go's
+// poller gives its processor back at once.
 type poller struct {
 	epfd, wake int
+	file       *os.File // epfd, in Go's poller
 	stopOnce   sync.Once
 }
 
@@ -36,6 +48,12 @@ func newPoller() (*poller, error) {
 		p.close()
 		return nil, err
 	}
+	// non-blocking, so that os.NewFile hands it to Go's poller
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		p.close()
+		return nil, err
+	}
+	p.file = os.NewFile(uintptr(epfd), "engine-epoll")
 	return p, nil
 }
 
@@ -78,7 +96,33 @@ func (p *poller) stop() bool {
 
 func (p *poller) close() {
 	unix.Close(p.wake)
+	if p.file != nil {
+		p.file.Close() // takes it out of Go's poller, and closes epfd
+		return
+	}
 	unix.Close(p.epfd)
+}
+
+// wait waits for connection events until deadline (none if zero), and
+// returns how many it put in events: 0 at the deadline.
+func (p *poller) wait(rc syscall.RawConn, events []unix.EpollEvent, deadline time.Time) (int, error) {
+	if err := p.file.SetReadDeadline(deadline); err != nil {
+		return 0, err
+	}
+	var n int
+	var werr error
+	err := rc.Read(func(uintptr) bool {
+		n, werr = unix.EpollWait(p.epfd, events, 0)
+		// nothing yet: park in Go's poller until epfd is readable
+		return n != 0 || (werr != nil && werr != unix.EINTR)
+	})
+	if errors.Is(err, os.ErrDeadlineExceeded) {
+		return 0, nil
+	}
+	if err == nil {
+		err = werr
+	}
+	return max(n, 0), err
 }
 
 // run is the engine's one goroutine: it waits for connection events and
@@ -90,16 +134,20 @@ func (e *Engine) run() {
 	nextTick := time.Now().Add(every)
 	slotEvery := e.opts.HeartbeatEvery / beatSlots
 	nextBeat, slot := time.Now().Add(slotEvery), 0
+	rc, err := e.p.file.SyscallConn()
+	if err != nil {
+		return
+	}
 	for {
-		timeout := -1
+		var deadline time.Time
 		if every > 0 {
-			timeout = max(int(time.Until(nextTick).Milliseconds()), 0)
+			deadline = nextTick
 		}
-		n, err := unix.EpollWait(e.p.epfd, events, timeout)
-		if err != nil && err != unix.EINTR {
+		n, err := e.p.wait(rc, events, deadline)
+		if err != nil {
 			return
 		}
-		for _, ev := range events[:max(n, 0)] {
+		for _, ev := range events[:n] {
 			id := uint64(uint32(ev.Fd)) | uint64(uint32(ev.Pad))<<32
 			if id == wakeID {
 				return
