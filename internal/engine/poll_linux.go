@@ -19,11 +19,11 @@ const Supported = true
 // epoll descriptor is itself registered with Go's own poller (an epoll
 // instance is readable while it has events), and the goroutine parks
 // there, as a goroutine reading a socket does. A goroutine blocked in a
-// system call holds its thread, and what it starts on waking (a
-// connection's input handler) sits on its processor's queue until the
-// runtime's monitor takes the processor back, which it looks at only
-// every 10 ms when the process is quiet; a goroutine parked in Go's
-// poller gives its processor back at once.
+// system call keeps its processor, and what it starts on waking (a
+// connection's input handler) sits on that processor's queue until
+// another processor comes free or the runtime's monitor takes this one
+// back, which can be 10 ms later when the process is quiet; a goroutine
+// parked in Go's poller gives its processor up at once.
 type poller struct {
 	epfd, wake int
 	file       *os.File // epfd, in Go's poller
