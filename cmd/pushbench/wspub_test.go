@@ -41,15 +41,7 @@ func TestPublishOverWebSocketRefused(t *testing.T) {
 		t.Skip("starts a server")
 	}
 	addr, _ := startCaddy(t)
-	c := testConfig(t, addr, "-pub-ws", "-pub-url", "ws://{addr}/ws?topic={topic}")
-	tg, err := newTarget(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := newPublisher(tg, []string{"refused"}, 64, 1, c.timeout)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := wsPublisher(t, addr, "ws://{addr}/ws?topic={topic}", "refused", 64)
 	p.run(t.Context(), 50, 100*time.Millisecond)
 	deadline := time.Now().Add(5 * time.Second)
 	for {
@@ -93,15 +85,7 @@ func TestClientTextFrames(t *testing.T) {
 		}
 	}))
 	defer srv.Close()
-	c := testConfig(t, strings.TrimPrefix(srv.URL, "http://"), "-pub-ws", "-pub-url", "ws://{addr}/{topic}")
-	tg, err := newTarget(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p, err := newPublisher(tg, []string{"t"}, 0, 1, c.timeout)
-	if err != nil {
-		t.Fatal(err)
-	}
+	p := wsPublisher(t, strings.TrimPrefix(srv.URL, "http://"), "ws://{addr}/{topic}", "t", 0)
 	defer p.close()
 	conn, err := p.openWS(p.eps[0], "t")
 	if err != nil {
@@ -120,4 +104,19 @@ func TestClientTextFrames(t *testing.T) {
 	if _, ok := <-got; ok {
 		t.Error("a message after the last")
 	}
+}
+
+// wsPublisher is a -pub-ws publisher on one topic, to a -pub-url template.
+func wsPublisher(t *testing.T, addr, url, topic string, size int) *publisher {
+	t.Helper()
+	c := testConfig(t, addr, "-pub-ws", "-pub-url", url)
+	tg, err := newTarget(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := newPublisher(tg, []string{topic}, size, 1, c.timeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
 }

@@ -112,9 +112,14 @@ func (p *poller) wait(rc syscall.RawConn, events []unix.EpollEvent, deadline tim
 	var n int
 	var werr error
 	err := rc.Read(func(uintptr) bool {
-		n, werr = unix.EpollWait(p.epfd, events, 0)
+		for {
+			n, werr = unix.EpollWait(p.epfd, events, 0)
+			if werr != unix.EINTR {
+				break
+			}
+		}
 		// nothing yet: park in Go's poller until epfd is readable
-		return n != 0 || (werr != nil && werr != unix.EINTR)
+		return n != 0 || werr != nil
 	})
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return 0, nil
