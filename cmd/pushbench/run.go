@@ -368,9 +368,10 @@ func newResult(c *config, proto string) *result {
 	if c.pubWS {
 		over = "ws"
 	}
-	return &result{PublishOver: over,
+	return &result{
 		Label: label, Target: c.target, Transport: c.transport, Protocol: proto, Scenario: c.scenario,
 		Subscribers: c.n, Topics: c.topics, Rate: c.rate, Size: c.size, DurationS: c.duration.Seconds(),
+		PublishOver: over,
 	}
 }
 

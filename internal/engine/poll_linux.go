@@ -104,23 +104,30 @@ func (p *poller) close() {
 }
 
 // wait waits for connection events until deadline (none if zero), and
-// returns how many it put in events: 0 at the deadline.
+// returns how many it put in events: 0 at the deadline. Events already
+// waiting are returned even when the deadline has passed (Go's poller
+// would report the deadline without looking), so that heartbeat ticks
+// longer than their interval cannot starve input and hang-ups.
 func (p *poller) wait(rc syscall.RawConn, events []unix.EpollEvent, deadline time.Time) (int, error) {
-	if err := p.file.SetReadDeadline(deadline); err != nil {
-		return 0, err
-	}
 	var n int
 	var werr error
-	err := rc.Read(func(uintptr) bool {
+	ready := func(uintptr) bool {
 		for {
 			n, werr = unix.EpollWait(p.epfd, events, 0)
 			if werr != unix.EINTR {
 				break
 			}
 		}
-		// nothing yet: park in Go's poller until epfd is readable
-		return n != 0 || werr != nil
-	})
+		return n > 0 || werr != nil
+	}
+	if ready(0) || (!deadline.IsZero() && !time.Now().Before(deadline)) {
+		return max(n, 0), werr
+	}
+	if err := p.file.SetReadDeadline(deadline); err != nil {
+		return 0, err
+	}
+	// nothing yet: park in Go's poller until epfd is readable
+	err := rc.Read(ready)
 	if errors.Is(err, os.ErrDeadlineExceeded) {
 		return 0, nil
 	}
