@@ -51,7 +51,9 @@ func TestWaitPastDeadline(t *testing.T) {
 	if _, err := unix.Read(fds[0], make([]byte, 1)); err != nil {
 		t.Fatal(err)
 	}
-	time.AfterFunc(20*time.Millisecond, func() { _, _ = unix.Write(fds[1], []byte{1}) })
+	// (stopped before the pipe closes, should the wait fail first)
+	later := time.AfterFunc(20*time.Millisecond, func() { _, _ = unix.Write(fds[1], []byte{1}) })
+	defer later.Stop()
 	if n, err := p.wait(rc, events, time.Time{}); n != 1 || err != nil {
 		t.Fatalf("woken: %d events, %v", n, err)
 	}
