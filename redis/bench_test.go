@@ -2,12 +2,14 @@ package redis
 
 import (
 	"context"
+	"reflect"
 	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"go.uber.org/zap"
 
@@ -25,6 +27,16 @@ func TestCaddyfile(t *testing.T) {
 		{"redis rediss://u:p@h:6380/2 {\n\tkey_prefix app:\n}", Broker{URL: "rediss://u:p@h:6380/2", KeyPrefix: "app:"}, ""},
 		{"redis a b", Broker{}, "wrong argument count"},
 		{"redis x {\n\tcolour red\n}", Broker{}, "unrecognized broker redis option 'colour'"},
+		{"redis {\n\tsentinel mymaster 10.0.0.1:26379 10.0.0.2:26379\n\tpassword {env.P}\n\twait_replicas 1 500ms\n}",
+			Broker{Sentinel: &Sentinel{Master: "mymaster", Addrs: []string{"10.0.0.1:26379", "10.0.0.2:26379"}}, Password: "{env.P}", WaitReplicas: 1, WaitTimeout: caddy.Duration(500 * time.Millisecond)}, ""},
+		{"redis {\n\tcluster a:7000 b:7000\n\twait_replicas 2\n}", Broker{Cluster: []string{"a:7000", "b:7000"}, WaitReplicas: 2}, ""},
+		{"redis {\n\tsentinel mymaster\n}", Broker{}, "sentinel wants the master's name and at least one sentinel address"},
+		{"redis {\n\tcluster\n}", Broker{}, "cluster wants at least one node address"},
+		{"redis redis://h {\n\tcluster a:1\n}", Broker{}, "one of a url, sentinel and cluster"},
+		{"redis {\n\tsentinel m a:1\n\tcluster a:1\n}", Broker{}, "one of a url, sentinel and cluster"},
+		{"redis {\n\twait_replicas 0\n}", Broker{}, "invalid wait_replicas '0'"},
+		{"redis {\n\twait_replicas 1 soon\n}", Broker{}, "invalid wait_replicas timeout 'soon'"},
+		{"redis {\n\tkey_prefix a:\n\tkey_prefix b:\n}", Broker{}, "given more than once"},
 	} {
 		var b Broker
 		err := b.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
@@ -34,12 +46,32 @@ func TestCaddyfile(t *testing.T) {
 			}
 			continue
 		}
-		if err != nil || b != tc.want {
+		if err != nil || !reflect.DeepEqual(b, tc.want) {
 			t.Errorf("%q: %+v %v", tc.input, b, err)
 		}
 	}
 	if _, err := (Broker{URL: "http://nope"}).OpenBroker(push.BrokerOptions{Hub: "x", Logger: zap.NewNop()}); err == nil {
 		t.Error("a non-redis URL was accepted")
+	}
+	for _, b := range []Broker{{URL: "redis://h", Cluster: []string{"a:1"}}, {Sentinel: &Sentinel{Master: "m"}}} {
+		if _, err := b.OpenBroker(push.BrokerOptions{Hub: "x", Logger: zap.NewNop()}); err == nil {
+			t.Errorf("%+v was accepted", b)
+		}
+	}
+	for _, tc := range []struct {
+		b    Broker
+		want string
+	}{
+		{Broker{}, "push:h:"},
+		{Broker{KeyPrefix: "app:"}, "app:"},
+		{Broker{Cluster: []string{"a:1"}}, "push:{h}:"},
+		{Broker{Cluster: []string{"a:1"}, KeyPrefix: "app:{x}:"}, "app:{x}:"},
+		{Broker{Cluster: []string{"a:1"}, KeyPrefix: "app:{}:"}, "{app:{}:}"},
+		{Broker{Cluster: []string{"a:1"}, KeyPrefix: "app:"}, "{app:}"},
+	} {
+		if got := tc.b.keyPrefix("h"); got != tc.want {
+			t.Errorf("key prefix of %+v: %q, want %q", tc.b, got, tc.want)
+		}
 	}
 }
 

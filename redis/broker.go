@@ -33,17 +33,43 @@ func init() {
 
 // Broker is the push.brokers.redis module.
 type Broker struct {
-	// URL of the Redis server: redis://[user:password@]host:port/db, or
-	// rediss:// for TLS. Placeholders are expanded, so {env.REDIS_URL}
-	// works. Default: redis://127.0.0.1:6379/0.
+	// The Redis server: redis://[user:password@]host:port/db, or rediss://
+	// for TLS. Placeholders are expanded, so {env.REDIS_URL} works. Give
+	// this, sentinel or cluster. Default: redis://127.0.0.1:6379/0.
 	URL string `json:"url,omitempty"`
-	// KeyPrefix starts every key the hub uses, so several hubs and apps
-	// can share one Redis. Default: push:<hub name>:
+
+	// A master found through Redis Sentinel, instead of url: after a
+	// failover the hub follows the new master by itself. Default: none.
+	Sentinel *Sentinel `json:"sentinel,omitempty"`
+
+	// The addresses (host:port) of some Redis Cluster nodes, instead of
+	// url. The hub's keys share one hash slot. Default: none.
+	Cluster []string `json:"cluster,omitempty"`
+
+	// The user and password for sentinel or cluster nodes (a url carries
+	// its own). Placeholders are expanded. Default: none.
+	Username string `json:"username,omitempty"`
+	Password string `json:"password,omitempty"`
+
+	// The number of replicas that must hold an event before its publish is
+	// answered 200 (Redis WAIT), so that a failover cannot lose an
+	// acknowledged event. Default: 0 (the master's answer is enough).
+	WaitReplicas int `json:"wait_replicas,omitempty"`
+
+	// How long a publish waits for wait_replicas; past it the publish is
+	// answered 503 (not acknowledged: it may or may not be kept; retry
+	// with the same Idempotency-Key). Default: 1s.
+	WaitTimeout caddy.Duration `json:"wait_timeout,omitempty"`
+
+	// The start of every key the hub uses, so several hubs and apps can
+	// share one Redis. Under cluster it must hold a hash tag ({...}), or
+	// it is wrapped in one. Default: push:<hub name>: (push:{<hub name>}:
+	// under cluster).
 	KeyPrefix string `json:"key_prefix,omitempty"`
-	// Heartbeat is how often this node renews its entry in the hub's
-	// roster (who is connected where, for presence and the admin API); a
-	// node that misses three is taken for dead and its members are
-	// forgotten. Default: 5s.
+
+	// How often this node renews its entry in the hub's roster (who is
+	// connected where, for presence and the admin API); a node that misses
+	// three is taken for dead and its members are forgotten. Default: 5s.
 	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
 }
 
@@ -58,8 +84,13 @@ func (Broker) CaddyModule() caddy.ModuleInfo {
 // UnmarshalCaddyfile reads
 //
 //	broker redis [<url>] {
-//		key_prefix <prefix>
-//		heartbeat  <duration>
+//		sentinel      <master> <addr...>
+//		cluster       <addr...>
+//		username      <user>
+//		password      <password>
+//		wait_replicas <n> [<timeout>]
+//		key_prefix    <prefix>
+//		heartbeat     <duration>
 //	}
 func (b *Broker) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // consume broker name
@@ -69,31 +100,74 @@ func (b *Broker) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if d.NextArg() {
 		return d.ArgErr()
 	}
+	seen := map[string]bool{}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
-		switch d.Val() {
-		case "key_prefix":
-			if !d.NextArg() {
+		opt := d.Val()
+		if seen[opt] {
+			return d.Errf("broker redis option '%s' given more than once", opt)
+		}
+		seen[opt] = true
+		args := d.RemainingArgs()
+		one := func(dst *string) error {
+			if len(args) != 1 {
 				return d.ArgErr()
 			}
-			b.KeyPrefix = d.Val()
-			if d.NextArg() {
+			*dst = args[0]
+			return nil
+		}
+		var err error
+		switch opt {
+		case "sentinel":
+			if len(args) < 2 {
+				return d.Errf("sentinel wants the master's name and at least one sentinel address")
+			}
+			b.Sentinel = &Sentinel{Master: args[0], Addrs: args[1:]}
+		case "cluster":
+			if len(args) == 0 {
+				return d.Errf("cluster wants at least one node address")
+			}
+			b.Cluster = args
+		case "username":
+			err = one(&b.Username)
+		case "password":
+			err = one(&b.Password)
+		case "key_prefix":
+			err = one(&b.KeyPrefix)
+		case "wait_replicas":
+			if len(args) < 1 || len(args) > 2 {
 				return d.ArgErr()
+			}
+			n, convErr := strconv.Atoi(args[0])
+			if convErr != nil || n < 1 {
+				return d.Errf("invalid wait_replicas '%s': want a number of replicas, 1 or more", args[0])
+			}
+			b.WaitReplicas = n
+			if len(args) == 2 {
+				v, convErr := caddy.ParseDuration(args[1])
+				if convErr != nil || v <= 0 {
+					return d.Errf("invalid wait_replicas timeout '%s': want a duration such as 1s", args[1])
+				}
+				b.WaitTimeout = caddy.Duration(v)
 			}
 		case "heartbeat":
-			if !d.NextArg() {
-				return d.ArgErr()
+			var v string
+			if err = one(&v); err != nil {
+				return err
 			}
-			v, err := caddy.ParseDuration(d.Val())
-			if err != nil || v <= 0 {
-				return d.Errf("invalid heartbeat '%s': want a duration such as 5s", d.Val())
+			dur, convErr := caddy.ParseDuration(v)
+			if convErr != nil || dur <= 0 {
+				return d.Errf("invalid heartbeat '%s': want a duration such as 5s", v)
 			}
-			b.Heartbeat = caddy.Duration(v)
-			if d.NextArg() {
-				return d.ArgErr()
-			}
+			b.Heartbeat = caddy.Duration(dur)
 		default:
-			return d.Errf("unrecognized broker redis option '%s'", d.Val())
+			return d.Errf("unrecognized broker redis option '%s'", opt)
 		}
+		if err != nil {
+			return err
+		}
+	}
+	if b.URL != "" && (b.Sentinel != nil || len(b.Cluster) > 0) || b.Sentinel != nil && len(b.Cluster) > 0 {
+		return d.Errf("broker redis takes one of a url, sentinel and cluster")
 	}
 	return nil
 }
@@ -101,15 +175,10 @@ func (b *Broker) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // OpenBroker connects the hub to Redis. The client connects lazily, so
 // this stays cheap (caddy validate calls it).
 func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
-	url := caddy.NewReplacer().ReplaceKnown(cmpOr(b.URL, "redis://127.0.0.1:6379/0"), "")
-	opts, err := goredis.ParseURL(url)
+	client, err := b.newClient()
 	if err != nil {
-		return nil, fmt.Errorf("redis url: %v", err)
+		return nil, err
 	}
-	opts.ReadTimeout = 2 * time.Second
-	opts.WriteTimeout = 2 * time.Second
-	opts.DialTimeout = 2 * time.Second
-	opts.MaxRetries = 1
 	if o.Resync == nil {
 		o.Resync = func() {}
 	}
@@ -122,26 +191,27 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 	if o.Joined == nil {
 		o.Joined = func() []push.Joined { return nil }
 	}
-	if b.Heartbeat < 0 {
-		return nil, fmt.Errorf("heartbeat must not be negative")
+	if b.Heartbeat < 0 || b.WaitReplicas < 0 || b.WaitTimeout < 0 {
+		_ = client.Close()
+		return nil, fmt.Errorf("heartbeat, wait_replicas and wait_timeout must not be negative")
 	}
-	heartbeat := time.Duration(b.Heartbeat)
-	if heartbeat == 0 {
-		heartbeat = DefaultHeartbeat
-	}
+	prefix := b.keyPrefix(o.Hub)
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &store{
-		client:  goredis.NewClient(opts),
-		prefix:  cmpOr(b.KeyPrefix, "push:"+o.Hub+":"),
-		deliver: o.Deliver,
-		resync:  o.Resync,
-		command: o.Command,
-		node:    newEpoch(),
-		logger:  o.Logger,
-		limits:  o.History,
-		cancel:  cancel,
-		done:    make(chan struct{}),
-		roster: roster{heartbeat: heartbeat, stats: o.Stats, joined: o.Joined,
+		client:   client,
+		prefix:   prefix,
+		keys:     []string{prefix + "seq"},
+		replicas: b.WaitReplicas,
+		waitFor:  cmp.Or(time.Duration(b.WaitTimeout), time.Second),
+		deliver:  o.Deliver,
+		resync:   o.Resync,
+		command:  o.Command,
+		node:     newEpoch(),
+		logger:   o.Logger,
+		limits:   o.History,
+		cancel:   cancel,
+		done:     make(chan struct{}),
+		roster: roster{heartbeat: cmp.Or(time.Duration(b.Heartbeat), DefaultHeartbeat), stats: o.Stats, joined: o.Joined,
 			ops: make(chan rosterOp, 4096), asks: make(map[string]chan reply)},
 		rosterDone: make(chan struct{}),
 	}
@@ -150,24 +220,20 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 	return s, nil
 }
 
-func cmpOr(v, def string) string {
-	if v == "" {
-		return def
-	}
-	return v
-}
-
 // store is one hub's connection to Redis.
 type store struct {
-	client  *goredis.Client
-	prefix  string
-	deliver func(*push.Event)
-	resync  func()
-	command func(push.Command) int
-	node    string // tells this node's own broadcasts from others'
-	logger  *zap.Logger
-	cancel  context.CancelFunc
-	done    chan struct{}
+	client   goredis.UniversalClient
+	prefix   string
+	keys     []string // the scripts' KEYS: one key of the hub's, which routes them under Cluster
+	replicas int      // wait_replicas
+	waitFor  time.Duration
+	deliver  func(*push.Event)
+	resync   func()
+	command  func(push.Command) int
+	node     string // tells this node's own broadcasts from others'
+	logger   *zap.Logger
+	cancel   context.CancelFunc
+	done     chan struct{}
 
 	mu     sync.Mutex
 	limits push.HistoryLimits
@@ -188,15 +254,18 @@ func (s *store) key(name string) string { return s.prefix + name }
 // publishScript stores an event in every topic's stream and the hub-wide
 // stream, trims them, and publishes it, atomically. Stream entry ids are
 // "<seq>-1", so streams sort by seq; ages are kept in the entries. The
-// epoch is read in the script, so an id never pairs a sequence number
-// with the epoch of an earlier Redis (one that lost its data).
+// epoch is read in the script (epochLua), so an id never pairs a
+// sequence number with the epoch of an earlier Redis (one that lost its
+// data, or rolled back).
 //
 // With an idempotency key (ARGV[8], its fingerprint ARGV[9] and window
 // ARGV[10] in ms), the key is checked first and stored with the event,
 // in the same step: a key already stored answers {seq, epoch, 1} of its
 // event (a replay) or {0, "", 2} when its fingerprint differs, and
-// nothing is published; so two nodes given the same key publish once.
-var publishScript = goredis.NewScript(`
+// nothing is published; so two nodes given the same key publish once. A
+// replay still writes the key again (its value and expiry unchanged), so
+// that a WAIT after it covers the first attempt's event.
+var publishScript = goredis.NewScript(epochLua + `
 local p, hist, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ikey = ARGV[8] ~= '' and p .. 'key:' .. ARGV[8]
 if ikey then
@@ -204,11 +273,11 @@ if ikey then
   if seen then
     local fp, e, s = string.match(seen, '^(%x+) (%S+) (%d+)$')
     if fp ~= ARGV[9] then return {0, '', 2} end
+    redis.call('SET', ikey, seen, 'KEEPTTL')
     return {tonumber(s), e, 1}
   end
 end
-redis.call('SET', p..'epoch', ARGV[7], 'NX')
-local epoch = redis.call('GET', p..'epoch')
+local epoch = epochOf(p, ARGV[7])
 local seq = redis.call('INCR', p..'seq')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -248,13 +317,6 @@ if ikey then
   redis.call('SET', ikey, ARGV[9] .. ' ' .. epoch .. ' ' .. seq, 'PX', ARGV[10])
 end
 return {seq, epoch}
-`)
-
-// headScript reads the hub's epoch (making one for a new hub) and the
-// seq of its newest event, atomically.
-var headScript = goredis.NewScript(`
-redis.call('SET', ARGV[1]..'epoch', ARGV[2], 'NX')
-return {tonumber(redis.call('GET', ARGV[1]..'seq') or '0'), redis.call('GET', ARGV[1]..'epoch')}
 `)
 
 // wireEvent is an event as stored and published in Redis.
@@ -305,9 +367,9 @@ func (s *store) publish(ctx context.Context, ev *push.Event, k *push.Idempotency
 	for _, t := range ev.Topics {
 		args = append(args, t)
 	}
-	res, err := publishScript.Run(ctx, s.client, nil, args...).Slice()
+	res, err := s.runPublish(ctx, args)
 	if err != nil {
-		return "", unavailable(err)
+		return "", err
 	}
 	outcome := int64(0)
 	if len(res) == 3 {
@@ -326,6 +388,49 @@ func (s *store) publish(ctx context.Context, ev *push.Event, k *push.Idempotency
 	}
 	ev.Seq, ev.ID, ev.Time = seq, push.FormatID(epoch, seq), time.Now()
 	return "", nil
+}
+
+// runPublish runs the publish script once, never again on its own (a
+// late answer may come from a script that ran), and with wait_replicas
+// waits on the same connection until that many replicas hold what it
+// wrote: WAIT counts the connection's own writes.
+func (s *store) runPublish(ctx context.Context, args []any) ([]any, error) {
+	c, err := s.scripter(ctx)
+	if err != nil {
+		return nil, unavailable(err)
+	}
+	if s.replicas == 0 {
+		res, err := publishScript.Run(ctx, c, s.keys, args...).Slice()
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		return res, nil
+	}
+	for loaded := false; ; loaded = true {
+		pipe := c.Pipeline()
+		script := pipe.EvalSha(ctx, publishScript.Hash(), s.keys, args...)
+		wait := pipe.Do(ctx, "wait", s.replicas, s.waitFor.Milliseconds())
+		_, _ = pipe.Exec(ctx)
+		res, err := script.Slice()
+		if err != nil && !loaded && goredis.HasErrorPrefix(err, "NOSCRIPT") {
+			if err := publishScript.Load(ctx, c).Err(); err != nil {
+				return nil, unavailable(err)
+			}
+			continue
+		}
+		if err != nil {
+			return nil, unavailable(err)
+		}
+		n, err := wait.Int64()
+		if err != nil {
+			return nil, unavailable(fmt.Errorf("waiting for replicas: %v", err))
+		}
+		if n < int64(s.replicas) {
+			return nil, fmt.Errorf("%w: redis: %d of %d replicas had the event within %v, so it is not acknowledged (retry with the same Idempotency-Key)",
+				push.ErrUnavailable, n, s.replicas, s.waitFor)
+		}
+		return res, nil
+	}
 }
 
 // control is a message on the control channel, from the node that sent
@@ -392,16 +497,6 @@ func seqAndEpoch(res []any) (uint64, string, error) {
 	return 0, "", fmt.Errorf("unexpected script answer %v", res)
 }
 
-// head reads the hub's epoch and the seq of its newest event.
-func (s *store) head(ctx context.Context) (string, uint64, error) {
-	res, err := headScript.Run(ctx, s.client, nil, s.prefix, newEpoch()).Slice()
-	if err != nil {
-		return "", 0, err
-	}
-	seq, epoch, err := seqAndEpoch(res)
-	return epoch, seq, err
-}
-
 func (s *store) Replay(ctx context.Context, topics []string, lastEventID string) (push.Backlog, error) {
 	epoch, head, err := s.head(ctx)
 	if err != nil {
@@ -412,13 +507,19 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 		return b, nil
 	}
 	e, after, ok := push.ParseID(lastEventID)
-	switch {
-	case !ok || after > head:
+	if !ok || after > head {
 		b.Reset = "unknown event id"
 		return b, nil
-	case e != epoch:
-		b.Reset = "event id is from another hub or an earlier Redis"
-		return b, nil
+	}
+	if e != epoch {
+		kept, err := s.continues(ctx, e, after)
+		if err != nil {
+			return push.Backlog{}, unavailable(err)
+		}
+		if !kept {
+			b.Reset = "event id is from another hub, or from events Redis lost (a restart from an older snapshot, or a failover)"
+			return b, nil
+		}
 	}
 	trimmed, err := s.client.HMGet(ctx, s.key("trimmed"), topics...).Result()
 	if err != nil {
@@ -544,161 +645,6 @@ func (s *store) Close() error {
 	<-s.done
 	<-s.rosterDone
 	return s.client.Close()
-}
-
-// cursor is how far a node has delivered the hub's events.
-type cursor struct {
-	epoch string
-	seq   uint64 // the newest seq delivered
-}
-
-// listen delivers every event of the hub to this node, in seq order, with
-// one Pub/Sub subscription. After losing Redis it reconnects with backoff
-// and catches up from the hub-wide stream, so nothing Redis acknowledged
-// is missed.
-func (s *store) listen(ctx context.Context) {
-	defer close(s.done)
-	var cur *cursor
-	backoff := 100 * time.Millisecond
-	down := false
-	for ctx.Err() == nil {
-		err := s.follow(ctx, &cur, func() {
-			if down {
-				s.logger.Info("redis available again")
-			}
-			backoff, down = 100*time.Millisecond, false
-		})
-		if ctx.Err() != nil {
-			return
-		}
-		if !down {
-			s.logger.Warn("redis unavailable; reconnecting", zap.Error(err))
-			down = true
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(backoff):
-		}
-		backoff = min(2*backoff, 5*time.Second)
-	}
-}
-
-// follow subscribes, catches up from the cursor, calls connected, then
-// delivers live events until the subscription fails. A node that starts
-// (a nil cursor) starts from now: its subscribers replay from the streams.
-func (s *store) follow(ctx context.Context, cur **cursor, connected func()) error {
-	ps := s.client.Subscribe(ctx, s.key("events"), s.key("control"))
-	defer ps.Close()
-	s.mu.Lock()
-	s.ps = ps
-	s.mu.Unlock()
-	if ctx.Err() != nil { // Close came first
-		return ctx.Err()
-	}
-	if _, err := ps.Receive(ctx); err != nil { // the subscription is in place
-		return err
-	}
-	epoch, head, err := s.head(ctx)
-	if err != nil {
-		return err
-	}
-	switch {
-	case *cur == nil:
-		*cur = &cursor{epoch: epoch, seq: head}
-	case (*cur).epoch != epoch:
-		s.lost("redis has lost the hub's events (a restart without persistence?)")
-		*cur = &cursor{epoch: epoch, seq: head}
-	default:
-		if err := s.catchUp(ctx, *cur, head); err != nil {
-			return err
-		}
-	}
-	connected()
-	s.logger.Info("following redis", zap.String("prefix", s.prefix), zap.Uint64("from", (*cur).seq))
-	for {
-		msg, err := ps.Receive(ctx)
-		if err != nil {
-			return err
-		}
-		m, ok := msg.(*goredis.Message)
-		if !ok {
-			continue
-		}
-		if m.Channel == s.key("control") {
-			s.receiveControl(ctx, m.Payload)
-			continue
-		}
-		ev, err := decode(m.Payload)
-		if err != nil {
-			continue
-		}
-		if err := s.advance(ctx, *cur, ev); err != nil {
-			return err
-		}
-	}
-}
-
-// advance delivers a live event after whatever Pub/Sub skipped.
-func (s *store) advance(ctx context.Context, cur *cursor, ev *push.Event) error {
-	epoch, _, _ := push.ParseID(ev.ID)
-	if epoch != cur.epoch {
-		// Redis was emptied under us: nothing before ev can be delivered
-		s.lost("redis has lost the hub's events (flushed?)")
-		cur.epoch, cur.seq = epoch, ev.Seq-1
-	}
-	if ev.Seq <= cur.seq {
-		return nil
-	}
-	if ev.Seq > cur.seq+1 {
-		// Pub/Sub lost something; the hub-wide stream has it
-		if err := s.catchUp(ctx, cur, ev.Seq-1); err != nil {
-			return err
-		}
-	}
-	cur.seq = ev.Seq
-	s.deliver(ev)
-	return nil
-}
-
-// catchUp delivers the hub-wide stream's events after the cursor, up to
-// seq head. When the stream no longer has them all (the node was away
-// longer than it keeps), local subscribers must resume on their own.
-func (s *store) catchUp(ctx context.Context, cur *cursor, head uint64) error {
-	for cur.seq < head {
-		entries, err := s.client.XRangeN(ctx, s.key("all"), streamAfter(cur.seq), "+", 1000).Result()
-		if err != nil {
-			return err
-		}
-		for _, en := range entries {
-			ev, err := decode(en.Values["v"])
-			if err != nil {
-				continue // and the next is a gap
-			}
-			if ev.Seq > head {
-				return nil
-			}
-			if ev.Seq != cur.seq+1 {
-				s.lost("this node was away longer than the hub-wide stream reaches back")
-				cur.seq = head
-				return nil
-			}
-			cur.seq = ev.Seq
-			s.deliver(ev)
-		}
-		if len(entries) == 0 {
-			s.lost("the hub-wide stream ends before the hub's newest event")
-			cur.seq = head
-		}
-	}
-	return nil
-}
-
-// lost ends every local subscription: their clients resume from their
-// own last ids, with a replay from the topic streams or a push.reset.
-func (s *store) lost(why string) {
-	s.logger.Warn("events lost for this node; local streams end so clients resume", zap.String("reason", why))
-	s.resync()
 }
 
 // Interface guards

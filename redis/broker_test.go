@@ -58,10 +58,22 @@ type redisServer struct {
 	t    testing.TB
 	port string
 	dir  string
+	args []string
 	cmd  *exec.Cmd
 }
 
+// persistEveryWrite is startRedis's persistence: an append-only file
+// synced at every write.
+var persistEveryWrite = []string{"--save", "", "--appendonly", "yes", "--appendfsync", "always"}
+
 func startRedis(t testing.TB) *redisServer {
+	t.Helper()
+	return startRedisWith(t, persistEveryWrite...)
+}
+
+// startRedisWith starts a redis-server with these settings on top of the
+// test's port and directory.
+func startRedisWith(t testing.TB, args ...string) *redisServer {
 	t.Helper()
 	if _, err := exec.LookPath("redis-server"); err != nil {
 		if os.Getenv("CI") == "true" {
@@ -69,7 +81,7 @@ func startRedis(t testing.TB) *redisServer {
 		}
 		t.Skip("redis-server is not installed; skipping")
 	}
-	r := &redisServer{t: t, port: freePort(t), dir: t.TempDir()}
+	r := &redisServer{t: t, port: freePort(t), dir: t.TempDir(), args: args}
 	r.start()
 	t.Cleanup(r.kill)
 	return r
@@ -79,8 +91,8 @@ func (r *redisServer) url() string { return "redis://127.0.0.1:" + r.port + "/0"
 
 func (r *redisServer) start() {
 	r.t.Helper()
-	r.cmd = exec.Command("redis-server", "--bind", "127.0.0.1", "--port", r.port, "--dir", r.dir,
-		"--save", "", "--appendonly", "yes", "--appendfsync", "always", "--maxmemory-policy", "noeviction")
+	args := append([]string{"--bind", "127.0.0.1", "--port", r.port, "--dir", r.dir, "--maxmemory-policy", "noeviction"}, r.args...)
+	r.cmd = exec.Command("redis-server", args...)
 	if err := r.cmd.Start(); err != nil {
 		r.t.Fatal(err)
 	}

@@ -159,7 +159,7 @@ func (s *store) runRoster(ctx context.Context) {
 		select {
 		case <-ctx.Done():
 			c, cancel := context.WithTimeout(context.Background(), time.Second)
-			_ = forgetScript.Run(c, s.client, nil, s.prefix, s.node).Err()
+			_ = forgetScript.Run(c, s.client, s.keys, s.prefix, s.node).Err()
 			cancel()
 			return
 		case <-tick.C:
@@ -185,7 +185,7 @@ func (s *store) setDirty() {
 // write applies one change to this node's entries.
 func (s *store) write(ctx context.Context, op rosterOp) error {
 	if !op.join {
-		return leaveScript.Run(ctx, s.client, nil, s.prefix, s.node, op.member.Connection).Err()
+		return leaveScript.Run(ctx, s.client, s.keys, s.prefix, s.node, op.member.Connection).Err()
 	}
 	m := op.member
 	m.Node = s.node
@@ -198,7 +198,7 @@ func (s *store) write(ctx context.Context, op rosterOp) error {
 	for _, t := range op.topics {
 		args = append(args, t)
 	}
-	return joinScript.Run(ctx, s.client, nil, args...).Err()
+	return joinScript.Run(ctx, s.client, s.keys, args...).Err()
 }
 
 // beat renews this node's entry, and writes every entry anew when Redis
@@ -207,7 +207,7 @@ func (s *store) write(ctx context.Context, op rosterOp) error {
 func (s *store) beat(ctx context.Context) {
 	stats, _ := json.Marshal(s.roster.stats())
 	ttl := s.roster.heartbeat * missedHeartbeats
-	known, err := heartbeatScript.Run(ctx, s.client, nil, s.prefix, s.node, ttl.Milliseconds(), string(stats)).Int()
+	known, err := heartbeatScript.Run(ctx, s.client, s.keys, s.prefix, s.node, ttl.Milliseconds(), string(stats)).Int()
 	if err != nil {
 		s.setDirty() // Redis may lose or expire us meanwhile
 		return
@@ -219,12 +219,12 @@ func (s *store) beat(ctx context.Context) {
 	if !rewrite {
 		return
 	}
-	if err := forgetScript.Run(ctx, s.client, nil, s.prefix, s.node).Err(); err != nil {
+	if err := forgetScript.Run(ctx, s.client, s.keys, s.prefix, s.node).Err(); err != nil {
 		s.setDirty()
 		return
 	}
 	// forget took the node out of the live set: back in first
-	if err := heartbeatScript.Run(ctx, s.client, nil, s.prefix, s.node, ttl.Milliseconds(), string(stats)).Err(); err != nil {
+	if err := heartbeatScript.Run(ctx, s.client, s.keys, s.prefix, s.node, ttl.Milliseconds(), string(stats)).Err(); err != nil {
 		s.setDirty()
 		return
 	}
@@ -278,7 +278,7 @@ func (s *store) Leave(ctx context.Context, m push.Member, topics []string, wait 
 
 // Members returns the members of topic on the live nodes.
 func (s *store) Members(ctx context.Context, topic string, max int, presence bool) ([]push.Member, int, error) {
-	res, err := membersScript.Run(ctx, s.client, nil, s.prefix, topic, max).Slice()
+	res, err := membersScript.Run(ctx, s.client, s.keys, s.prefix, topic, max).Slice()
 	if err != nil {
 		return nil, 0, unavailable(err)
 	}
@@ -352,7 +352,7 @@ func (s *store) Topics(ctx context.Context, prefix string) (map[string]int, erro
 
 // liveNodes returns the nodes whose entries are current.
 func (s *store) liveNodes(ctx context.Context) (map[string]bool, error) {
-	res, err := liveScript.Run(ctx, s.client, nil, s.prefix).Result()
+	res, err := liveScript.Run(ctx, s.client, s.keys, s.prefix).Result()
 	if err != nil {
 		return nil, unavailable(err)
 	}
