@@ -202,6 +202,16 @@ type stream struct {
 
 func subscribe(t *testing.T, base, topic, lastID string) *stream {
 	t.Helper()
+	s, err := dial(base, topic, lastID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.cancel)
+	return s
+}
+
+// dial opens an SSE subscription; the caller cancels it.
+func dial(base, topic, lastID string) (*stream, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	req, _ := http.NewRequestWithContext(ctx, "GET", base+"/events?topic="+url.QueryEscape(topic), nil)
 	if lastID != "" {
@@ -210,14 +220,14 @@ func subscribe(t *testing.T, base, topic, lastID string) *stream {
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		cancel()
-		t.Fatal(err)
+		return nil, err
 	}
 	if resp.StatusCode != 200 {
+		resp.Body.Close()
 		cancel()
-		t.Fatalf("subscribe: %d", resp.StatusCode)
+		return nil, fmt.Errorf("subscribe: %d", resp.StatusCode)
 	}
 	s := &stream{events: make(chan event, 10000), ended: make(chan struct{}), cancel: cancel}
-	t.Cleanup(cancel)
 	go func() {
 		defer close(s.ended)
 		defer resp.Body.Close()
@@ -240,7 +250,7 @@ func subscribe(t *testing.T, base, topic, lastID string) *stream {
 			}
 		}
 	}()
-	return s
+	return s, nil
 }
 
 func (s *stream) next(t *testing.T, timeout time.Duration) event {
