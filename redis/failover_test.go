@@ -3,14 +3,19 @@ package redis
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/caddy-push/push"
 )
 
 // startSentinel starts a redis-sentinel watching the master at port as
@@ -227,5 +232,47 @@ func TestSentinelFailover(t *testing.T) {
 				ev = s.next(t, 5*time.Second) // an event refused with 503 that was kept after all
 			}
 		}
+	}
+}
+
+// TestWaitReplicasTimeout: with no replica to confirm it, a publish is
+// answered 503 "not acknowledged"; retried with the same Idempotency-Key
+// once a replica is there, it is answered 200 with the first attempt's
+// id, and the event exists once.
+func TestWaitReplicasTimeout(t *testing.T) {
+	master := startRedisWith(t, "--save", "", "--appendonly", "no")
+	a := startNode(t, master.url()+" {\n\t\t\t\twait_replicas 1 200ms\n\t\t\t}", "")
+	publish := func() (int, string) {
+		req, _ := http.NewRequest("POST", a.base+"/publish", strings.NewReader("topic=w&data=once"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Idempotency-Key", "k1")
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		body, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, strings.TrimSpace(string(body))
+	}
+	status, body := publish()
+	if status != 503 || !strings.Contains(body, "0 of 1 replicas") || !strings.Contains(body, "Idempotency-Key") {
+		t.Fatalf("publish with no replica: %d %q, want 503 naming the replicas and the retry", status, body)
+	}
+	startRedisWith(t, "--save", "", "--appendonly", "no", "--replicaof", "127.0.0.1", master.port)
+	var id string
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(100 * time.Millisecond) {
+		if status, id = publish(); status == 200 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the retry was never acknowledged: %d %s", status, id)
+		}
+	}
+	n, err := master.client(t).XLen(context.Background(), "push:default:t:w").Result()
+	if err != nil || n != 1 {
+		t.Fatalf("the topic holds %d events (%v), want the one", n, err)
+	}
+	if _, seq, ok := push.ParseID(id); !ok || seq != 1 {
+		t.Fatalf("the retry's id %q is not the first attempt's (seq 1)", id)
 	}
 }
