@@ -11,6 +11,7 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/big"
 	"slices"
@@ -243,12 +244,14 @@ type store struct {
 	rosterDone chan struct{}
 }
 
-// Keys, under the prefix: epoch (set once), seq (the counter), t:<topic>
-// (a stream per topic), all (the hub-wide stream, for catching up),
-// trimmed (hash: topic → newest seq trimmed away), key:<hex id> (an
-// idempotency key: "<fingerprint> <epoch> <seq>" of its event, expiring
-// with the window), the events channel and the control channel (commands
-// such as pause, for every node).
+// Keys, under the prefix: epoch, run and lineage (epoch.go), seq (the
+// counter), t:<topic> (a stream per topic), tr:<topic> (the newest seq
+// trimmed away from it), both expiring history_ttl after the topic's
+// last event; all (the hub-wide stream, for catching up), key:<hex id>
+// (an idempotency key: "<fingerprint> <epoch> <seq>" of its event,
+// expiring with the window), the events channel and the control channel
+// (commands such as pause, for every node). Versions before tr:<topic>
+// kept the trimmed seqs in one hash, trimmed, which is still read.
 func (s *store) key(name string) string { return s.prefix + name }
 
 // publishScript stores an event in every topic's stream and the hub-wide
@@ -285,6 +288,13 @@ local topics = {}
 for i = 11, #ARGV do topics[#topics + 1] = ARGV[i] end
 local ev = cjson.encode({p = epoch, s = seq, t = now, k = topics, e = ARGV[4], d = ARGV[5], r = tonumber(ARGV[6])})
 local id = seq .. '-1'
+local function mark(topic, trimmed)
+  if ttl > 0 then
+    redis.call('SET', p .. 'tr:' .. topic, trimmed, 'PX', ttl)
+  else
+    redis.call('SET', p .. 'tr:' .. topic, trimmed)
+  end
+end
 for _, topic in ipairs(topics) do
   local key = p .. 't:' .. topic
   if hist > 0 then
@@ -292,7 +302,7 @@ for _, topic in ipairs(topics) do
     local over = redis.call('XLEN', key) - hist
     if over > 0 then
       local gone = redis.call('XRANGE', key, '-', '+', 'COUNT', over)
-      redis.call('HSET', p .. 'trimmed', topic, string.match(gone[#gone][1], '^(%d+)'))
+      mark(topic, string.match(gone[#gone][1], '^(%d+)'))
       redis.call('XTRIM', key, 'MAXLEN', hist)
     end
     if ttl > 0 then
@@ -303,11 +313,13 @@ for _, topic in ipairs(topics) do
       end
       if #cut > 0 then
         redis.call('XDEL', key, unpack(cut))
-        redis.call('HSET', p .. 'trimmed', topic, string.match(cut[#cut], '^(%d+)'))
+        mark(topic, string.match(cut[#cut], '^(%d+)'))
       end
+      redis.call('PEXPIRE', key, ttl)
+      redis.call('PEXPIRE', p .. 'tr:' .. topic, ttl)
     end
   else
-    redis.call('HSET', p .. 'trimmed', topic, seq)
+    mark(topic, seq)
   end
 end
 redis.call('XADD', p .. 'all', id, 'v', ev)
@@ -521,27 +533,40 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 			return b, nil
 		}
 	}
-	trimmed, err := s.client.HMGet(ctx, s.key("trimmed"), topics...).Result()
-	if err != nil {
+	s.mu.Lock()
+	ttl := s.limits.TTL
+	s.mu.Unlock()
+	// one transaction, so that no publish trims a stream between the
+	// read of its trim mark and the read of its entries
+	pipe := s.client.TxPipeline()
+	legacy := pipe.HMGet(ctx, s.key("trimmed"), topics...)
+	marks := make([]*goredis.StringCmd, len(topics))
+	ranges := make([]*goredis.XMessageSliceCmd, len(topics))
+	exist := make([]*goredis.IntCmd, len(topics))
+	for i, t := range topics {
+		marks[i] = pipe.Get(ctx, s.key("tr:"+t))
+		ranges[i] = pipe.XRange(ctx, s.key("t:"+t), streamAfter(after), "+")
+		exist[i] = pipe.Exists(ctx, s.key("t:"+t))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
 		return push.Backlog{}, unavailable(err)
 	}
+	trimmed := legacy.Val()
+	for _, m := range marks {
+		trimmed = append(trimmed, m.Val())
+	}
 	for _, v := range trimmed {
-		if str, ok := v.(string); ok {
+		if str, ok := v.(string); ok && str != "" {
 			if n, _ := strconv.ParseUint(str, 10, 64); n > after {
 				b.Reset = "events after this id are no longer in history"
 				return b, nil
 			}
 		}
 	}
-	s.mu.Lock()
-	ttl := s.limits.TTL
-	s.mu.Unlock()
-	for _, t := range topics {
-		entries, err := s.client.XRange(ctx, s.key("t:"+t), streamAfter(after), "+").Result()
-		if err != nil {
-			return push.Backlog{}, unavailable(err)
-		}
-		for _, en := range entries {
+	expired := false
+	for i := range topics {
+		expired = expired || exist[i].Val() == 0
+		for _, en := range ranges[i].Val() {
 			ev, err := decode(en.Values["v"])
 			if err != nil {
 				continue
@@ -558,9 +583,33 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 			b.Events = append(b.Events, ev)
 		}
 	}
+	if expired && ttl > 0 {
+		gone, err := s.mayHaveExpired(ctx, after, ttl)
+		if err != nil {
+			return push.Backlog{}, unavailable(err)
+		}
+		if gone {
+			return push.Backlog{Head: b.Head, HeadSeq: head, Reset: "events after this id are no longer in history"}, nil
+		}
+	}
 	slices.SortFunc(b.Events, func(x, y *push.Event) int { return cmp.Compare(x.Seq, y.Seq) })
 	b.Events = slices.CompactFunc(b.Events, func(x, y *push.Event) bool { return x.Seq == y.Seq })
 	return b, nil
+}
+
+// mayHaveExpired tells whether a topic stream that is gone (it expires
+// history_ttl after its last event, or never existed) may have held
+// events after seq. Seqs follow time, so if the hub's first event after
+// seq is younger than the TTL, so is every later one, and none of them
+// can be in an expired stream; an event older, or a hub-wide stream that
+// no longer reaches back to seq, may hide some.
+func (s *store) mayHaveExpired(ctx context.Context, seq uint64, ttl time.Duration) (bool, error) {
+	next, err := s.client.XRangeN(ctx, s.key("all"), streamAfter(seq), "+", 1).Result()
+	if err != nil || len(next) == 0 {
+		return false, err
+	}
+	ev, err := decode(next[0].Values["v"])
+	return err != nil || ev.Seq != seq+1 || time.Since(ev.Time) > ttl, nil
 }
 
 // streamAfter is the exclusive XRANGE start after an event's seq.

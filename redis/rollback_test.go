@@ -149,3 +149,43 @@ func TestRestartKeepsTheTimeline(t *testing.T) {
 		t.Fatalf("resume across the restart: reset %q, %d events", sub.Backlog.Reset, len(sub.Backlog.Events))
 	}
 }
+
+// Topic streams and their trim marks expire history_ttl after the topic's
+// last event, so a topic published once does not stay in Redis; a client
+// resuming from before them is still told of the gap, and one resuming
+// from after every event of the hub is not.
+func TestTopicStreamsExpire(t *testing.T) {
+	r := startRedis(t)
+	a := startNode(t, r.url(), "history 1\n\t\t\thistory_ttl 1s")
+	var ids []string
+	for i := range 2 {
+		status, id := a.publish("once", strconv.Itoa(i))
+		if status != 200 {
+			t.Fatalf("publish: %d %s", status, id)
+		}
+		ids = append(ids, id)
+	}
+	c := r.client(t)
+	ctx := context.Background()
+	for _, k := range []string{"push:default:t:once", "push:default:tr:once"} {
+		if ttl, err := c.PTTL(ctx, k).Result(); err != nil || ttl <= 0 || ttl > time.Second {
+			t.Fatalf("%s expires in %v (%v), want within history_ttl", k, ttl, err)
+		}
+	}
+	time.Sleep(1200 * time.Millisecond)
+	if n, err := c.Exists(ctx, "push:default:t:once", "push:default:tr:once").Result(); err != nil || n != 0 {
+		t.Fatalf("%d of the topic's keys are left after history_ttl (%v)", n, err)
+	}
+	if ev := subscribe(t, a.base, "once", ids[0]).next(t, 3*time.Second); ev.Type != "push.reset" {
+		t.Fatalf("resumed from before the expired events with %+v, want push.reset", ev)
+	}
+	// nothing after the newest id: nothing to miss, whatever expired
+	s := subscribe(t, a.base, "once", ids[1])
+	status, id := a.publish("once", "fresh")
+	if status != 200 {
+		t.Fatalf("publish: %d %s", status, id)
+	}
+	if ev := s.next(t, 3*time.Second); ev.ID != id {
+		t.Fatalf("resumed from the newest id with %+v, want %s", ev, id)
+	}
+}
