@@ -78,7 +78,7 @@ func ExampleHub_PublishAs() {
 }
 
 // A Caddy module takes the hub of its own configuration from the push
-// app in Provision (as the demo's clock, example/clock, does) rather
+// app in Provision (as the demo's clock, cmd/caddy/clock, does) rather
 // than by name from the running hubs, so that it holds the hub its
 // configuration set up, across reloads too.
 func ExampleApp_Hub() {

@@ -2,7 +2,7 @@
 # caddy-push against nchan and Centrifugo on this machine, on loopback only.
 #
 # For each scenario and transport, starts a fresh caddy-push (bench/Caddyfile)
-# and runs cmd/pushbench against it, then the same against a fresh nchan
+# and runs bench/pushbench against it, then the same against a fresh nchan
 # (nginx with bench/nchan.conf) and a fresh Centrifugo v6 (its unidirectional
 # SSE and WebSocket transports, published to through its HTTP server API;
 # bench/centrifugo.json). At the end it prints every figure side by side
@@ -326,7 +326,7 @@ if has_target centrifugo; then install_centrifugo; fi
 ulimit -n "$(ulimit -Hn)" # the servers need as many files as the connections
 log "building caddy-push and pushbench"
 go build -o "$WORK/caddy" ./cmd/caddy
-go build -o "$WORK/pushbench" ./cmd/pushbench
+go build -o "$WORK/pushbench" ./bench/pushbench
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log
 

@@ -25,7 +25,7 @@ import (
 	"github.com/chromedp/chromedp"
 
 	_ "github.com/caddy-push/push"
-	_ "github.com/caddy-push/push/example/clock"
+	_ "github.com/caddy-push/push/cmd/caddy/clock"
 )
 
 // demo is a Caddy site running in this process: the repository's demo

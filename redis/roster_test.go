@@ -314,7 +314,7 @@ func TestClusterPresence(t *testing.T) {
 	}
 
 	// pause from b: a's streams and b's, counted across the cluster
-	aliceA = a.sseAs("alice")
+	a.sseAs("alice") // a stream on a again, which the pause counts
 	var p struct {
 		Scope  string
 		Paused int

@@ -8,7 +8,7 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 
 	_ "github.com/caddy-push/push"
-	_ "github.com/caddy-push/push/example/clock"
+	_ "github.com/caddy-push/push/cmd/caddy/clock"
 	_ "github.com/caddy-push/push/redis"
 
 	_ "github.com/caddyserver/caddy/v2/modules/standard"

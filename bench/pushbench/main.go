@@ -238,8 +238,8 @@ func main() {
 	}
 	switch {
 	case c.compare:
-		results, err := readResults(files)
-		if err != nil {
+		var results []*result
+		if results, err = readResults(files); err != nil {
 			fatal(err)
 		}
 		printComparison(os.Stdout, results)

@@ -1,7 +1,7 @@
 // Package clock is the demo's ticking clock: a Caddy app that publishes
 // the time to a topic every second through caddy-push's Go API, as any
-// module or program embedding Caddy can. It is part of the demo binary
-// (cmd/caddy), not of the push module.
+// module or program embedding Caddy can. It belongs to the demo binary
+// (cmd/caddy); the push module's users never import it.
 package clock
 
 import (
