@@ -243,7 +243,7 @@ func (adminAPI) publish(w http.ResponseWriter, r *http.Request, hub *Hub) error 
 	m, err := parseJSONMessage(body)
 	m.IdempotencyKey = key
 	if err == nil {
-		err = m.Validate()
+		err = hub.Validate(m)
 	}
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)

@@ -32,6 +32,7 @@ func init() {
 //			history_ttl        <duration>
 //			history_max_bytes  <size>
 //			idempotency_window <duration>
+//			max_publish_topics <count>
 //			broker             <name> [<args...>]
 //		}
 //	}
@@ -106,6 +107,13 @@ func (hc *HubConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			hc.IdempotencyWindow = &w
+		case "max_publish_topics":
+			if err := parseInt(d, &hc.MaxPublishTopics); err != nil {
+				return err
+			}
+			if hc.MaxPublishTopics == 0 {
+				return d.Errf("invalid max_publish_topics '0': want 1 or more")
+			}
 		case "broker":
 			if !d.NextArg() {
 				return d.ArgErr()

@@ -76,6 +76,7 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		{name: "history 0 keeps none", input: "push {\n\thub a {\n\t\thistory 0\n\t}\n}", want: map[string]*HubConfig{"a": {History: intPtr(0)}}},
 		{name: "history_ttl in days", input: "push {\n\thub a {\n\t\thistory_ttl 1d\n\t}\n}", want: map[string]*HubConfig{"a": {HistoryTTL: dur(24 * time.Hour)}}},
 		{name: "idempotency_window 0 ignores keys", input: "push {\n\thub a {\n\t\tidempotency_window 0\n\t}\n}", want: map[string]*HubConfig{"a": {IdempotencyWindow: durPtr(0)}}},
+		{name: "max_publish_topics", input: "push {\n\thub a {\n\t\tmax_publish_topics 100\n\t}\n}", want: map[string]*HubConfig{"a": {MaxPublishTopics: 100}}},
 		{name: "history_max_bytes plain", input: "push {\n\thub a {\n\t\thistory_max_bytes 4096\n\t}\n}", want: map[string]*HubConfig{"a": {HistoryMaxBytes: 4096}}},
 		{
 			name: "several hubs",
@@ -119,6 +120,9 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		{name: "history_max_bytes zero", input: "push {\n\thub a {\n\t\thistory_max_bytes 0\n\t}\n}", err: "invalid history_max_bytes '0'"},
 		{name: "history_max_bytes not a size", input: "push {\n\thub a {\n\t\thistory_max_bytes big\n\t}\n}", err: "invalid history_max_bytes 'big'"},
 		{name: "history_max_bytes negative", input: "push {\n\thub a {\n\t\thistory_max_bytes -1KiB\n\t}\n}", err: "invalid history_max_bytes '-1KiB'"},
+		{name: "max_publish_topics zero", input: "push {\n\thub a {\n\t\tmax_publish_topics 0\n\t}\n}", err: "invalid max_publish_topics '0': want 1 or more"},
+		{name: "max_publish_topics negative", input: "push {\n\thub a {\n\t\tmax_publish_topics -1\n\t}\n}", err: "invalid max_publish_topics '-1'"},
+		{name: "max_publish_topics two values", input: "push {\n\thub a {\n\t\tmax_publish_topics 1 2\n\t}\n}", err: "wrong argument count or unexpected line ending after '2'"},
 		{name: "broker without name", input: "push {\n\thub a {\n\t\tbroker\n\t}\n}", err: "wrong argument count or unexpected line ending after 'broker'"},
 		{name: "unknown broker", input: "push {\n\thub a {\n\t\tbroker nope\n\t}\n}", err: "getting module named 'push.brokers.nope'"},
 		{name: "broker memory with argument", input: "push {\n\thub a {\n\t\tbroker memory fast\n\t}\n}", err: "wrong argument count or unexpected line ending after 'fast'"},

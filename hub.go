@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -40,6 +39,8 @@ type Hub struct {
 	// inFlight has the keys being published by this node.
 	idempotencyWindow atomic.Int64
 	inFlight          inFlight
+	// maxPublishTopics bounds the topics of one publish
+	maxPublishTopics atomic.Int64
 
 	mu    sync.RWMutex
 	lanes []lane // at least one
@@ -84,6 +85,7 @@ const spreadAt = 256
 func newHub(name string) *Hub {
 	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{}), out: new(laneOut)}}}
 	h.idempotencyWindow.Store(int64(DefaultIdempotencyWindow))
+	h.maxPublishTopics.Store(DefaultMaxPublishTopics)
 	return h
 }
 
@@ -153,9 +155,15 @@ func (h *Hub) Publish(ctx context.Context, m Message) (string, error) {
 // with ErrIdempotencyConflict, and a repeat while the first is still
 // being stored by this node with ErrIdempotencyInFlight.
 func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Published, error) {
-	if err := m.Validate(); err != nil {
+	if err := h.Validate(m); err != nil {
 		return Published{}, err
 	}
+	return h.publishValid(ctx, m, publisher)
+}
+
+// publishValid is PublishAs for a message already validated, or the
+// hub's own (presence events, whose types are reserved).
+func (h *Hub) publishValid(ctx context.Context, m Message, publisher string) (Published, error) {
 	m.Topics = uniqueTopics(m.Topics)
 	key, window := m.IdempotencyKey, time.Duration(h.idempotencyWindow.Load())
 	m.IdempotencyKey = "" // not kept with the event
@@ -193,6 +201,24 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 	}
 	h.stats.published.Add(1)
 	return Published{ID: ev.ID}, nil
+}
+
+// Validate reports why m may not be published on this hub, as PublishAs
+// does before anything else: Message.Validate's rules (no reserved type,
+// retry at most a day, ...), and at most max_publish_topics topics. The
+// error wraps ErrInvalidMessage. The count is checked first, so a huge
+// list costs no more than its length.
+func (h *Hub) Validate(m Message) error {
+	if n, limit := len(m.Topics), h.maxPublishTopics.Load(); int64(n) > limit {
+		return invalidf("too many topics: %d (the limit is %d)", n, limit)
+	}
+	return m.Validate()
+}
+
+// SetMaxPublishTopics sets how many topics one publish may name (at least
+// 1). The push app sets it from max_publish_topics.
+func (h *Hub) SetMaxPublishTopics(n int) {
+	h.maxPublishTopics.Store(int64(max(n, 1)))
 }
 
 // testHoldPublish, set by tests, runs while a keyed publish is in flight,
@@ -783,11 +809,17 @@ func (s *Subscription) Close() {
 	}
 }
 
-// uniqueTopics drops repeated topics, keeping the first of each in order.
+// uniqueTopics drops repeated topics, keeping the first of each in order,
+// in time linear in their number.
 func uniqueTopics(topics []string) []string {
 	out := make([]string, 0, len(topics))
+	if len(topics) < 2 {
+		return append(out, topics...)
+	}
+	seen := make(map[string]struct{}, len(topics))
 	for _, t := range topics {
-		if !slices.Contains(out, t) {
+		if _, dup := seen[t]; !dup {
+			seen[t] = struct{}{}
 			out = append(out, t)
 		}
 	}

@@ -68,6 +68,11 @@ type HubConfig struct {
 	// (counted as 160 bytes each, at most half of it); Redis keeps each key
 	// with the window as its TTL. Default: 1h.
 	IdempotencyWindow *caddy.Duration `json:"idempotency_window,omitempty"`
+	// MaxPublishTopics is how many topics one publish may name, on every
+	// publish path (push_publish, a WebSocket client, the admin API, the
+	// Go API); a publish naming more is refused with 400. Each topic of an
+	// event costs work for every subscriber it reaches. Default: 32.
+	MaxPublishTopics int `json:"max_publish_topics,omitempty"`
 	// BrokerRaw is the backend that stores and fans out the hub's events.
 	// Default: memory (this process only).
 	BrokerRaw json.RawMessage `json:"broker,omitempty" caddy:"namespace=push.brokers inline_key=broker"`
@@ -140,6 +145,10 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		}
 		window = time.Duration(*hc.IdempotencyWindow)
 	}
+	if hc.MaxPublishTopics < 0 {
+		return nil, fmt.Errorf("max_publish_topics must not be negative")
+	}
+	maxTopics := cmpOr(hc.MaxPublishTopics, DefaultMaxPublishTopics)
 	brokerConfig := string(hc.BrokerRaw)
 	var factory BrokerFactory = MemoryBroker{}
 	if hc.BrokerRaw != nil {
@@ -179,6 +188,7 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		hub.broker.SetHistory(limits)
 	}
 	hub.SetIdempotencyWindow(window)
+	hub.SetMaxPublishTopics(maxTopics)
 	if window > limits.TTL {
 		logger.Warn("idempotency_window is longer than history_ttl: a late retry is answered with the id of an event no longer kept for replay",
 			zap.Duration("idempotency_window", window), zap.Duration("history_ttl", limits.TTL))

@@ -165,7 +165,7 @@ func (s *Subscription) presenceFrames(format string) [][]byte {
 func (h *Hub) announce(s *Subscription, event string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	if _, err := h.Publish(ctx, Message{Topics: s.Topics, Type: event, Data: presenceData(s.who)}); err != nil {
+	if _, err := h.publishValid(ctx, Message{Topics: s.Topics, Type: event, Data: presenceData(s.who)}, ""); err != nil {
 		h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
 	}
 }

@@ -148,7 +148,9 @@ func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 	}
 	m.IdempotencyKey = key
 	if err == nil {
-		err = m.Validate()
+		// PublishAs checks again; checked here, a bad message is a 400
+		// before any other answer about it
+		err = h.hub.Validate(m)
 	}
 	if err != nil {
 		return writeError(w, r, http.StatusBadRequest, err)
@@ -230,6 +232,8 @@ func (h *PublishHandler) publishError(w http.ResponseWriter, r *http.Request, m 
 // refused, for the publish route and the admin API alike.
 func publishStatus(err error) (int, error) {
 	switch {
+	case errors.Is(err, ErrInvalidMessage):
+		return http.StatusBadRequest, err
 	case errors.Is(err, ErrIdempotencyConflict):
 		return http.StatusUnprocessableEntity,
 			errors.New("Idempotency-Key was already used for a different message: use a new key for a new message")

@@ -589,9 +589,6 @@ func publishFrame(ctx context.Context, sub *Subscription, allowed []string, fram
 	if err != nil {
 		return err
 	}
-	if err := m.Validate(); err != nil {
-		return err
-	}
 	publisher := "anonymous"
 	if user := sub.Member().User; user != "" {
 		publisher = "user:" + user
