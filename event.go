@@ -138,6 +138,11 @@ type Event struct {
 	// Time is when the broker stored the event; history_ttl counts from it.
 	Time time.Time `json:"-"`
 
+	// live marks an event the hub delivers without storing it (push.join,
+	// push.leave): it has no ID and no Seq, is never replayed, and so
+	// never moves a client's resume point
+	live bool
+
 	sseOnce sync.Once
 	sse     []byte
 
@@ -361,17 +366,23 @@ func encodeFrame(f wsFrame) []byte { return appendFrameJSON(nil, f) }
 // made on the fan-out's path. FuzzFrameJSON holds the two to the same
 // bytes.
 func appendFrameJSON(b []byte, f wsFrame) []byte {
-	b = append(b, `{"id":`...)
-	b = appendJSONString(b, f.ID)
+	b = append(b, '{')
+	if f.ID != "" { // a presence event has none
+		b = append(b, `"id":`...)
+		b = appendJSONString(b, f.ID)
+		b = append(b, ',')
+	}
 	if f.Topic != "" {
-		b = append(b, `,"topic":`...)
+		b = append(b, `"topic":`...)
 		b = appendJSONString(b, f.Topic)
+		b = append(b, ',')
 	}
 	if f.Event != "" {
-		b = append(b, `,"event":`...)
+		b = append(b, `"event":`...)
 		b = appendJSONString(b, f.Event)
+		b = append(b, ',')
 	}
-	b = append(b, `,"data":`...)
+	b = append(b, `"data":`...)
 	b = appendJSONString(b, f.Data)
 	return append(b, '}')
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -41,6 +42,10 @@ type Hub struct {
 	inFlight          inFlight
 	// maxPublishTopics bounds the topics of one publish
 	maxPublishTopics atomic.Int64
+
+	// deliverMu makes deliver's calls one at a time: the broker's, in id
+	// order, and the hub's live events (push.join, push.leave) between them
+	deliverMu sync.Mutex
 
 	mu    sync.RWMutex
 	lanes []lane // at least one
@@ -158,12 +163,6 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 	if err := h.Validate(m); err != nil {
 		return Published{}, err
 	}
-	return h.publishValid(ctx, m, publisher)
-}
-
-// publishValid is PublishAs for a message already validated, or the
-// hub's own (presence events, whose types are reserved).
-func (h *Hub) publishValid(ctx context.Context, m Message, publisher string) (Published, error) {
 	m.Topics = uniqueTopics(m.Topics)
 	key, window := m.IdempotencyKey, time.Duration(h.idempotencyWindow.Load())
 	m.IdempotencyKey = "" // not kept with the event
@@ -232,8 +231,11 @@ func (h *Hub) SetIdempotencyWindow(d time.Duration) {
 }
 
 // deliver hands ev to every local subscription of its topics. The broker
-// calls it one event at a time, in id order.
+// calls it with each stored event, in id order; the hub with its live
+// events.
 func (h *Hub) deliver(ev *Event) {
+	h.deliverMu.Lock()
+	defer h.deliverMu.Unlock()
 	if h.work == nil {
 		h.deliverLane(ev, 0)
 		return
@@ -279,10 +281,16 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 		for s := range l.topics[t] {
 			if multi {
 				// a subscription to several of the event's topics gets it once
-				if s.lastOffered >= ev.Seq {
+				if ev.live {
+					if s.lastLive == ev {
+						continue
+					}
+					s.lastLive = ev
+				} else if s.lastOffered >= ev.Seq {
 					continue
+				} else {
+					s.lastOffered = ev.Seq
 				}
-				s.lastOffered = ev.Seq
 			}
 			if s.offer(ev, &out.batch, &out.written[s.transportIndex]) {
 				out.written[s.transportIndex]++
@@ -467,6 +475,9 @@ func (h *Hub) command(c Command) int {
 	if c.Disconnect != nil && c.Disconnect.Validate() == nil {
 		n += h.disconnectLocal(*c.Disconnect)
 	}
+	if a := c.Announce; a != nil && (a.Type == "push.join" || a.Type == "push.leave") && h.Validate(Message{Topics: a.Topics, Data: a.Data}) == nil {
+		h.deliver(&Event{Message: *a, live: true})
+	}
 	return n
 }
 
@@ -602,6 +613,7 @@ type Subscription struct {
 	transportIndex int             // of transport in transports
 	lane           int             // of the hub's lanes, the one that delivers to it
 	lastOffered    uint64          // only touched by its lane, one event at a time
+	lastLive       *Event          // the same, for live events (which have no Seq)
 	skipThrough    uint64          // live events up to here are already in the backlog
 	presence       []topicPresence // push.presence data to send first, per topic
 
@@ -636,7 +648,7 @@ func (s *Subscription) offer(ev *Event, b *engine.Batch, count *uint64) bool {
 	s.mu.Lock()
 	if sink := s.sink; sink != nil {
 		// skipThrough is set before Attach, which published it under mu
-		skip := ev.Seq <= s.skipThrough
+		skip := !ev.live && ev.Seq <= s.skipThrough
 		s.mu.Unlock()
 		if skip {
 			return false
@@ -668,7 +680,7 @@ func (s *Subscription) Attach(sink Sink) {
 	s.mu.Lock()
 	n := 0
 	for _, ev := range s.pending {
-		if ev.Seq > s.skipThrough && sink.Deliver(ev) {
+		if s.fresh(ev) && sink.Deliver(ev) {
 			n++
 		}
 	}
@@ -778,14 +790,13 @@ func (s *Subscription) Take(buf []*Event) []*Event {
 	s.pending = buf[:0]
 	s.mu.Unlock()
 	// drop what the backlog already delivered
-	i := 0
-	for i < len(batch) && batch[i].Seq <= s.skipThrough {
-		i++
-	}
-	if i > 0 {
-		batch = append(batch[:0], batch[i:]...)
-	}
-	return batch
+	return slices.DeleteFunc(batch, func(ev *Event) bool { return !s.fresh(ev) })
+}
+
+// fresh reports whether a live delivery of ev is not already in the
+// subscription's backlog.
+func (s *Subscription) fresh(ev *Event) bool {
+	return ev.live || ev.Seq > s.skipThrough
 }
 
 // Delivered counts events written to the client, for metrics.

@@ -161,12 +161,21 @@ func (s *Subscription) presenceFrames(format string) [][]byte {
 	return frames
 }
 
-// announce publishes a presence event about a subscription to its topics.
+// announce tells a subscription's topics of its arrival or departure:
+// to this node's subscribers at once, and to other nodes' through the
+// broker's broadcast. The event is live only: it is not stored, has no id
+// and is never replayed, so connections coming and going cannot push
+// the topics' events out of history, nor move a client's resume point (a
+// client that resumes gets push.presence instead).
 func (h *Hub) announce(s *Subscription, event string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := h.publishValid(ctx, Message{Topics: s.Topics, Type: event, Data: presenceData(s.who)}, ""); err != nil {
-		h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
+	m := Message{Topics: s.Topics, Type: event, Data: presenceData(s.who)}
+	h.deliver(&Event{Message: m, live: true})
+	if b, ok := h.broker.(Broadcaster); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := b.Broadcast(ctx, Command{Announce: &m}); err != nil {
+			h.logger.Warn("presence event not sent to other nodes", zap.String("event", event), zap.Error(err))
+		}
 	}
 }
 

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
 	"reflect"
@@ -215,4 +216,135 @@ func TestPresenceSnapshot(t *testing.T) {
 	}
 	late := subscribe(t, c.URL+"/auth/events", basicAuthHeader("alice", "a-pass"))
 	check("alice's second tab", firstSSEEvent(t, late), "alice", "carol", "dave", "-", "-", "-", "alice")
+}
+
+const churnSite = `
+{
+	push {
+		hub default {
+			history 5
+		}
+	}
+}
+http://127.0.0.1:PORT {
+	push_sse /room {
+		topics room
+		presence
+	}
+	push_ws /ws {
+		topics room
+		presence
+	}
+	push_publish /publish {
+		anonymous
+	}
+}`
+
+// push.join and push.leave are live only: a loop of short connects no
+// longer pushes a topic's events out of its history (a resumer gets them,
+// not push.reset), and the notices carry no id, so they never move a
+// client's resume point, over SSE and WebSocket.
+func TestPresenceEventsAreLiveOnly(t *testing.T) {
+	c := startCaddy(t, churnSite)
+	watch := subscribe(t, c.URL+"/room", nil)
+	if ev := firstSSEEvent(t, watch); ev.Type != "push.presence" {
+		t.Fatalf("first event %+v", ev)
+	}
+	if ev := watch.nextEvent(2 * time.Second); ev.Type != "push.join" {
+		t.Fatalf("got %+v, want its own join", ev)
+	}
+	ws := mustDialWS(t, c.URL+"/ws", nil)
+	ws.next(2 * time.Second) // push.presence
+	ws.next(2 * time.Second) // its own join
+	if ev := watch.nextEvent(2 * time.Second); ev.Type != "push.join" {
+		t.Fatalf("got %+v, want the WebSocket's join", ev)
+	}
+	_, first := c.publish("/publish", "topic=room&data=first")
+	_, second := c.publish("/publish", "topic=room&data=second")
+	for _, id := range []string{first, second} {
+		if ev := watch.nextEvent(2 * time.Second); ev.ID != id {
+			t.Fatalf("got %+v, want %s", ev, id)
+		}
+		if f := ws.nextFrame(2 * time.Second); f.ID != id {
+			t.Fatalf("ws got %+v, want %s", f, id)
+		}
+	}
+
+	const churn = 10 // twice as many notices as history keeps
+	for range churn {
+		s := subscribe(t, c.URL+"/room", nil)
+		firstSSEEvent(t, s)
+		s.Close()
+	}
+	joins := 0
+	for range 2 * churn {
+		ev := watch.nextEvent(2 * time.Second)
+		if ev.Type != "push.join" && ev.Type != "push.leave" || ev.ID != second {
+			t.Fatalf("got %+v, want a presence notice that leaves the last id at %s", ev, second)
+		}
+		if ev.Type == "push.join" {
+			joins++
+		}
+		raw := ws.next(2 * time.Second)
+		var f map[string]string
+		if err := json.Unmarshal(raw, &f); err != nil || f["event"] != ev.Type && !strings.HasPrefix(f["event"], "push.") {
+			t.Fatalf("ws frame %s: %v", raw, err)
+		}
+		if _, hasID := f["id"]; hasID || f["topic"] != "room" {
+			t.Fatalf("ws presence frame %s: want a topic and no id", raw)
+		}
+	}
+	if joins != churn {
+		t.Fatalf("%d joins, want %d", joins, churn)
+	}
+
+	// history kept the events: a client resuming from first gets second,
+	// after its snapshot, and no push.reset nor any stored notice
+	resumed := subscribe(t, c.URL+"/room", header("Last-Event-ID", first))
+	if ev := firstSSEEvent(t, resumed); ev.Type != "push.presence" {
+		t.Fatalf("resumed stream began with %+v", ev)
+	}
+	if ev := resumed.nextEvent(2 * time.Second); ev.ID != second || ev.Data != "second" {
+		t.Fatalf("resumed stream got %+v, want %s", ev, second)
+	}
+	ws2 := mustDialWSSetup(t, c.URL+"/ws?lastEventId="+first, nil)
+	ws2.next(2 * time.Second) // push.presence
+	if f := ws2.nextFrame(2 * time.Second); f.ID != second {
+		t.Fatalf("resumed WebSocket got %+v, want %s", f, second)
+	}
+}
+
+// A subscription following several of a member's topics hears its join
+// once, as any event; none is kept for replay.
+func TestPresenceLiveEventOncePerSubscription(t *testing.T) {
+	h := openHub(t, HistoryLimits{Events: 100})
+	head := mustPublish(t, h, "before", "a")
+	s := mustSubscribe(t, h, "", "a", "b")
+	m, err := h.subscribe(context.Background(), []string{"a", "b"}, "", Member{Connection: "c1", Transport: TransportSSE, Since: time.Now()}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	m.Close()
+	id := mustPublish(t, h, "after", "a", "b")
+	var got []*Event
+	for deadline := time.After(2 * time.Second); len(got) < 3; {
+		select {
+		case <-s.Ready():
+			got = append(got, s.Take(nil)...)
+		case <-deadline:
+			t.Fatalf("got %v, want 3 events", got)
+		}
+	}
+	if len(got) != 3 || got[0].Type != "push.join" || got[1].Type != "push.leave" || got[2].ID != id {
+		t.Fatalf("got %v", got)
+	}
+	for _, ev := range got[:2] {
+		if ev.ID != "" || len(ev.SSE()) == 0 || strings.Contains(string(ev.SSE()), "id:") {
+			t.Fatalf("presence notice %q carries an id", ev.SSE())
+		}
+	}
+	b, err := h.broker.Replay(context.Background(), []string{"a", "b"}, head)
+	if err != nil || len(b.Events) != 1 || b.Events[0].ID != id {
+		t.Fatalf("replay after %s: %v %v, want only %s", head, b.Events, err, id)
+	}
 }

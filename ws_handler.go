@@ -609,9 +609,10 @@ func connectionID() string {
 	return hex.EncodeToString(b)
 }
 
-// wsFrame is a server message in json format.
+// wsFrame is a server message in json format; one without an id (a
+// presence event) does not move the client's resume point.
 type wsFrame struct {
-	ID    string `json:"id"`
+	ID    string `json:"id,omitempty"`
 	Topic string `json:"topic,omitempty"`
 	Event string `json:"event,omitempty"`
 	Data  string `json:"data"`
