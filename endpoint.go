@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -304,6 +305,25 @@ func clientIP(r *http.Request) string {
 	}
 	host, _, _ := net.SplitHostPort(r.RemoteAddr)
 	return host
+}
+
+// ipKey is what a client's address counts as: an IPv4 address (or an
+// IPv4-mapped IPv6 one) whole, an IPv6 address by its first v6prefix
+// bits, as one subscriber is given a whole /64 and picks addresses in it
+// freely. Anything else (not an IP) counts as itself.
+func ipKey(ip string, v6prefix int) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	if addr = addr.Unmap(); addr.Is4() {
+		return addr.String()
+	}
+	p, err := addr.WithZone("").Prefix(v6prefix)
+	if err != nil {
+		return addr.String()
+	}
+	return p.String()
 }
 
 // subscriptionTopics resolves the topics of one request: the expanded

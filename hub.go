@@ -152,7 +152,8 @@ func (h *Hub) Publish(ctx context.Context, m Message) (string, error) {
 // m.IdempotencyKey: the same key from two publishers names two messages.
 // HTTP and WebSocket publishers are "token:<hash of the token>",
 // "user:<user id or JWT sub>", "jwt:<hash of the token>" (a JWT without
-// sub) or "anonymous"; the process's own code is "".
+// sub) or "anonymous:<client address, IPv6 by its /64>"; the admin API is
+// "admin", the process's own code "".
 //
 // With a key, and the hub's idempotency window not 0, a repeat of the
 // same message within the window stores nothing and returns the first

@@ -265,7 +265,7 @@ func idempotencyKey(r *http.Request) (string, error) {
 
 // publisher names who publishes, to scope idempotency keys: the static
 // token (by its hash), the JWT's subject (or the token's hash when it has
-// none), or anyone on an anonymous route.
+// none), or on an anonymous route the client's address.
 func (h *PublishHandler) publisher(r *http.Request, grant *Grant) string {
 	switch {
 	case grant != nil:
@@ -278,7 +278,15 @@ func (h *PublishHandler) publisher(r *http.Request, grant *Grant) string {
 	case h.tokenHash != nil:
 		return "token:" + hex.EncodeToString(h.tokenHash[:])
 	}
-	return "anonymous"
+	return anonymousPublisher(clientIP(r))
+}
+
+// anonymousPublisher scopes the idempotency keys of a publisher without
+// credentials to its address (IPv6: its /64, which a device keeps when
+// its privacy address changes), so a client retrying after a reconnect
+// finds its key and a client elsewhere cannot claim it.
+func anonymousPublisher(ip string) string {
+	return "anonymous:" + ipKey(ip, 64)
 }
 
 // authorize checks the request's credentials. A nil grant with no error

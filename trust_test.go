@@ -3,6 +3,8 @@ package push
 import (
 	"context"
 	"errors"
+	"io"
+	"net/http"
 	"net/url"
 	"strconv"
 	"strings"
@@ -181,6 +183,133 @@ func TestUniqueTopics(t *testing.T) {
 	} {
 		if got := uniqueTopics(tc.in); strings.Join(got, ",") != strings.Join(tc.want, ",") || len(got) != len(tc.want) {
 			t.Errorf("uniqueTopics(%q) = %q, want %q", tc.in, got, tc.want)
+		}
+	}
+}
+
+// proxiedSite trusts loopback as a proxy, so each request names its
+// client's address in X-Forwarded-For.
+const proxiedSite = `
+{
+	servers {
+		trusted_proxies static 127.0.0.1/8 ::1/128
+	}
+}
+http://127.0.0.1:PORT {
+	push_sse /events
+	push_ws /chat {
+		topics chat
+		publish chat
+	}
+	push_publish /open {
+		anonymous
+	}
+}`
+
+func from(addr string) http.Header { return http.Header{"X-Forwarded-For": {addr}} }
+
+// Anonymous publishers have an Idempotency-Key scope per client address
+// (IPv6: per /64): a repeat from the same address is a replay, the same
+// key from elsewhere is another publisher's (neither a replay nor a
+// conflict).
+func TestTrustAnonymousIdempotencyPerAddress(t *testing.T) {
+	c := startCaddy(t, proxiedSite)
+	watch := subscribe(t, c.URL+"/events?topic=a", nil)
+	send := func(addr, data string) answer {
+		t.Helper()
+		req, _ := http.NewRequest("POST", c.URL+"/open", strings.NewReader("topic=a&data="+data))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Idempotency-Key", "k")
+		req.Header.Set("X-Forwarded-For", addr)
+		resp, err := testClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return answer{resp.StatusCode, string(b), resp.Header.Get("Idempotent-Replayed")}
+	}
+	first := send("203.0.113.1", "mine")
+	if first.status != 200 || first.replayed != "" {
+		t.Fatalf("first: %+v", first)
+	}
+	for _, tc := range []struct {
+		addr, data string
+		status     int
+		replayOf   string // "" : a new event
+	}{
+		{"203.0.113.1", "mine", 200, first.body},        // the same client retries
+		{"203.0.113.2", "theirs", 200, ""},              // a stranger's key is its own
+		{"203.0.113.1", "other", 422, ""},               // the key names one message per client
+		{"2001:db8:1:2::1", "v6", 200, ""},              // a new scope
+		{"2001:db8:1:2:aaaa::9", "v6", 200, "v6-first"}, // another address of the same /64
+		{"2001:db8:1:3::1", "v6", 200, ""},              // another /64
+	} {
+		a := send(tc.addr, tc.data)
+		switch {
+		case a.status != tc.status:
+			t.Fatalf("%s %s: %+v, want %d", tc.addr, tc.data, a, tc.status)
+		case tc.status != 200:
+		case tc.replayOf == "v6-first":
+			if a.replayed != "true" {
+				t.Fatalf("%s: %+v, want a replay", tc.addr, a)
+			}
+		case (a.replayed == "true") != (tc.replayOf != "") || tc.replayOf != "" && a.body != tc.replayOf:
+			t.Fatalf("%s %s: %+v, want replay of %q", tc.addr, tc.data, a, tc.replayOf)
+		}
+	}
+	for _, want := range []string{"mine", "theirs", "v6", "v6"} {
+		if ev := watch.nextEvent(2 * time.Second); ev.Data != want {
+			t.Fatalf("got %+v, want %s", ev, want)
+		}
+	}
+	watch.quiet(100 * time.Millisecond)
+
+	// WebSocket: the same, per the connection's address; a client that
+	// reconnects finds its key
+	ws := subscribe(t, c.URL+"/events?topic=chat", nil)
+	a := mustDialWS(t, c.URL+"/chat", from("198.51.100.7"))
+	a.send(`{"key":"w","data":"a"}`)
+	if f := a.nextFrame(2 * time.Second); f.Data != "a" {
+		t.Fatalf("got %+v", f)
+	}
+	b := mustDialWS(t, c.URL+"/chat", from("198.51.100.8"))
+	b.send(`{"key":"w","data":"b"}`)
+	if f := b.nextFrame(2 * time.Second); f.Data != "b" {
+		t.Fatalf("a stranger's key: got %+v, want its message published", f)
+	}
+	a.conn.Close()
+	again := mustDialWS(t, c.URL+"/chat", from("198.51.100.7"))
+	again.send(`{"key":"w","data":"a"}`)
+	again.send(`{"key":"w","data":"changed"}`)
+	if raw := string(again.next(2 * time.Second)); !strings.Contains(raw, `"error"`) || !strings.Contains(raw, "already used") {
+		t.Fatalf("after reconnecting: got %s, want the retry replayed and the change refused", raw)
+	}
+	for _, want := range []string{"a", "b"} {
+		if ev := ws.nextEvent(2 * time.Second); ev.Data != want {
+			t.Fatalf("got %+v, want %s", ev, want)
+		}
+	}
+	ws.quiet(100 * time.Millisecond)
+}
+
+func TestIPKey(t *testing.T) {
+	for _, tc := range []struct {
+		ip     string
+		prefix int
+		want   string
+	}{
+		{"203.0.113.9", 64, "203.0.113.9"},
+		{"::ffff:203.0.113.9", 64, "203.0.113.9"},
+		{"2001:db8:1:2:3:4:5:6", 64, "2001:db8:1:2::/64"},
+		{"2001:db8:1:2::9", 64, "2001:db8:1:2::/64"},
+		{"2001:db8:1:2:3:4:5:6", 48, "2001:db8:1::/48"},
+		{"2001:db8:1:2:3:4:5:6", 128, "2001:db8:1:2:3:4:5:6/128"},
+		{"fe80::1%eth0", 64, "fe80::/64"},
+		{"not-an-ip", 64, "not-an-ip"},
+	} {
+		if got := ipKey(tc.ip, tc.prefix); got != tc.want {
+			t.Errorf("ipKey(%q, %d) = %q, want %q", tc.ip, tc.prefix, got, tc.want)
 		}
 	}
 }

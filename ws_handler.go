@@ -579,8 +579,8 @@ func (s *socket) reply(msg string) bool {
 }
 
 // publishFrame publishes a client's message to one of the topics it may
-// publish to, on behalf of the subscription's user (or of anyone, for a
-// client without one), who scopes its idempotency key.
+// publish to, on behalf of the subscription's user (or of its address,
+// for a client without one), who scopes its idempotency key.
 func publishFrame(ctx context.Context, sub *Subscription, allowed []string, frame []byte) error {
 	if len(allowed) == 0 {
 		return errors.New("this endpoint does not accept messages")
@@ -589,9 +589,10 @@ func publishFrame(ctx context.Context, sub *Subscription, allowed []string, fram
 	if err != nil {
 		return err
 	}
-	publisher := "anonymous"
-	if user := sub.Member().User; user != "" {
-		publisher = "user:" + user
+	who := sub.Member()
+	publisher := anonymousPublisher(who.RemoteAddr)
+	if who.User != "" {
+		publisher = "user:" + who.User
 	}
 	_, err = sub.hub.PublishAs(ctx, m, publisher)
 	switch {
