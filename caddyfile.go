@@ -66,6 +66,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		if d.NextArg() {
 			return d.ArgErr()
 		}
+		if err := validateHubName(name); err != nil {
+			return d.Err(err.Error())
+		}
 		if _, dup := a.Hubs[name]; dup {
 			return d.Errf("hub '%s' is defined more than once", name)
 		}

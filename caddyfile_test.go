@@ -101,6 +101,10 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		{name: "hub option outside a hub", input: "push {\n\thistory 5\n}", err: "unrecognized push option 'history'"},
 		{name: "hub without name", input: "push {\n\thub\n}", err: "wrong argument count or unexpected line ending after 'hub'"},
 		{name: "hub with two names", input: "push {\n\thub a b\n}", err: "wrong argument count or unexpected line ending after 'b'"},
+		{name: "hub name with a colon", input: "push {\n\thub a:b\n}", err: `invalid hub name "a:b": use only letters, digits, '_', '.' and '-'`},
+		{name: "hub name with a brace", input: "push {\n\thub {x}y\n}", err: `invalid hub name "{x}y"`},
+		{name: "hub name with a slash", input: "push {\n\thub a/b\n}", err: `invalid hub name "a/b"`},
+		{name: "hub name with every allowed kind", input: "push {\n\thub Chat_1.eu-west\n}", want: map[string]*HubConfig{"Chat_1.eu-west": {}}},
 		{name: "duplicate hub", input: "push {\n\thub a\n\thub a {\n\t\thistory 1\n\t}\n}", err: "hub 'a' is defined more than once"},
 		{name: "unknown hub option", input: "push {\n\thub a {\n\t\tsize 5\n\t}\n}", err: "unrecognized hub option 'size'"},
 		{name: "duplicate hub option", input: "push {\n\thub a {\n\t\thistory 1\n\t\thistory 2\n\t}\n}", err: "hub option 'history' given more than once"},
@@ -631,5 +635,23 @@ func TestCaddyfileValidateUnknownHub(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			checkErr(t, tc.caddyfile, caddyValidate(adapt(t, tc.caddyfile)), tc.err)
 		})
+	}
+}
+
+// A hub name outside [A-Za-z0-9_.-]+ in JSON config is refused at load,
+// with the hub named: two hubs could otherwise share Redis keys ("a" and
+// "a:t" both own push:a:t:...).
+func TestHubNameAtLoad(t *testing.T) {
+	for _, tc := range []struct{ name, err string }{
+		{"a:t", `loading hub "a:t": invalid hub name "a:t": use only letters, digits, '_', '.' and '-'`},
+		{"{tag}", `loading hub "{tag}": invalid hub name`},
+		{"café", `invalid hub name "café"`},
+		{"a b", `invalid hub name "a b"`},
+		{"", "hub name must not be empty"},
+		{"Chat_1.eu-west", ""},
+	} {
+		hubs, _ := json.Marshal(map[string]any{tc.name: map[string]any{}})
+		cfg := `{"apps":{"push":{"hubs":` + string(hubs) + `}}}`
+		checkErr(t, cfg, caddyValidate([]byte(cfg)), tc.err)
 	}
 }

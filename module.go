@@ -42,7 +42,8 @@ var live sync.Map
 // App is the `push` app: it owns the hubs that push handlers subscribe to
 // and publish on.
 type App struct {
-	// Hubs by name. A hub named "default" exists even when not listed.
+	// Hubs by name: letters, digits, '_', '.' and '-'. A hub named
+	// "default" exists even when not listed.
 	Hubs map[string]*HubConfig `json:"hubs,omitempty"`
 
 	hubs   map[string]*Hub
@@ -116,8 +117,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 }
 
 func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub, error) {
-	if name == "" {
-		return nil, fmt.Errorf("hub name must not be empty")
+	if err := validateHubName(name); err != nil {
+		return nil, err
 	}
 	limits := HistoryLimits{Events: DefaultHistory, TTL: DefaultHistoryTTL, MaxBytes: DefaultHistoryMaxBytes}
 	if hc.History != nil {
@@ -195,6 +196,21 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 	}
 	a.keys = append(a.keys, key)
 	return hub, nil
+}
+
+// validateHubName allows letters, digits, '_', '.' and '-': a hub's name
+// is part of its Redis keys (push:<hub>:...), and with a ':' or a brace
+// two hubs could share keys.
+func validateHubName(name string) error {
+	if name == "" {
+		return fmt.Errorf("hub name must not be empty")
+	}
+	for _, c := range []byte(name) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return fmt.Errorf("invalid hub name %q: use only letters, digits, '_', '.' and '-'", name)
+		}
+	}
+	return nil
 }
 
 // Start is a no-op: hubs run from Provision on.
