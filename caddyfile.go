@@ -170,6 +170,7 @@ func parseHandler[T any, P handlerPtr[T]](h httpcaddyfile.Helper) (caddyhttp.Mid
 //		pause_for              <duration>
 //		max_connections        <count>
 //		max_connections_per_ip <count>
+//		ipv6_prefix            <bits>
 //		max_topics             <count>
 //		presence
 //		presence_limit         <count>
@@ -213,6 +214,7 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		pause_for              <duration>
 //		max_connections        <count>
 //		max_connections_per_ip <count>
+//		ipv6_prefix            <bits>
 //		max_topics             <count>
 //		private                <pattern...>
 //		jwt_key                <secret or PEM public key>
@@ -309,6 +311,14 @@ func (e *Endpoint) unmarshalOption(d *caddyfile.Dispenser, opt string) (bool, er
 		return true, parseInt(d, &e.MaxConnections)
 	case "max_connections_per_ip":
 		return true, parseInt(d, &e.MaxConnectionsPerIP)
+	case "ipv6_prefix":
+		if err := parseInt(d, &e.IPv6Prefix); err != nil {
+			return true, err
+		}
+		if e.IPv6Prefix < 1 || e.IPv6Prefix > 128 {
+			return true, d.Errf("invalid ipv6_prefix '%d': want bits from 1 to 128", e.IPv6Prefix)
+		}
+		return true, nil
 	case "max_duration":
 		return true, parseDuration(d, &e.MaxDuration)
 	case "pause_for":

@@ -206,6 +206,11 @@ func TestCaddyfilePushSSE(t *testing.T) {
 		{name: "pause_for not a duration", input: "push_sse {\n\tpause_for soon\n}", err: "soon"},
 		{name: "max_connections 0", input: "push_sse {\n\tmax_connections 0\n}"},
 		{name: "hub only", input: "push_sse {\n\thub chat\n}", want: SSEHandler{Endpoint: Endpoint{Hub: "chat"}}},
+		{name: "ipv6_prefix", input: "push_sse {\n\tmax_connections_per_ip 4\n\tipv6_prefix 56\n}", want: SSEHandler{Endpoint: Endpoint{MaxConnectionsPerIP: 4, IPv6Prefix: 56}}},
+		{name: "ipv6_prefix 128", input: "push_sse {\n\tipv6_prefix 128\n}", want: SSEHandler{Endpoint: Endpoint{IPv6Prefix: 128}}},
+		{name: "ipv6_prefix 0", input: "push_sse {\n\tipv6_prefix 0\n}", err: "invalid ipv6_prefix '0': want bits from 1 to 128"},
+		{name: "ipv6_prefix 129", input: "push_sse {\n\tipv6_prefix 129\n}", err: "invalid ipv6_prefix '129'"},
+		{name: "ipv6_prefix with a slash", input: "push_sse {\n\tipv6_prefix /64\n}", err: "invalid ipv6_prefix '/64'"},
 
 		{name: "stray argument", input: `push_sse /events`, err: "wrong argument count or unexpected line ending after '/events'"},
 		{name: "unknown subdirective", input: "push_sse {\n\tbogus 1\n}", err: "unrecognized push_sse subdirective 'bogus'"},

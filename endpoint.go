@@ -25,6 +25,10 @@ import (
 // DefaultMaxTopics bounds how many topics one connection follows.
 const DefaultMaxTopics = 32
 
+// DefaultIPv6Prefix is the IPv6 network max_connections_per_ip counts as
+// one client.
+const DefaultIPv6Prefix = 64
+
 // Endpoint is what the SSE and WebSocket handlers share: the hub, the
 // topics a connection follows, the connection limit, and the signal that
 // ends every stream when the server shuts down or the config unloads.
@@ -46,8 +50,15 @@ type Endpoint struct {
 	// MaxConnectionsPerIP caps open connections from one client IP (as
 	// Caddy sees it, honouring trusted_proxies); beyond it the server
 	// answers 429 with Retry-After, or pauses an EventSource as
-	// max_connections does. Default: 0 (no limit).
+	// max_connections does. IPv6 clients are counted by network, as
+	// IPv6Prefix says. Default: 0 (no limit).
 	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+	// IPv6Prefix is how many leading bits of an IPv6 address
+	// max_connections_per_ip counts as one client: a subscriber is
+	// usually given a whole /64 and may connect from any address in it.
+	// 128 counts every address apart; IPv4 addresses are always counted
+	// whole. From 1 to 128. Default: 64.
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 	// MaxDuration ends a connection after this long (±10% jitter, so
 	// clients do not come back all at once); the client reconnects and
 	// resumes from its last event, losing nothing. Default: 0 (off).
@@ -131,6 +142,12 @@ func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 	}
 	if e.PresenceLimit == 0 {
 		e.PresenceLimit = DefaultPresenceLimit
+	}
+	if e.IPv6Prefix == 0 {
+		e.IPv6Prefix = DefaultIPv6Prefix
+	}
+	if e.IPv6Prefix < 1 || e.IPv6Prefix > 128 {
+		return fmt.Errorf("ipv6_prefix must be from 1 to 128 bits, not %d", e.IPv6Prefix)
 	}
 	if e.PauseFor > 0 && e.MaxDuration == 0 {
 		return fmt.Errorf("pause_for needs max_duration: streams pause when they reach it")
@@ -279,7 +296,7 @@ func (e *Endpoint) reserve(r *http.Request) (func(), int, error) {
 	if e.MaxConnectionsPerIP == 0 {
 		return func() { c.open.Add(-1) }, 0, nil
 	}
-	ip := clientIP(r)
+	ip := ipKey(clientIP(r), e.IPv6Prefix)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.perIP[ip] >= e.MaxConnectionsPerIP {

@@ -313,3 +313,50 @@ func TestIPKey(t *testing.T) {
 		}
 	}
 }
+
+// max_connections_per_ip counts an IPv6 client by its /64, or by the
+// network ipv6_prefix names; IPv4 clients by their address.
+func TestTrustConnectionsPerIPv6Network(t *testing.T) {
+	c := startCaddy(t, strings.Replace(proxiedSite, "	push_sse /events\n", `	push_sse /events {
+		max_connections_per_ip 1
+	}
+	push_sse /each {
+		max_connections_per_ip 1
+		ipv6_prefix 128
+	}
+	push_sse /wide {
+		max_connections_per_ip 1
+		ipv6_prefix 48
+	}
+`, 1))
+	open := func(path, addr string) int {
+		t.Helper()
+		s := subscribe(t, c.URL+path+"?topic=x", from(addr))
+		return s.Resp.StatusCode
+	}
+	for _, tc := range []struct {
+		path, addr string
+		status     int
+	}{
+		{"/events", "2001:db8:1:2::1", 200},
+		{"/events", "2001:db8:1:2:ffff::2", 429}, // the same /64
+		{"/events", "2001:db8:1:3::1", 200},      // the next /64
+		{"/events", "203.0.113.1", 200},
+		{"/events", "203.0.113.2", 200},
+		{"/events", "::ffff:203.0.113.2", 429}, // the same IPv4 client
+		{"/each", "2001:db8:1:2::1", 200},
+		{"/each", "2001:db8:1:2::2", 200},
+		{"/each", "2001:db8:1:2::2", 429},
+		{"/wide", "2001:db8:1:2::1", 200},
+		{"/wide", "2001:db8:1:3::1", 429}, // the same /48
+		{"/wide", "2001:db8:2::1", 200},
+	} {
+		if got := open(tc.path, tc.addr); got != tc.status {
+			t.Errorf("%s from %s: %d, want %d", tc.path, tc.addr, got, tc.status)
+		}
+	}
+	cfg := `{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"push_sse","ipv6_prefix":129}]}]}}}}}`
+	if err := caddyValidate([]byte(cfg)); err == nil || !strings.Contains(err.Error(), "ipv6_prefix must be from 1 to 128 bits, not 129") {
+		t.Fatalf("ipv6_prefix 129 in JSON: %v", err)
+	}
+}
