@@ -464,6 +464,11 @@ func (h *Hub) Presence(ctx context.Context, topic string, limit int) ([]Member, 
 func (h *Hub) members(ctx context.Context, topic string, limit int, presence bool) ([]Member, int, string, error) {
 	if r, ok := h.broker.(Roster); ok {
 		members, n, err := r.Members(ctx, topic, limit, presence)
+		if presence && members != nil {
+			// the roster lists a member on each of its topics
+			members = slices.DeleteFunc(members, func(m Member) bool { return !m.announcedOn(topic) })
+			n = len(members)
+		}
 		return members[:min(len(members), limit)], n, ScopeCluster, err
 	}
 	members := h.localMembers(topic, presence)

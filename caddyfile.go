@@ -172,7 +172,7 @@ func parseHandler[T any, P handlerPtr[T]](h httpcaddyfile.Helper) (caddyhttp.Mid
 //		max_connections_per_ip <count>
 //		ipv6_prefix            <bits>
 //		max_topics             <count>
-//		presence
+//		presence               [<topic pattern...>]
 //		presence_limit         <count>
 //		private                <pattern...>
 //		jwt_key                <secret or PEM public key>
@@ -205,7 +205,7 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_message_size       <size>
 //		origins                <origin...>
 //		format                 json|text
-//		presence
+//		presence               [<topic pattern...>]
 //		presence_limit         <count>
 //		compression
 //		publish_rate           <per second>
@@ -329,7 +329,8 @@ func (e *Endpoint) unmarshalOption(d *caddyfile.Dispenser, opt string) (bool, er
 		return true, parseList(d, &e.Private)
 	case "presence":
 		e.Presence = true
-		return true, noArgs(d)
+		e.PresenceTopics = d.RemainingArgs()
+		return true, nil
 	case "presence_limit":
 		return true, parseInt(d, &e.PresenceLimit)
 	}

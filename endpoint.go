@@ -73,9 +73,15 @@ type Endpoint struct {
 	MaxTopics int `json:"max_topics,omitempty"`
 	// Presence tells a connection's topics who is there: each connection
 	// first gets a push.presence event per topic, listing its members (this
-	// connection included), and its arrival and departure are published
-	// as push.join and push.leave events. Default: false.
+	// connection included), and its arrival and departure are sent as
+	// push.join and push.leave events. Default: false.
 	Presence bool `json:"presence,omitempty"`
+	// PresenceTopics, with presence, are topic patterns (see MatchTopic):
+	// a connection is announced, listed and sent push.presence only on
+	// those of its topics they match, so its user's name does not reach
+	// the followers of its other topics (a public feed, say). Default:
+	// none (every topic of the connection).
+	PresenceTopics []string `json:"presence_topics,omitempty"`
 	// PresenceLimit bounds the members a push.presence event lists; a
 	// topic with more gets their count only. Default: 1000.
 	PresenceLimit int `json:"presence_limit,omitempty"`
@@ -142,6 +148,14 @@ func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 	}
 	if e.PresenceLimit == 0 {
 		e.PresenceLimit = DefaultPresenceLimit
+	}
+	if len(e.PresenceTopics) > 0 && !e.Presence {
+		return fmt.Errorf("presence_topics needs presence")
+	}
+	for _, p := range e.PresenceTopics {
+		if err := ValidateTopic(p); err != nil {
+			return fmt.Errorf("presence pattern: %v", err)
+		}
 	}
 	if e.IPv6Prefix == 0 {
 		e.IPv6Prefix = DefaultIPv6Prefix

@@ -322,6 +322,9 @@ func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string
 func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string, who Member, announce bool) (*Subscription, error) {
 	transport := who.Transport
 	who.Presence = announce
+	if !announce {
+		who.Announced = nil
+	}
 	s := &Subscription{
 		hub:            h,
 		Topics:         topics,

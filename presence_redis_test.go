@@ -131,6 +131,16 @@ http://127.0.0.1:` + port + ` {
 		topics room
 		presence
 	}
+	push_sse /b-quiet-lobby {
+		hub b
+		topics room lobby
+		presence room
+	}
+	push_sse /a-lobby {
+		hub a
+		topics lobby
+		presence
+	}
 }`
 	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
 	if err != nil {
@@ -157,6 +167,17 @@ http://127.0.0.1:` + port + ` {
 	leave()
 	if b := nextBlock(t, watch); b.event != "push.leave" || b.id != "" || b.data != join.data {
 		t.Fatalf("a's stream got %+v, want the leave of %s without an id", b, join.data)
+	}
+
+	// presence room: announced on room across nodes, and not listed on
+	// lobby by the other node's snapshot
+	openStream(t, base+"/b-quiet-lobby")
+	if b := nextBlock(t, watch); b.event != "push.join" || b.id != "" {
+		t.Fatalf("a's stream got %+v, want a join on room", b)
+	}
+	lobby, _ := openStream(t, base+"/a-lobby")
+	if b := nextBlock(t, lobby); b.event != "push.presence" || strings.Count(b.data, `"connection"`) != 1 {
+		t.Fatalf("lobby snapshot %+v, want its own connection only", b)
 	}
 	hub, _ := push.LookupHub("a")
 	info, err := hub.Info(context.Background())

@@ -21,7 +21,8 @@ func TestCaddyfilePresence(t *testing.T) {
 	}{
 		{name: "presence", input: "presence", want: Endpoint{Presence: true}},
 		{name: "presence_limit", input: "presence\n\tpresence_limit 50", want: Endpoint{Presence: true, PresenceLimit: 50}},
-		{name: "presence with an argument", input: "presence on", err: "wrong argument count or unexpected line ending after 'on'"},
+		{name: "presence with a pattern", input: "presence on", want: Endpoint{Presence: true, PresenceTopics: []string{"on"}}},
+		{name: "presence with patterns", input: "presence room/* user/*/inbox", want: Endpoint{Presence: true, PresenceTopics: []string{"room/*", "user/*/inbox"}}},
 		{name: "presence_limit without value", input: "presence_limit", err: "wrong argument count or unexpected line ending after 'presence_limit'"},
 		{name: "presence_limit not a number", input: "presence_limit many", err: "invalid presence_limit 'many'"},
 		{name: "presence_limit negative", input: "presence_limit -1", err: "invalid presence_limit '-1'"},
@@ -47,9 +48,15 @@ func TestCaddyfilePresence(t *testing.T) {
 			})
 		}
 	}
-	cfg := `{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"push_sse","presence_limit":-3}]}]}}}}}`
-	if err := caddyValidate([]byte(cfg)); err == nil || !strings.Contains(err.Error(), "presence_limit must not be negative") {
-		t.Fatalf("negative presence_limit in JSON: %v", err)
+	for handler, want := range map[string]string{
+		`"presence_limit":-3`:                        "presence_limit must not be negative",
+		`"presence_topics":["room/*"]`:               "presence_topics needs presence",
+		`"presence":true,"presence_topics":["a\nb"]`: `presence pattern: topic "a\nb" has control characters`,
+	} {
+		cfg := `{"apps":{"http":{"servers":{"s":{"listen":["127.0.0.1:0"],"routes":[{"handle":[{"handler":"push_sse",` + handler + `}]}]}}}}}`
+		if err := caddyValidate([]byte(cfg)); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s in JSON: %v, want %q", handler, err, want)
+		}
 	}
 }
 
@@ -347,4 +354,99 @@ func TestPresenceLiveEventOncePerSubscription(t *testing.T) {
 	if err != nil || len(b.Events) != 1 || b.Events[0].ID != id {
 		t.Fatalf("replay after %s: %v %v, want only %s", head, b.Events, err, id)
 	}
+}
+
+var presenceTopicsSite = `
+http://127.0.0.1:PORT {
+	@members path /events /ws /all
+	basic_auth @members {
+		alice ` + bcryptHash("a-pass") + `
+		bob ` + bcryptHash("b-pass") + `
+	}
+	push_sse /events {
+		topics lobby room/{query.room}
+		presence room/*
+	}
+	push_ws /ws {
+		topics lobby room/{query.room}
+		presence room/*
+	}
+	push_sse /all {
+		topics lobby room/{query.room}
+		presence
+	}
+	push_sse /public {
+		topics lobby
+	}
+}`
+
+// presence <pattern...> announces a member, and lists it, only on the
+// topics the patterns match: the followers of a public topic the member
+// also follows learn nothing of it. Bare presence still covers every topic.
+func TestPresenceOnListedTopicsOnly(t *testing.T) {
+	c := startCaddy(t, presenceTopicsSite)
+	spy := subscribe(t, c.URL+"/public", nil)
+	snapshot := func(data string) (topic string, users []string) {
+		t.Helper()
+		var s struct {
+			Topic   string
+			Members []struct{ User string }
+		}
+		if err := json.Unmarshal([]byte(data), &s); err != nil {
+			t.Fatalf("push.presence data %q: %v", data, err)
+		}
+		for _, m := range s.Members {
+			users = append(users, m.User)
+		}
+		return s.Topic, users
+	}
+
+	alice := subscribe(t, c.URL+"/events?room=1", basicAuthHeader("alice", "a-pass"))
+	if ev := firstSSEEvent(t, alice); ev.Type != "push.presence" {
+		t.Fatalf("alice's first event: %+v", ev)
+	} else if topic, users := snapshot(ev.Data); topic != "room/1" || !reflect.DeepEqual(users, []string{"alice"}) {
+		t.Fatalf("alice's snapshot: %s %v, want room/1's only", topic, users)
+	}
+	if ev := alice.nextEvent(2 * time.Second); ev.Type != "push.join" || !strings.Contains(ev.Data, `"alice"`) {
+		t.Fatalf("alice's own join: %+v", ev)
+	}
+
+	bob := mustDialWS(t, c.URL+"/ws?room=1", basicAuthHeader("bob", "b-pass"))
+	if f := bob.nextFrame(2 * time.Second); f.Event != "push.presence" {
+		t.Fatalf("bob's first frame: %+v", f)
+	} else if topic, users := snapshot(f.Data); topic != "room/1" || !reflect.DeepEqual(users, []string{"alice", "bob"}) {
+		t.Fatalf("bob's snapshot: %s %v", topic, users)
+	}
+	if f := bob.nextFrame(2 * time.Second); f.Event != "push.join" || f.Topic != "room/1" {
+		t.Fatalf("bob's own join: %+v, want it on room/1", f)
+	}
+	if ev := alice.nextEvent(2 * time.Second); ev.Type != "push.join" || !strings.Contains(ev.Data, `"bob"`) {
+		t.Fatalf("alice got %+v, want bob's join", ev)
+	}
+	spy.quiet(200 * time.Millisecond)
+
+	// bare presence: every topic, lobby included; its lobby snapshot
+	// lists only those announced on lobby
+	all := subscribe(t, c.URL+"/all?room=1", basicAuthHeader("alice", "a-pass"))
+	want := map[string][]string{"lobby": {"alice"}, "room/1": {"alice", "bob", "alice"}}
+	for range 2 {
+		ev := firstSSEEvent(t, all)
+		topic, users := snapshot(ev.Data)
+		if ev.Type != "push.presence" || !reflect.DeepEqual(users, want[topic]) {
+			t.Fatalf("bare presence snapshot: %s %v, want %v", topic, users, want[topic])
+		}
+		delete(want, topic)
+	}
+	if ev := spy.nextEvent(2 * time.Second); ev.Type != "push.join" || !strings.Contains(ev.Data, `"alice"`) {
+		t.Fatalf("the lobby got %+v, want the join of bare presence", ev)
+	}
+
+	bob.conn.Close()
+	if ev := alice.nextEvent(2 * time.Second); ev.Type != "push.join" {
+		t.Fatalf("alice got %+v, want the /all join", ev)
+	}
+	if ev := alice.nextEvent(2 * time.Second); ev.Type != "push.leave" || !strings.Contains(ev.Data, `"bob"`) {
+		t.Fatalf("alice got %+v, want bob's leave", ev)
+	}
+	spy.quiet(200 * time.Millisecond)
 }
