@@ -243,7 +243,7 @@ func (adminAPI) publish(w http.ResponseWriter, r *http.Request, hub *Hub) error 
 	m, err := parseJSONMessage(body)
 	m.IdempotencyKey = key
 	if err == nil {
-		err = m.Validate()
+		err = hub.Validate(m)
 	}
 	if err != nil {
 		return apiError(http.StatusBadRequest, err)
@@ -464,6 +464,11 @@ func (h *Hub) Presence(ctx context.Context, topic string, limit int) ([]Member, 
 func (h *Hub) members(ctx context.Context, topic string, limit int, presence bool) ([]Member, int, string, error) {
 	if r, ok := h.broker.(Roster); ok {
 		members, n, err := r.Members(ctx, topic, limit, presence)
+		if presence && members != nil {
+			// the roster lists a member on each of its topics
+			members = slices.DeleteFunc(members, func(m Member) bool { return !m.announcedOn(topic) })
+			n = len(members)
+		}
 		return members[:min(len(members), limit)], n, ScopeCluster, err
 	}
 	members := h.localMembers(topic, presence)

@@ -44,6 +44,9 @@ type Broadcaster interface {
 type Command struct {
 	Pause      *PauseRequest      `json:"pause,omitempty"`
 	Disconnect *DisconnectRequest `json:"disconnect,omitempty"`
+	// Announce is a presence event (push.join, push.leave) for the
+	// subscribers of every node: live only, never stored.
+	Announce *Message `json:"announce,omitempty"`
 }
 
 // Inspector is implemented by brokers that can describe what they keep,

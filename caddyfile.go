@@ -32,6 +32,7 @@ func init() {
 //			history_ttl        <duration>
 //			history_max_bytes  <size>
 //			idempotency_window <duration>
+//			max_publish_topics <count>
 //			broker             <name> [<args...>]
 //		}
 //	}
@@ -64,6 +65,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		name := d.Val()
 		if d.NextArg() {
 			return d.ArgErr()
+		}
+		if err := validateHubName(name); err != nil {
+			return d.Err(err.Error())
 		}
 		if _, dup := a.Hubs[name]; dup {
 			return d.Errf("hub '%s' is defined more than once", name)
@@ -106,6 +110,13 @@ func (hc *HubConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			hc.IdempotencyWindow = &w
+		case "max_publish_topics":
+			if err := parseInt(d, &hc.MaxPublishTopics); err != nil {
+				return err
+			}
+			if hc.MaxPublishTopics == 0 {
+				return d.Errf("invalid max_publish_topics '0': want 1 or more")
+			}
 		case "broker":
 			if !d.NextArg() {
 				return d.ArgErr()
@@ -159,8 +170,9 @@ func parseHandler[T any, P handlerPtr[T]](h httpcaddyfile.Helper) (caddyhttp.Mid
 //		pause_for              <duration>
 //		max_connections        <count>
 //		max_connections_per_ip <count>
+//		ipv6_prefix            <bits>
 //		max_topics             <count>
-//		presence
+//		presence               [<topic pattern...>]
 //		presence_limit         <count>
 //		private                <pattern...>
 //		jwt_key                <secret or PEM public key>
@@ -193,7 +205,7 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		max_message_size       <size>
 //		origins                <origin...>
 //		format                 json|text
-//		presence
+//		presence               [<topic pattern...>]
 //		presence_limit         <count>
 //		compression
 //		publish_rate           <per second>
@@ -202,6 +214,7 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		pause_for              <duration>
 //		max_connections        <count>
 //		max_connections_per_ip <count>
+//		ipv6_prefix            <bits>
 //		max_topics             <count>
 //		private                <pattern...>
 //		jwt_key                <secret or PEM public key>
@@ -298,6 +311,14 @@ func (e *Endpoint) unmarshalOption(d *caddyfile.Dispenser, opt string) (bool, er
 		return true, parseInt(d, &e.MaxConnections)
 	case "max_connections_per_ip":
 		return true, parseInt(d, &e.MaxConnectionsPerIP)
+	case "ipv6_prefix":
+		if err := parseInt(d, &e.IPv6Prefix); err != nil {
+			return true, err
+		}
+		if e.IPv6Prefix < 1 || e.IPv6Prefix > 128 {
+			return true, d.Errf("invalid ipv6_prefix '%d': want bits from 1 to 128", e.IPv6Prefix)
+		}
+		return true, nil
 	case "max_duration":
 		return true, parseDuration(d, &e.MaxDuration)
 	case "pause_for":
@@ -308,7 +329,8 @@ func (e *Endpoint) unmarshalOption(d *caddyfile.Dispenser, opt string) (bool, er
 		return true, parseList(d, &e.Private)
 	case "presence":
 		e.Presence = true
-		return true, noArgs(d)
+		e.PresenceTopics = d.RemainingArgs()
+		return true, nil
 	case "presence_limit":
 		return true, parseInt(d, &e.PresenceLimit)
 	}

@@ -76,6 +76,7 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		{name: "history 0 keeps none", input: "push {\n\thub a {\n\t\thistory 0\n\t}\n}", want: map[string]*HubConfig{"a": {History: intPtr(0)}}},
 		{name: "history_ttl in days", input: "push {\n\thub a {\n\t\thistory_ttl 1d\n\t}\n}", want: map[string]*HubConfig{"a": {HistoryTTL: dur(24 * time.Hour)}}},
 		{name: "idempotency_window 0 ignores keys", input: "push {\n\thub a {\n\t\tidempotency_window 0\n\t}\n}", want: map[string]*HubConfig{"a": {IdempotencyWindow: durPtr(0)}}},
+		{name: "max_publish_topics", input: "push {\n\thub a {\n\t\tmax_publish_topics 100\n\t}\n}", want: map[string]*HubConfig{"a": {MaxPublishTopics: 100}}},
 		{name: "history_max_bytes plain", input: "push {\n\thub a {\n\t\thistory_max_bytes 4096\n\t}\n}", want: map[string]*HubConfig{"a": {HistoryMaxBytes: 4096}}},
 		{
 			name: "several hubs",
@@ -100,6 +101,10 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		{name: "hub option outside a hub", input: "push {\n\thistory 5\n}", err: "unrecognized push option 'history'"},
 		{name: "hub without name", input: "push {\n\thub\n}", err: "wrong argument count or unexpected line ending after 'hub'"},
 		{name: "hub with two names", input: "push {\n\thub a b\n}", err: "wrong argument count or unexpected line ending after 'b'"},
+		{name: "hub name with a colon", input: "push {\n\thub a:b\n}", err: `invalid hub name "a:b": use only letters, digits, '_', '.' and '-'`},
+		{name: "hub name with a brace", input: "push {\n\thub {x}y\n}", err: `invalid hub name "{x}y"`},
+		{name: "hub name with a slash", input: "push {\n\thub a/b\n}", err: `invalid hub name "a/b"`},
+		{name: "hub name with every allowed kind", input: "push {\n\thub Chat_1.eu-west\n}", want: map[string]*HubConfig{"Chat_1.eu-west": {}}},
 		{name: "duplicate hub", input: "push {\n\thub a\n\thub a {\n\t\thistory 1\n\t}\n}", err: "hub 'a' is defined more than once"},
 		{name: "unknown hub option", input: "push {\n\thub a {\n\t\tsize 5\n\t}\n}", err: "unrecognized hub option 'size'"},
 		{name: "duplicate hub option", input: "push {\n\thub a {\n\t\thistory 1\n\t\thistory 2\n\t}\n}", err: "hub option 'history' given more than once"},
@@ -119,6 +124,9 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		{name: "history_max_bytes zero", input: "push {\n\thub a {\n\t\thistory_max_bytes 0\n\t}\n}", err: "invalid history_max_bytes '0'"},
 		{name: "history_max_bytes not a size", input: "push {\n\thub a {\n\t\thistory_max_bytes big\n\t}\n}", err: "invalid history_max_bytes 'big'"},
 		{name: "history_max_bytes negative", input: "push {\n\thub a {\n\t\thistory_max_bytes -1KiB\n\t}\n}", err: "invalid history_max_bytes '-1KiB'"},
+		{name: "max_publish_topics zero", input: "push {\n\thub a {\n\t\tmax_publish_topics 0\n\t}\n}", err: "invalid max_publish_topics '0': want 1 or more"},
+		{name: "max_publish_topics negative", input: "push {\n\thub a {\n\t\tmax_publish_topics -1\n\t}\n}", err: "invalid max_publish_topics '-1'"},
+		{name: "max_publish_topics two values", input: "push {\n\thub a {\n\t\tmax_publish_topics 1 2\n\t}\n}", err: "wrong argument count or unexpected line ending after '2'"},
 		{name: "broker without name", input: "push {\n\thub a {\n\t\tbroker\n\t}\n}", err: "wrong argument count or unexpected line ending after 'broker'"},
 		{name: "unknown broker", input: "push {\n\thub a {\n\t\tbroker nope\n\t}\n}", err: "getting module named 'push.brokers.nope'"},
 		{name: "broker memory with argument", input: "push {\n\thub a {\n\t\tbroker memory fast\n\t}\n}", err: "wrong argument count or unexpected line ending after 'fast'"},
@@ -198,6 +206,11 @@ func TestCaddyfilePushSSE(t *testing.T) {
 		{name: "pause_for not a duration", input: "push_sse {\n\tpause_for soon\n}", err: "soon"},
 		{name: "max_connections 0", input: "push_sse {\n\tmax_connections 0\n}"},
 		{name: "hub only", input: "push_sse {\n\thub chat\n}", want: SSEHandler{Endpoint: Endpoint{Hub: "chat"}}},
+		{name: "ipv6_prefix", input: "push_sse {\n\tmax_connections_per_ip 4\n\tipv6_prefix 56\n}", want: SSEHandler{Endpoint: Endpoint{MaxConnectionsPerIP: 4, IPv6Prefix: 56}}},
+		{name: "ipv6_prefix 128", input: "push_sse {\n\tipv6_prefix 128\n}", want: SSEHandler{Endpoint: Endpoint{IPv6Prefix: 128}}},
+		{name: "ipv6_prefix 0", input: "push_sse {\n\tipv6_prefix 0\n}", err: "invalid ipv6_prefix '0': want bits from 1 to 128"},
+		{name: "ipv6_prefix 129", input: "push_sse {\n\tipv6_prefix 129\n}", err: "invalid ipv6_prefix '129'"},
+		{name: "ipv6_prefix with a slash", input: "push_sse {\n\tipv6_prefix /64\n}", err: "invalid ipv6_prefix '/64'"},
 
 		{name: "stray argument", input: `push_sse /events`, err: "wrong argument count or unexpected line ending after '/events'"},
 		{name: "unknown subdirective", input: "push_sse {\n\tbogus 1\n}", err: "unrecognized push_sse subdirective 'bogus'"},
@@ -627,5 +640,23 @@ func TestCaddyfileValidateUnknownHub(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			checkErr(t, tc.caddyfile, caddyValidate(adapt(t, tc.caddyfile)), tc.err)
 		})
+	}
+}
+
+// A hub name outside [A-Za-z0-9_.-]+ in JSON config is refused at load,
+// with the hub named: two hubs could otherwise share Redis keys ("a" and
+// "a:t" both own push:a:t:...).
+func TestHubNameAtLoad(t *testing.T) {
+	for _, tc := range []struct{ name, err string }{
+		{"a:t", `loading hub "a:t": invalid hub name "a:t": use only letters, digits, '_', '.' and '-'`},
+		{"{tag}", `loading hub "{tag}": invalid hub name`},
+		{"café", `invalid hub name "café"`},
+		{"a b", `invalid hub name "a b"`},
+		{"", "hub name must not be empty"},
+		{"Chat_1.eu-west", ""},
+	} {
+		hubs, _ := json.Marshal(map[string]any{tc.name: map[string]any{}})
+		cfg := `{"apps":{"push":{"hubs":` + string(hubs) + `}}}`
+		checkErr(t, cfg, caddyValidate([]byte(cfg)), tc.err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"slices"
 	"strconv"
@@ -23,6 +24,10 @@ import (
 
 // DefaultMaxTopics bounds how many topics one connection follows.
 const DefaultMaxTopics = 32
+
+// DefaultIPv6Prefix is the IPv6 network max_connections_per_ip counts as
+// one client.
+const DefaultIPv6Prefix = 64
 
 // Endpoint is what the SSE and WebSocket handlers share: the hub, the
 // topics a connection follows, the connection limit, and the signal that
@@ -45,8 +50,15 @@ type Endpoint struct {
 	// MaxConnectionsPerIP caps open connections from one client IP (as
 	// Caddy sees it, honouring trusted_proxies); beyond it the server
 	// answers 429 with Retry-After, or pauses an EventSource as
-	// max_connections does. Default: 0 (no limit).
+	// max_connections does. IPv6 clients are counted by network, as
+	// IPv6Prefix says. Default: 0 (no limit).
 	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
+	// IPv6Prefix is how many leading bits of an IPv6 address
+	// max_connections_per_ip counts as one client: a subscriber is
+	// usually given a whole /64 and may connect from any address in it.
+	// 128 counts every address apart; IPv4 addresses are always counted
+	// whole. From 1 to 128. Default: 64.
+	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
 	// MaxDuration ends a connection after this long (±10% jitter, so
 	// clients do not come back all at once); the client reconnects and
 	// resumes from its last event, losing nothing. Default: 0 (off).
@@ -61,9 +73,15 @@ type Endpoint struct {
 	MaxTopics int `json:"max_topics,omitempty"`
 	// Presence tells a connection's topics who is there: each connection
 	// first gets a push.presence event per topic, listing its members (this
-	// connection included), and its arrival and departure are published
-	// as push.join and push.leave events. Default: false.
+	// connection included), and its arrival and departure are sent as
+	// push.join and push.leave events. Default: false.
 	Presence bool `json:"presence,omitempty"`
+	// PresenceTopics, with presence, are topic patterns (see MatchTopic):
+	// a connection is announced, listed and sent push.presence only on
+	// those of its topics they match, so its user's name does not reach
+	// the followers of its other topics (a public feed, say). Default:
+	// none (every topic of the connection).
+	PresenceTopics []string `json:"presence_topics,omitempty"`
 	// PresenceLimit bounds the members a push.presence event lists; a
 	// topic with more gets their count only. Default: 1000.
 	PresenceLimit int `json:"presence_limit,omitempty"`
@@ -130,6 +148,20 @@ func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 	}
 	if e.PresenceLimit == 0 {
 		e.PresenceLimit = DefaultPresenceLimit
+	}
+	if len(e.PresenceTopics) > 0 && !e.Presence {
+		return fmt.Errorf("presence_topics needs presence")
+	}
+	for _, p := range e.PresenceTopics {
+		if err := ValidateTopic(p); err != nil {
+			return fmt.Errorf("presence pattern: %v", err)
+		}
+	}
+	if e.IPv6Prefix == 0 {
+		e.IPv6Prefix = DefaultIPv6Prefix
+	}
+	if e.IPv6Prefix < 1 || e.IPv6Prefix > 128 {
+		return fmt.Errorf("ipv6_prefix must be from 1 to 128 bits, not %d", e.IPv6Prefix)
 	}
 	if e.PauseFor > 0 && e.MaxDuration == 0 {
 		return fmt.Errorf("pause_for needs max_duration: streams pause when they reach it")
@@ -278,7 +310,7 @@ func (e *Endpoint) reserve(r *http.Request) (func(), int, error) {
 	if e.MaxConnectionsPerIP == 0 {
 		return func() { c.open.Add(-1) }, 0, nil
 	}
-	ip := clientIP(r)
+	ip := ipKey(clientIP(r), e.IPv6Prefix)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.perIP[ip] >= e.MaxConnectionsPerIP {
@@ -304,6 +336,25 @@ func clientIP(r *http.Request) string {
 	}
 	host, _, _ := net.SplitHostPort(r.RemoteAddr)
 	return host
+}
+
+// ipKey is what a client's address counts as: an IPv4 address (or an
+// IPv4-mapped IPv6 one) whole, an IPv6 address by its first v6prefix
+// bits, as one subscriber is given a whole /64 and picks addresses in it
+// freely. Anything else (not an IP) counts as itself.
+func ipKey(ip string, v6prefix int) string {
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		return ip
+	}
+	if addr = addr.Unmap(); addr.Is4() {
+		return addr.String()
+	}
+	p, err := addr.WithZone("").Prefix(v6prefix)
+	if err != nil {
+		return addr.String()
+	}
+	return p.String()
 }
 
 // subscriptionTopics resolves the topics of one request: the expanded

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"errors"
 	"fmt"
 	"maps"
 	"slices"
@@ -20,6 +21,38 @@ const MaxTopicLength = 256
 
 // maxIDLength bounds what we parse from a client's Last-Event-ID.
 const maxIDLength = 128
+
+// MaxRetry is the longest reconnection delay a publisher may ask of
+// clients, in milliseconds: a day.
+const MaxRetry = 86_400_000
+
+// DefaultMaxPublishTopics is how many topics one publish may name, unless
+// the hub's max_publish_topics says otherwise.
+const DefaultMaxPublishTopics = 32
+
+// ErrInvalidMessage is wrapped by every refusal of a message that may not
+// be published as it is (HTTP 400, a WebSocket error frame): the error's
+// text is the reason.
+var ErrInvalidMessage = errors.New("invalid message")
+
+// invalidMessage is a reason a message may not be published.
+type invalidMessage struct{ reason error }
+
+func (e invalidMessage) Error() string        { return e.reason.Error() }
+func (e invalidMessage) Unwrap() error        { return e.reason }
+func (e invalidMessage) Is(target error) bool { return target == ErrInvalidMessage }
+
+func invalidf(format string, args ...any) error {
+	return invalidMessage{fmt.Errorf(format, args...)}
+}
+
+// ReservedType reports whether an event type is the server's own, which
+// no publisher may send: pause (see Hub.Pause), mercure, and every push.*
+// (push.reset, push.presence, push.join, push.leave, and those to come).
+// A forged one would reach clients as if the server had sent it.
+func ReservedType(typ string) bool {
+	return typ == "pause" || typ == "mercure" || strings.HasPrefix(typ, "push.")
+}
 
 // Message is what a publisher sends: the part of an event that is not
 // assigned by the hub.
@@ -41,30 +74,39 @@ type Message struct {
 }
 
 // Validate reports the first problem that would keep m from being published
-// or encoded faithfully.
+// or encoded faithfully; the error wraps ErrInvalidMessage. A hub also
+// bounds the number of topics (Hub.Validate).
 func (m Message) Validate() error {
 	if len(m.Topics) == 0 {
-		return fmt.Errorf("no topic")
+		return invalidf("no topic")
 	}
 	for _, t := range m.Topics {
 		if err := ValidateTopic(t); err != nil {
-			return err
+			return invalidMessage{err}
 		}
 	}
 	if len(m.Type) > MaxTopicLength {
-		return fmt.Errorf("event type is longer than %d bytes", MaxTopicLength)
+		return invalidf("event type is longer than %d bytes", MaxTopicLength)
 	}
 	if !utf8.ValidString(m.Type) || strings.IndexFunc(m.Type, unicode.IsControl) >= 0 {
-		return fmt.Errorf("event type %q has invalid UTF-8 or control characters", m.Type)
+		return invalidf("event type %q has invalid UTF-8 or control characters", m.Type)
+	}
+	if ReservedType(m.Type) {
+		return invalidf("event type %q is reserved for the server (pause, mercure and push.* are its own)", m.Type)
 	}
 	if !utf8.ValidString(m.Data) {
-		return fmt.Errorf("data is not valid UTF-8")
+		return invalidf("data is not valid UTF-8")
 	}
 	if m.Retry < 0 {
-		return fmt.Errorf("retry must not be negative")
+		return invalidf("retry must not be negative")
+	}
+	if m.Retry > MaxRetry {
+		return invalidf("retry %d is longer than a day (%d ms)", m.Retry, MaxRetry)
 	}
 	if m.IdempotencyKey != "" {
-		return ValidateIdempotencyKey(m.IdempotencyKey)
+		if err := ValidateIdempotencyKey(m.IdempotencyKey); err != nil {
+			return invalidMessage{err}
+		}
 	}
 	return nil
 }
@@ -95,6 +137,11 @@ type Event struct {
 	Seq uint64 `json:"-"`
 	// Time is when the broker stored the event; history_ttl counts from it.
 	Time time.Time `json:"-"`
+
+	// live marks an event the hub delivers without storing it (push.join,
+	// push.leave): it has no ID and no Seq, is never replayed, and so
+	// never moves a client's resume point
+	live bool
 
 	sseOnce sync.Once
 	sse     []byte
@@ -319,17 +366,23 @@ func encodeFrame(f wsFrame) []byte { return appendFrameJSON(nil, f) }
 // made on the fan-out's path. FuzzFrameJSON holds the two to the same
 // bytes.
 func appendFrameJSON(b []byte, f wsFrame) []byte {
-	b = append(b, `{"id":`...)
-	b = appendJSONString(b, f.ID)
+	b = append(b, '{')
+	if f.ID != "" { // a presence event has none
+		b = append(b, `"id":`...)
+		b = appendJSONString(b, f.ID)
+		b = append(b, ',')
+	}
 	if f.Topic != "" {
-		b = append(b, `,"topic":`...)
+		b = append(b, `"topic":`...)
 		b = appendJSONString(b, f.Topic)
+		b = append(b, ',')
 	}
 	if f.Event != "" {
-		b = append(b, `,"event":`...)
+		b = append(b, `"event":`...)
 		b = appendJSONString(b, f.Event)
+		b = append(b, ',')
 	}
-	b = append(b, `,"data":`...)
+	b = append(b, `"data":`...)
 	b = appendJSONString(b, f.Data)
 	return append(b, '}')
 }

@@ -3,6 +3,7 @@ package push
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -293,8 +294,22 @@ func TestEventMessageValidate(t *testing.T) {
 		{"data invalid UTF-8", ok(func(m *Message) { m.Data = "ok\xffok" }), "data is not valid UTF-8"},
 		{"data truncated rune", ok(func(m *Message) { m.Data = "日本\xe8\xaa" }), "data is not valid UTF-8"},
 		{"negative retry", ok(func(m *Message) { m.Retry = -1 }), "retry must not be negative"},
+		{"retry of a day", ok(func(m *Message) { m.Retry = MaxRetry }), ""},
+		{"retry over a day", ok(func(m *Message) { m.Retry = MaxRetry + 1 }), "retry 86400001 is longer than a day"},
+		{"type pause", ok(func(m *Message) { m.Type = "pause" }), `event type "pause" is reserved for the server`},
+		{"type mercure", ok(func(m *Message) { m.Type = "mercure" }), `event type "mercure" is reserved`},
+		{"type push.reset", ok(func(m *Message) { m.Type = "push.reset" }), "reserved"},
+		{"type push.join", ok(func(m *Message) { m.Type = "push.join" }), "reserved"},
+		{"type push.leave", ok(func(m *Message) { m.Type = "push.leave" }), "reserved"},
+		{"type push.presence", ok(func(m *Message) { m.Type = "push.presence" }), "reserved"},
+		{"type push.", ok(func(m *Message) { m.Type = "push." }), "reserved"},
+		{"type push", ok(func(m *Message) { m.Type = "push" }), ""},
+		{"type paused", ok(func(m *Message) { m.Type = "paused" }), ""},
 	} {
 		err := tc.m.Validate()
+		if err != nil && !errors.Is(err, ErrInvalidMessage) {
+			t.Errorf("%s: %v does not wrap ErrInvalidMessage", tc.name, err)
+		}
 		switch {
 		case tc.err == "" && err != nil:
 			t.Errorf("%s: Validate(%+v) = %v, want nil", tc.name, tc.m, err)

@@ -40,6 +40,12 @@ type Hub struct {
 	// inFlight has the keys being published by this node.
 	idempotencyWindow atomic.Int64
 	inFlight          inFlight
+	// maxPublishTopics bounds the topics of one publish
+	maxPublishTopics atomic.Int64
+
+	// deliverMu makes deliver's calls one at a time: the broker's, in id
+	// order, and the hub's live events (push.join, push.leave) between them
+	deliverMu sync.Mutex
 
 	mu    sync.RWMutex
 	lanes []lane // at least one
@@ -84,6 +90,7 @@ const spreadAt = 256
 func newHub(name string) *Hub {
 	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{}), out: new(laneOut)}}}
 	h.idempotencyWindow.Store(int64(DefaultIdempotencyWindow))
+	h.maxPublishTopics.Store(DefaultMaxPublishTopics)
 	return h
 }
 
@@ -145,7 +152,8 @@ func (h *Hub) Publish(ctx context.Context, m Message) (string, error) {
 // m.IdempotencyKey: the same key from two publishers names two messages.
 // HTTP and WebSocket publishers are "token:<hash of the token>",
 // "user:<user id or JWT sub>", "jwt:<hash of the token>" (a JWT without
-// sub) or "anonymous"; the process's own code is "".
+// sub) or "anonymous:<client address, IPv6 by its /64>"; the admin API is
+// "admin", the process's own code "".
 //
 // With a key, and the hub's idempotency window not 0, a repeat of the
 // same message within the window stores nothing and returns the first
@@ -153,7 +161,7 @@ func (h *Hub) Publish(ctx context.Context, m Message) (string, error) {
 // with ErrIdempotencyConflict, and a repeat while the first is still
 // being stored by this node with ErrIdempotencyInFlight.
 func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Published, error) {
-	if err := m.Validate(); err != nil {
+	if err := h.Validate(m); err != nil {
 		return Published{}, err
 	}
 	m.Topics = uniqueTopics(m.Topics)
@@ -195,6 +203,24 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 	return Published{ID: ev.ID}, nil
 }
 
+// Validate reports why m may not be published on this hub, as PublishAs
+// does before anything else: Message.Validate's rules (no reserved type,
+// retry at most a day, ...), and at most max_publish_topics topics. The
+// error wraps ErrInvalidMessage. The count is checked first, so a huge
+// list costs no more than its length.
+func (h *Hub) Validate(m Message) error {
+	if n, limit := len(m.Topics), h.maxPublishTopics.Load(); int64(n) > limit {
+		return invalidf("too many topics: %d (the limit is %d)", n, limit)
+	}
+	return m.Validate()
+}
+
+// SetMaxPublishTopics sets how many topics one publish may name (at least
+// 1). The push app sets it from max_publish_topics.
+func (h *Hub) SetMaxPublishTopics(n int) {
+	h.maxPublishTopics.Store(int64(max(n, 1)))
+}
+
 // testHoldPublish, set by tests, runs while a keyed publish is in flight,
 // before the broker stores it.
 var testHoldPublish atomic.Pointer[func(key string)]
@@ -206,8 +232,11 @@ func (h *Hub) SetIdempotencyWindow(d time.Duration) {
 }
 
 // deliver hands ev to every local subscription of its topics. The broker
-// calls it one event at a time, in id order.
+// calls it with each stored event, in id order; the hub with its live
+// events.
 func (h *Hub) deliver(ev *Event) {
+	h.deliverMu.Lock()
+	defer h.deliverMu.Unlock()
 	if h.work == nil {
 		h.deliverLane(ev, 0)
 		return
@@ -253,10 +282,16 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 		for s := range l.topics[t] {
 			if multi {
 				// a subscription to several of the event's topics gets it once
-				if s.lastOffered >= ev.Seq {
+				if ev.live {
+					if s.lastLive == ev {
+						continue
+					}
+					s.lastLive = ev
+				} else if s.lastOffered >= ev.Seq {
 					continue
+				} else {
+					s.lastOffered = ev.Seq
 				}
-				s.lastOffered = ev.Seq
 			}
 			if s.offer(ev, &out.batch, &out.written[s.transportIndex]) {
 				out.written[s.transportIndex]++
@@ -287,6 +322,9 @@ func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string
 func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string, who Member, announce bool) (*Subscription, error) {
 	transport := who.Transport
 	who.Presence = announce
+	if !announce {
+		who.Announced = nil
+	}
 	s := &Subscription{
 		hub:            h,
 		Topics:         topics,
@@ -441,6 +479,9 @@ func (h *Hub) command(c Command) int {
 	if c.Disconnect != nil && c.Disconnect.Validate() == nil {
 		n += h.disconnectLocal(*c.Disconnect)
 	}
+	if a := c.Announce; a != nil && (a.Type == "push.join" || a.Type == "push.leave") && h.Validate(Message{Topics: a.Topics, Data: a.Data}) == nil {
+		h.deliver(&Event{Message: *a, live: true})
+	}
 	return n
 }
 
@@ -576,6 +617,7 @@ type Subscription struct {
 	transportIndex int             // of transport in transports
 	lane           int             // of the hub's lanes, the one that delivers to it
 	lastOffered    uint64          // only touched by its lane, one event at a time
+	lastLive       *Event          // the same, for live events (which have no Seq)
 	skipThrough    uint64          // live events up to here are already in the backlog
 	presence       []topicPresence // push.presence data to send first, per topic
 
@@ -610,7 +652,7 @@ func (s *Subscription) offer(ev *Event, b *engine.Batch, count *uint64) bool {
 	s.mu.Lock()
 	if sink := s.sink; sink != nil {
 		// skipThrough is set before Attach, which published it under mu
-		skip := ev.Seq <= s.skipThrough
+		skip := !ev.live && ev.Seq <= s.skipThrough
 		s.mu.Unlock()
 		if skip {
 			return false
@@ -642,7 +684,7 @@ func (s *Subscription) Attach(sink Sink) {
 	s.mu.Lock()
 	n := 0
 	for _, ev := range s.pending {
-		if ev.Seq > s.skipThrough && sink.Deliver(ev) {
+		if s.fresh(ev) && sink.Deliver(ev) {
 			n++
 		}
 	}
@@ -752,14 +794,13 @@ func (s *Subscription) Take(buf []*Event) []*Event {
 	s.pending = buf[:0]
 	s.mu.Unlock()
 	// drop what the backlog already delivered
-	i := 0
-	for i < len(batch) && batch[i].Seq <= s.skipThrough {
-		i++
-	}
-	if i > 0 {
-		batch = append(batch[:0], batch[i:]...)
-	}
-	return batch
+	return slices.DeleteFunc(batch, func(ev *Event) bool { return !s.fresh(ev) })
+}
+
+// fresh reports whether a live delivery of ev is not already in the
+// subscription's backlog.
+func (s *Subscription) fresh(ev *Event) bool {
+	return ev.live || ev.Seq > s.skipThrough
 }
 
 // Delivered counts events written to the client, for metrics.
@@ -783,11 +824,17 @@ func (s *Subscription) Close() {
 	}
 }
 
-// uniqueTopics drops repeated topics, keeping the first of each in order.
+// uniqueTopics drops repeated topics, keeping the first of each in order,
+// in time linear in their number.
 func uniqueTopics(topics []string) []string {
 	out := make([]string, 0, len(topics))
+	if len(topics) < 2 {
+		return append(out, topics...)
+	}
+	seen := make(map[string]struct{}, len(topics))
 	for _, t := range topics {
-		if !slices.Contains(out, t) {
+		if _, dup := seen[t]; !dup {
+			seen[t] = struct{}{}
 			out = append(out, t)
 		}
 	}

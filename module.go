@@ -42,7 +42,8 @@ var live sync.Map
 // App is the `push` app: it owns the hubs that push handlers subscribe to
 // and publish on.
 type App struct {
-	// Hubs by name. A hub named "default" exists even when not listed.
+	// Hubs by name: letters, digits, '_', '.' and '-'. A hub named
+	// "default" exists even when not listed.
 	Hubs map[string]*HubConfig `json:"hubs,omitempty"`
 
 	hubs   map[string]*Hub
@@ -68,6 +69,11 @@ type HubConfig struct {
 	// (counted as 160 bytes each, at most half of it); Redis keeps each key
 	// with the window as its TTL. Default: 1h.
 	IdempotencyWindow *caddy.Duration `json:"idempotency_window,omitempty"`
+	// MaxPublishTopics is how many topics one publish may name, on every
+	// publish path (push_publish, a WebSocket client, the admin API, the
+	// Go API); a publish naming more is refused with 400. Each topic of an
+	// event costs work for every subscriber it reaches. Default: 32.
+	MaxPublishTopics int `json:"max_publish_topics,omitempty"`
 	// BrokerRaw is the backend that stores and fans out the hub's events.
 	// Default: memory (this process only).
 	BrokerRaw json.RawMessage `json:"broker,omitempty" caddy:"namespace=push.brokers inline_key=broker"`
@@ -111,8 +117,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 }
 
 func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub, error) {
-	if name == "" {
-		return nil, fmt.Errorf("hub name must not be empty")
+	if err := validateHubName(name); err != nil {
+		return nil, err
 	}
 	limits := HistoryLimits{Events: DefaultHistory, TTL: DefaultHistoryTTL, MaxBytes: DefaultHistoryMaxBytes}
 	if hc.History != nil {
@@ -140,6 +146,10 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		}
 		window = time.Duration(*hc.IdempotencyWindow)
 	}
+	if hc.MaxPublishTopics < 0 {
+		return nil, fmt.Errorf("max_publish_topics must not be negative")
+	}
+	maxTopics := cmpOr(hc.MaxPublishTopics, DefaultMaxPublishTopics)
 	brokerConfig := string(hc.BrokerRaw)
 	var factory BrokerFactory = MemoryBroker{}
 	if hc.BrokerRaw != nil {
@@ -179,12 +189,28 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		hub.broker.SetHistory(limits)
 	}
 	hub.SetIdempotencyWindow(window)
+	hub.SetMaxPublishTopics(maxTopics)
 	if window > limits.TTL {
 		logger.Warn("idempotency_window is longer than history_ttl: a late retry is answered with the id of an event no longer kept for replay",
 			zap.Duration("idempotency_window", window), zap.Duration("history_ttl", limits.TTL))
 	}
 	a.keys = append(a.keys, key)
 	return hub, nil
+}
+
+// validateHubName allows letters, digits, '_', '.' and '-': a hub's name
+// is part of its Redis keys (push:<hub>:...), and with a ':' or a brace
+// two hubs could share keys.
+func validateHubName(name string) error {
+	if name == "" {
+		return fmt.Errorf("hub name must not be empty")
+	}
+	for _, c := range []byte(name) {
+		if !(c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '_' || c == '.' || c == '-') {
+			return fmt.Errorf("invalid hub name %q: use only letters, digits, '_', '.' and '-'", name)
+		}
+	}
+	return nil
 }
 
 // Start is a no-op: hubs run from Provision on.

@@ -30,8 +30,29 @@ type Member struct {
 	// Presence is whether the connection is announced to its topics
 	// (push.join, push.leave) and listed in their push.presence events.
 	Presence bool `json:"presence,omitempty"`
+	// Announced, when set, are the only topics it is announced to and
+	// listed on: those of its topics the endpoint's presence patterns
+	// match. Empty with Presence: all its topics.
+	Announced []string `json:"announced,omitempty"`
 	// Node is the node that holds the connection, in a cluster's answers.
 	Node string `json:"node,omitempty"`
+}
+
+// announcedOn reports whether m is announced to topic and listed in its
+// push.presence events.
+func (m Member) announcedOn(topic string) bool {
+	return m.Presence && (m.Announced == nil || slices.Contains(m.Announced, topic))
+}
+
+// announcedTopics are those of topics m is announced to.
+func (m Member) announcedTopics(topics []string) []string {
+	if !m.Presence {
+		return nil
+	}
+	if m.Announced != nil {
+		return m.Announced
+	}
+	return topics
 }
 
 // member is who the admitted request is, on transport.
@@ -69,7 +90,7 @@ func (h *Hub) localMembers(topic string, presence bool) []Member {
 	var out []Member
 	for _, l := range h.lanes {
 		for s := range l.topics[topic] {
-			if !s.isEnded() && (s.who.Presence || !presence) {
+			if !s.isEnded() && (!presence || s.who.announcedOn(topic)) {
 				out = append(out, s.who)
 			}
 		}
@@ -92,15 +113,29 @@ var disconnectedComment = []byte(": " + disconnectedReason + "\n\n")
 const DefaultPresenceLimit = 1000
 
 // subscribe subscribes an admitted connection, who, and with presence
-// reads what its push.presence events say.
+// reads what its push.presence events say: on every topic it follows, or
+// with presence patterns on those they match.
 func (e *Endpoint) subscribe(ctx context.Context, a *admission, who Member) (*Subscription, error) {
-	sub, err := e.hub.subscribe(ctx, a.Topics, a.LastEventID, who, e.Presence)
-	if err != nil || !e.Presence {
+	announce := e.Presence
+	if announce && len(e.PresenceTopics) > 0 {
+		var on []string
+		for _, t := range a.Topics {
+			if matchAny(e.PresenceTopics, t) {
+				on = append(on, t)
+			}
+		}
+		announce = len(on) > 0
+		if len(on) < len(a.Topics) {
+			who.Announced = on
+		}
+	}
+	sub, err := e.hub.subscribe(ctx, a.Topics, a.LastEventID, who, announce)
+	if err != nil || !announce {
 		return sub, err
 	}
 	// read after the subscription is in place: a member that joins later
 	// comes as push.join, one that left before is gone from the list
-	for _, t := range sub.Topics {
+	for _, t := range sub.who.announcedTopics(sub.Topics) {
 		members, count, _, err := e.hub.members(ctx, t, e.PresenceLimit, true)
 		if err != nil {
 			e.logger.Warn("presence not read", zap.String("topic", t), zap.Error(err))
@@ -161,12 +196,21 @@ func (s *Subscription) presenceFrames(format string) [][]byte {
 	return frames
 }
 
-// announce publishes a presence event about a subscription to its topics.
+// announce tells a subscription's topics of its arrival or departure:
+// to this node's subscribers at once, and to other nodes' through the
+// broker's broadcast. The event is live only: it is not stored, has no id
+// and is never replayed, so connections coming and going cannot push
+// the topics' events out of history, nor move a client's resume point (a
+// client that resumes gets push.presence instead).
 func (h *Hub) announce(s *Subscription, event string) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if _, err := h.Publish(ctx, Message{Topics: s.Topics, Type: event, Data: presenceData(s.who)}); err != nil {
-		h.logger.Warn("presence event not published", zap.String("event", event), zap.Error(err))
+	m := Message{Topics: s.who.announcedTopics(s.Topics), Type: event, Data: presenceData(s.who)}
+	h.deliver(&Event{Message: m, live: true})
+	if b, ok := h.broker.(Broadcaster); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := b.Broadcast(ctx, Command{Announce: &m}); err != nil {
+			h.logger.Warn("presence event not sent to other nodes", zap.String("event", event), zap.Error(err))
+		}
 	}
 }
 

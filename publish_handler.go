@@ -148,7 +148,9 @@ func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 	}
 	m.IdempotencyKey = key
 	if err == nil {
-		err = m.Validate()
+		// PublishAs checks again; checked here, a bad message is a 400
+		// before any other answer about it
+		err = h.hub.Validate(m)
 	}
 	if err != nil {
 		return writeError(w, r, http.StatusBadRequest, err)
@@ -230,6 +232,8 @@ func (h *PublishHandler) publishError(w http.ResponseWriter, r *http.Request, m 
 // refused, for the publish route and the admin API alike.
 func publishStatus(err error) (int, error) {
 	switch {
+	case errors.Is(err, ErrInvalidMessage):
+		return http.StatusBadRequest, err
 	case errors.Is(err, ErrIdempotencyConflict):
 		return http.StatusUnprocessableEntity,
 			errors.New("Idempotency-Key was already used for a different message: use a new key for a new message")
@@ -261,7 +265,7 @@ func idempotencyKey(r *http.Request) (string, error) {
 
 // publisher names who publishes, to scope idempotency keys: the static
 // token (by its hash), the JWT's subject (or the token's hash when it has
-// none), or anyone on an anonymous route.
+// none), or on an anonymous route the client's address.
 func (h *PublishHandler) publisher(r *http.Request, grant *Grant) string {
 	switch {
 	case grant != nil:
@@ -274,7 +278,15 @@ func (h *PublishHandler) publisher(r *http.Request, grant *Grant) string {
 	case h.tokenHash != nil:
 		return "token:" + hex.EncodeToString(h.tokenHash[:])
 	}
-	return "anonymous"
+	return anonymousPublisher(clientIP(r))
+}
+
+// anonymousPublisher scopes the idempotency keys of a publisher without
+// credentials to its address (IPv6: its /64, which a device keeps when
+// its privacy address changes), so a client retrying after a reconnect
+// finds its key and a client elsewhere cannot claim it.
+func anonymousPublisher(ip string) string {
+	return "anonymous:" + ipKey(ip, 64)
 }
 
 // authorize checks the request's credentials. A nil grant with no error

@@ -579,8 +579,8 @@ func (s *socket) reply(msg string) bool {
 }
 
 // publishFrame publishes a client's message to one of the topics it may
-// publish to, on behalf of the subscription's user (or of anyone, for a
-// client without one), who scopes its idempotency key.
+// publish to, on behalf of the subscription's user (or of its address,
+// for a client without one), who scopes its idempotency key.
 func publishFrame(ctx context.Context, sub *Subscription, allowed []string, frame []byte) error {
 	if len(allowed) == 0 {
 		return errors.New("this endpoint does not accept messages")
@@ -589,12 +589,10 @@ func publishFrame(ctx context.Context, sub *Subscription, allowed []string, fram
 	if err != nil {
 		return err
 	}
-	if err := m.Validate(); err != nil {
-		return err
-	}
-	publisher := "anonymous"
-	if user := sub.Member().User; user != "" {
-		publisher = "user:" + user
+	who := sub.Member()
+	publisher := anonymousPublisher(who.RemoteAddr)
+	if who.User != "" {
+		publisher = "user:" + who.User
 	}
 	_, err = sub.hub.PublishAs(ctx, m, publisher)
 	switch {
@@ -612,9 +610,10 @@ func connectionID() string {
 	return hex.EncodeToString(b)
 }
 
-// wsFrame is a server message in json format.
+// wsFrame is a server message in json format; one without an id (a
+// presence event) does not move the client's resume point.
 type wsFrame struct {
-	ID    string `json:"id"`
+	ID    string `json:"id,omitempty"`
 	Topic string `json:"topic,omitempty"`
 	Event string `json:"event,omitempty"`
 	Data  string `json:"data"`
