@@ -35,12 +35,32 @@ type JWT struct {
 	// secret, RS256 for an RSA key, ES256/ES384/ES512 by the curve of an
 	// ECDSA key, EdDSA for an Ed25519 key.
 	JWTAlg string `json:"jwt_alg,omitempty"`
+	// The URL of a JSON Web Key Set (an OpenID Connect provider's
+	// jwks_uri: Keycloak, Auth0, Zitadel...) whose keys verify tokens,
+	// instead of jwt_key. Tokens name their key by "kid"; the set is
+	// fetched at the first token, refreshed every hour, and at once (at
+	// most once a minute) when a token names a key it does not hold, so a
+	// rotated key works without a reload. Only asymmetric algorithms are
+	// accepted (jwt_alg narrows them). Default: none.
+	JWKSURL string `json:"jwks_url,omitempty"`
+
+	// The audience a token must be issued for: its "aud" claim must hold
+	// this value. Default: not checked.
+	Audience string `json:"jwt_audience,omitempty"`
+
+	// The issuer a token must come from: its "iss" claim must equal this
+	// value. Default: not checked.
+	Issuer string `json:"jwt_issuer,omitempty"`
+
 	// CookieName is the cookie a token may come in, for browsers that
 	// cannot set headers; a token from a cookie needs an allowed Origin.
 	// Default: pushAuthorization.
 	CookieName string `json:"cookie_name,omitempty"`
 
-	key any
+	key     any
+	jwks    *jwks
+	methods []string
+	options []jwt.ParserOption
 }
 
 // Grant is what a verified token allows.
@@ -63,17 +83,44 @@ type topicClaims struct {
 }
 
 // enabled reports whether JWT authentication is configured.
-func (j *JWT) enabled() bool { return j.JWTKey != "" }
+func (j *JWT) enabled() bool { return j.JWTKey != "" || j.JWKSURL != "" }
 
-// provisionJWT reads the key and pins the algorithm.
-func (j *JWT) provisionJWT() error {
+// provisionJWT reads the key and pins the algorithm, or readies the key
+// set (fetched at the first token, refreshed until ctx ends).
+func (j *JWT) provisionJWT(ctx caddy.Context) error {
 	if j.CookieName == "" {
 		j.CookieName = DefaultCookieName
 	}
 	if !j.enabled() {
+		if j.Audience != "" || j.Issuer != "" {
+			return errors.New("jwt_audience and jwt_issuer need jwt_key or jwks_url")
+		}
 		return nil
 	}
-	raw := caddy.NewReplacer().ReplaceKnown(j.JWTKey, "")
+	repl := caddy.NewReplacer()
+	j.options = []jwt.ParserOption{jwt.WithLeeway(5 * time.Second)}
+	if aud := repl.ReplaceKnown(j.Audience, ""); aud != "" {
+		j.options = append(j.options, jwt.WithAudience(aud))
+	}
+	if iss := repl.ReplaceKnown(j.Issuer, ""); iss != "" {
+		j.options = append(j.options, jwt.WithIssuer(iss))
+	}
+	if j.JWKSURL != "" {
+		if j.JWTKey != "" {
+			return errors.New("give jwt_key or jwks_url, not both")
+		}
+		j.methods = asymmetricAlgs
+		if j.JWTAlg != "" {
+			if !slices.Contains(asymmetricAlgs, j.JWTAlg) {
+				return fmt.Errorf("jwt_alg %q cannot be used with jwks_url: want one of %s", j.JWTAlg, strings.Join(asymmetricAlgs, ", "))
+			}
+			j.methods = []string{j.JWTAlg}
+		}
+		set, err := newJWKS(ctx, repl.ReplaceKnown(j.JWKSURL, ""))
+		j.jwks = set
+		return err
+	}
+	raw := repl.ReplaceKnown(j.JWTKey, "")
 	if raw == "" {
 		return fmt.Errorf("jwt_key %q is empty once its placeholders are expanded", j.JWTKey)
 	}
@@ -87,8 +134,20 @@ func (j *JWT) provisionJWT() error {
 	if !algFits(j.JWTAlg, key) {
 		return fmt.Errorf("jwt_alg %q does not fit a key of type %T", j.JWTAlg, key)
 	}
-	j.key = key
+	j.key, j.methods = key, []string{j.JWTAlg}
 	return nil
+}
+
+// asymmetricAlgs are the algorithms a key set's keys may sign with: never
+// an HMAC, whose "key" would be public.
+var asymmetricAlgs = []string{"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+
+// keyFor finds the key that verifies a token.
+func (j *JWT) keyFor(t *jwt.Token) (any, error) {
+	if j.jwks != nil {
+		return j.jwks.key(t)
+	}
+	return j.key, nil
 }
 
 // parseKey reads a PEM public key, or takes the text as an HMAC secret,
@@ -155,8 +214,7 @@ func (j *JWT) authenticate(r *http.Request) (*Grant, error) {
 		return nil, errNoToken
 	}
 	claims := jwt.MapClaims{}
-	_, err := jwt.ParseWithClaims(token, claims, func(*jwt.Token) (any, error) { return j.key, nil },
-		jwt.WithValidMethods([]string{j.JWTAlg}), jwt.WithLeeway(5*time.Second))
+	_, err := jwt.ParseWithClaims(token, claims, j.keyFor, append(j.options, jwt.WithValidMethods(j.methods))...)
 	if err != nil {
 		return nil, fmt.Errorf("invalid token: %v", err)
 	}

@@ -1,6 +1,8 @@
 package push
 
 import (
+	"github.com/caddyserver/caddy/v2"
+
 	"crypto/ecdsa"
 	"crypto/ed25519"
 	"crypto/elliptic"
@@ -73,7 +75,7 @@ func TestJWTKeysAndPinnedAlgorithms(t *testing.T) {
 		{"ed25519", pemOf(t, edPub), "", jwt.SigningMethodEdDSA, edPriv, "EdDSA"},
 	} {
 		j := JWT{JWTKey: tc.key, JWTAlg: tc.alg}
-		if err := j.provisionJWT(); err != nil {
+		if err := j.provisionJWT(caddy.Context{}); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		if j.JWTAlg != tc.wantAlg {
@@ -101,7 +103,7 @@ func TestJWTProvisionErrors(t *testing.T) {
 		{"{env.PUSH_TEST_UNSET_KEY}", "", "empty"},
 	} {
 		j := JWT{JWTKey: tc.key, JWTAlg: tc.alg}
-		if err := j.provisionJWT(); err == nil || !strings.Contains(err.Error(), tc.want) {
+		if err := j.provisionJWT(caddy.Context{}); err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("key %.20q alg %q: %v, want %q", tc.key, tc.alg, err, tc.want)
 		}
 	}
@@ -128,7 +130,7 @@ func TestJWTRefusesBadTokens(t *testing.T) {
 	hmacJ := JWT{JWTKey: testSecret}
 	rsaJ := JWT{JWTKey: rsaPEM}
 	for _, j := range []*JWT{&hmacJ, &rsaJ} {
-		if err := j.provisionJWT(); err != nil {
+		if err := j.provisionJWT(caddy.Context{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -160,7 +162,7 @@ func TestJWTRefusesBadTokens(t *testing.T) {
 
 func TestJWTClaimsAndSources(t *testing.T) {
 	j := JWT{JWTKey: testSecret}
-	if err := j.provisionJWT(); err != nil {
+	if err := j.provisionJWT(caddy.Context{}); err != nil {
 		t.Fatal(err)
 	}
 	token := hs256(t, jwt.MapClaims{

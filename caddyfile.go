@@ -177,6 +177,9 @@ func parseHandler[T any, P handlerPtr[T]](h httpcaddyfile.Helper) (caddyhttp.Mid
 //		private                <pattern...>
 //		jwt_key                <secret or PEM public key>
 //		jwt_alg                <algorithm>
+//		jwks_url               <url of a JSON Web Key Set>
+//		jwt_audience           <aud>
+//		jwt_issuer             <iss>
 //		cookie_name            <name>
 //	}
 func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -219,6 +222,9 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		private                <pattern...>
 //		jwt_key                <secret or PEM public key>
 //		jwt_alg                <algorithm>
+//		jwks_url               <url of a JSON Web Key Set>
+//		jwt_audience           <aud>
+//		jwt_issuer             <iss>
 //		cookie_name            <name>
 //	}
 func (h *WSHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -273,6 +279,9 @@ func (h *WSHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		token       <token>
 //		jwt_key     <secret or PEM public key>
 //		jwt_alg     <algorithm>
+//		jwks_url    <url of a JSON Web Key Set>
+//		jwt_audience<aud>
+//		jwt_issuer  <iss>
 //		cookie_name <name>
 //		anonymous
 //		max_body    <size>
@@ -344,6 +353,12 @@ func (j *JWT) unmarshalOption(d *caddyfile.Dispenser, opt string) (bool, error) 
 		return true, parseString(d, &j.JWTKey)
 	case "jwt_alg":
 		return true, parseString(d, &j.JWTAlg)
+	case "jwks_url":
+		return true, parseString(d, &j.JWKSURL)
+	case "jwt_audience":
+		return true, parseString(d, &j.Audience)
+	case "jwt_issuer":
+		return true, parseString(d, &j.Issuer)
 	case "cookie_name":
 		return true, parseString(d, &j.CookieName)
 	}

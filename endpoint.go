@@ -169,7 +169,7 @@ func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 	if e.MaxTopics == 0 {
 		e.MaxTopics = DefaultMaxTopics
 	}
-	if err := e.provisionJWT(); err != nil {
+	if err := e.provisionJWT(ctx); err != nil {
 		return err
 	}
 	if len(e.Private) > 0 && !e.JWT.enabled() {

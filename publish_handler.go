@@ -86,7 +86,7 @@ func (h *PublishHandler) Provision(ctx caddy.Context) error {
 		sum := sha256.Sum256([]byte(token))
 		h.tokenHash = &sum
 	}
-	if err := h.provisionJWT(); err != nil {
+	if err := h.provisionJWT(ctx); err != nil {
 		return err
 	}
 	if h.Anonymous && (h.Token != "" || h.JWT.enabled()) {
