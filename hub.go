@@ -479,7 +479,7 @@ func (h *Hub) command(c Command) int {
 	if c.Disconnect != nil && c.Disconnect.Validate() == nil {
 		n += h.disconnectLocal(*c.Disconnect)
 	}
-	if a := c.Announce; a != nil && (a.Type == "push.join" || a.Type == "push.leave") && h.Validate(Message{Topics: a.Topics, Data: a.Data}) == nil {
+	if a := c.Announce; a != nil && (a.Type == "push.join" || a.Type == "push.leave") && (Message{Topics: a.Topics, Data: a.Data}).Validate() == nil {
 		h.deliver(&Event{Message: *a, live: true})
 	}
 	return n

@@ -112,11 +112,13 @@ func TestPresenceLiveAcrossRedisNodes(t *testing.T) {
 			broker redis ` + url + ` {
 				key_prefix push:shared:
 			}
+			max_publish_topics 1
 		}
 		hub b {
 			broker redis ` + url + ` {
 				key_prefix push:shared:
 			}
+			max_publish_topics 1
 		}
 	}
 }
@@ -135,6 +137,11 @@ http://127.0.0.1:` + port + ` {
 		hub b
 		topics room lobby
 		presence room
+	}
+	push_sse /b-both {
+		hub b
+		topics room lobby
+		presence
 	}
 	push_sse /a-lobby {
 		hub a
@@ -179,6 +186,13 @@ http://127.0.0.1:` + port + ` {
 	if b := nextBlock(t, lobby); b.event != "push.presence" || strings.Count(b.data, `"connection"`) != 1 {
 		t.Fatalf("lobby snapshot %+v, want its own connection only", b)
 	}
+	// a member's notice names all its announced topics, however few a
+	// publish may name: max_publish_topics bounds publishers, not the hub
+	openStream(t, base+"/b-both")
+	if b := nextBlock(t, watch); b.event != "push.join" || b.id != "" {
+		t.Fatalf("a's stream got %+v, want the join of a member announced on two topics", b)
+	}
+
 	hub, _ := push.LookupHub("a")
 	info, err := hub.Info(context.Background())
 	if err != nil || info.Events != 0 {
