@@ -189,3 +189,30 @@ func TestTopicStreamsExpire(t *testing.T) {
 		t.Fatalf("resumed from the newest id with %+v, want %s", ev, id)
 	}
 }
+
+// A publish whose answer comes later than the client waits is answered
+// 503 and never sent again: go-redis would resend a command after a read
+// timeout, and the script, which Redis runs once it gets to it, would
+// store the event twice.
+func TestSlowRedisPublishesOnce(t *testing.T) {
+	r := startRedisWith(t, "--save", "", "--appendonly", "no", "--enable-debug-command", "local")
+	hub := loadHub(t, r.url())
+	ctx := context.Background()
+	if _, err := hub.Publish(ctx, push.Message{Topics: []string{"warm"}, Data: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	slept := make(chan error, 1)
+	go func() { slept <- r.client(t).Do(ctx, "debug", "sleep", "2.5").Err() }()
+	time.Sleep(100 * time.Millisecond) // Redis is asleep
+	_, err := hub.Publish(ctx, push.Message{Topics: []string{"slow"}, Data: "once"})
+	if err == nil || !strings.Contains(err.Error(), "unavailable") {
+		t.Fatalf("a publish Redis answered too late: %v, want unavailable (503)", err)
+	}
+	if err := <-slept; err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n, err := r.client(t).XLen(ctx, "push:default:t:slow").Result(); err != nil || n != 1 {
+		t.Fatalf("the topic holds %d events (%v), want the one (stored once, late)", n, err)
+	}
+}
