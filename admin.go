@@ -475,25 +475,5 @@ func (h *Hub) members(ctx context.Context, topic string, limit int, presence boo
 	return members[:min(len(members), limit)], len(members), ScopeNode, nil
 }
 
-// broadcast carries out c on this node and, with a broker that spans nodes,
-// on every other; it returns how many streams it ended, and where.
-func (h *Hub) broadcast(ctx context.Context, c Command) (int, string, error) {
-	r, ok := h.broker.(Roster)
-	if !ok {
-		switch {
-		case c.Pause != nil:
-			n, err := h.Pause(ctx, *c.Pause)
-			return n, ScopeNode, err
-		case c.Disconnect != nil:
-			n, err := h.Disconnect(ctx, *c.Disconnect)
-			return n, ScopeNode, err
-		}
-		return 0, ScopeNode, nil
-	}
-	n := h.command(c)
-	others, _, err := r.Ask(ctx, c)
-	return n + others, ScopeCluster, err
-}
-
 // Interface guards
 var _ caddy.AdminRouter = adminAPI{}

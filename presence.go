@@ -102,12 +102,6 @@ func (h *Hub) localMembers(topic string, presence bool) []Member {
 	return out
 }
 
-// How a disconnected stream is told why it ends (Hub.Disconnect): SSE in
-// a comment, WebSocket in the 1008 close reason.
-const disconnectedReason = "disconnected by the server's operator"
-
-var disconnectedComment = []byte(": " + disconnectedReason + "\n\n")
-
 // DefaultPresenceLimit is how many members of a topic a presence snapshot
 // lists; beyond it, only their count.
 const DefaultPresenceLimit = 1000
