@@ -7,6 +7,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/caddy-push/push/internal/engine"
@@ -132,6 +133,18 @@ func (h *Hub) stopLanes() {
 	}
 	h.workMu.Unlock()
 	h.idle.Wait()
+}
+
+// Destruct closes the hub's broker, then its fan-out, once no
+// configuration uses the hub.
+func (h *Hub) Destruct() error {
+	live.CompareAndDelete(h.name, h)
+	err := h.broker.Close()
+	h.stopLanes()
+	if h.trims {
+		memTrim.release()
+	}
+	return err
 }
 
 // Name is the hub's name.
@@ -400,3 +413,24 @@ func uniqueTopics(topics []string) []string {
 	}
 	return out
 }
+
+// announce tells a subscription's topics of its arrival or departure:
+// to this node's subscribers at once, and to other nodes' through the
+// broker's broadcast. The event is live only: it is not stored, has no id
+// and is never replayed, so connections coming and going cannot push
+// the topics' events out of history, nor move a client's resume point (a
+// client that resumes gets push.presence instead).
+func (h *Hub) announce(s *Subscription, event string) {
+	m := Message{Topics: s.who.announcedTopics(s.Topics), Type: event, Data: presenceData(s.who)}
+	h.deliver(&Event{Message: m, live: true})
+	if b, ok := h.broker.(Broadcaster); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := b.Broadcast(ctx, Command{Announce: &m}); err != nil {
+			h.logger.Warn("presence event not sent to other nodes", zap.String("event", event), zap.Error(err))
+		}
+	}
+}
+
+// Interface guards
+var _ caddy.Destructor = (*Hub)(nil)

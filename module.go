@@ -242,18 +242,6 @@ func (a *App) Hub(name string) (*Hub, error) {
 	return hub, nil
 }
 
-// Destruct closes the hub's broker, then its fan-out, once no
-// configuration uses the hub.
-func (h *Hub) Destruct() error {
-	live.CompareAndDelete(h.name, h)
-	err := h.broker.Close()
-	h.stopLanes()
-	if h.trims {
-		memTrim.release()
-	}
-	return err
-}
-
 // LookupHub returns the running hub with that name, so that any code in
 // the process (another Caddy module, a program embedding Caddy) can
 // publish:
@@ -274,5 +262,4 @@ var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
-	_ caddy.Destructor   = (*Hub)(nil)
 )

@@ -1,7 +1,6 @@
 package push
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -81,25 +80,6 @@ func presenceData(m Member) string {
 type presenceEntry struct {
 	Connection string `json:"connection"`
 	User       string `json:"user,omitempty"`
-}
-
-// localMembers returns the connections of this process that follow topic
-// (only those announced with presence, if asked), oldest first.
-func (h *Hub) localMembers(topic string, presence bool) []Member {
-	h.mu.RLock()
-	var out []Member
-	for _, l := range h.lanes {
-		for s := range l.topics[topic] {
-			if !s.isEnded() && (!presence || s.who.announcedOn(topic)) {
-				out = append(out, s.who)
-			}
-		}
-	}
-	h.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Member) int {
-		return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.Connection, b.Connection))
-	})
-	return out
 }
 
 // DefaultPresenceLimit is how many members of a topic a presence snapshot
@@ -190,24 +170,6 @@ func (s *Subscription) presenceFrames(format string) [][]byte {
 	return frames
 }
 
-// announce tells a subscription's topics of its arrival or departure:
-// to this node's subscribers at once, and to other nodes' through the
-// broker's broadcast. The event is live only: it is not stored, has no id
-// and is never replayed, so connections coming and going cannot push
-// the topics' events out of history, nor move a client's resume point (a
-// client that resumes gets push.presence instead).
-func (h *Hub) announce(s *Subscription, event string) {
-	m := Message{Topics: s.who.announcedTopics(s.Topics), Type: event, Data: presenceData(s.who)}
-	h.deliver(&Event{Message: m, live: true})
-	if b, ok := h.broker.(Broadcaster); ok {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := b.Broadcast(ctx, Command{Announce: &m}); err != nil {
-			h.logger.Warn("presence event not sent to other nodes", zap.String("event", event), zap.Error(err))
-		}
-	}
-}
-
 // Roster is implemented by brokers that span several nodes (Redis): they
 // keep who is connected on every node, each node's entries expiring unless
 // the node keeps them alive, and answer for the whole cluster.
@@ -243,36 +205,4 @@ type NodeStats struct {
 type Joined struct {
 	Member Member   `json:"m"`
 	Topics []string `json:"t"`
-}
-
-// nodeStats are the hub's counters in this process.
-func (h *Hub) nodeStats() NodeStats {
-	st := NodeStats{Connections: make(map[string]int64), Delivered: make(map[string]uint64),
-		Published: h.stats.published.Load()}
-	for _, t := range transports {
-		ts := h.stats.of(t)
-		st.Connections[t] = ts.connections.Load()
-		st.Delivered[t] = ts.delivered.Load()
-	}
-	return st
-}
-
-// joined lists the hub's local connections, for a Roster that must write
-// them anew (its backend lost them, or this node was taken for dead).
-func (h *Hub) joined() []Joined {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	seen := make(map[*Subscription]bool)
-	var out []Joined
-	for _, l := range h.lanes {
-		for _, subs := range l.topics {
-			for s := range subs {
-				if !seen[s] {
-					seen[s] = true
-					out = append(out, Joined{Member: s.who, Topics: s.Topics})
-				}
-			}
-		}
-	}
-	return out
 }
