@@ -140,36 +140,6 @@ type presenceSnapshot struct {
 // topicPresence is a push.presence event to send.
 type topicPresence struct{ topic, data string }
 
-// appendPresence appends the subscription's push.presence events, for an
-// SSE stream. They have no id: they are not events of the hub.
-func (s *Subscription) appendPresence(b []byte) []byte {
-	for _, p := range s.presence {
-		b = appendSSE(b, "", "push.presence", p.data, 0)
-	}
-	s.presence = nil
-	return b
-}
-
-// presenceFrames are the subscription's push.presence events as WebSocket
-// messages: in json format {"topic","event","data"} without an id (a
-// client keeping the last id must not lose it), in text format the data.
-func (s *Subscription) presenceFrames(format string) [][]byte {
-	frames := make([][]byte, len(s.presence))
-	for i, p := range s.presence {
-		if format == FormatText {
-			frames[i] = []byte(p.data)
-			continue
-		}
-		frames[i], _ = json.Marshal(struct {
-			Topic string `json:"topic"`
-			Event string `json:"event"`
-			Data  string `json:"data"`
-		}{p.topic, "push.presence", p.data})
-	}
-	s.presence = nil
-	return frames
-}
-
 // Roster is implemented by brokers that span several nodes (Redis): they
 // keep who is connected on every node, each node's entries expiring unless
 // the node keeps them alive, and answer for the whole cluster.
