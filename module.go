@@ -1,5 +1,3 @@
-// Package push gives Caddy sites real-time push: Server-Sent Events
-// streams, WebSocket endpoints and an HTTP publish route over named hubs.
 package push
 
 import (
