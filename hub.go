@@ -196,9 +196,6 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 		return Published{}, ErrIdempotencyInFlight
 	}
 	defer h.inFlight.remove(k.ID)
-	if hold := testHoldPublish.Load(); hold != nil {
-		(*hold)(key)
-	}
 	first, err := b.PublishOnce(ctx, ev, k)
 	switch {
 	case errors.Is(err, ErrIdempotencyConflict):
@@ -231,10 +228,6 @@ func (h *Hub) Validate(m Message) error {
 func (h *Hub) SetMaxPublishTopics(n int) {
 	h.maxPublishTopics.Store(int64(max(n, 1)))
 }
-
-// testHoldPublish, set by tests, runs while a keyed publish is in flight,
-// before the broker stores it.
-var testHoldPublish atomic.Pointer[func(key string)]
 
 // SetIdempotencyWindow sets how long the hub remembers idempotency keys;
 // 0 ignores them. The push app sets it from idempotency_window.
