@@ -1,6 +1,7 @@
 package push
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -114,7 +115,7 @@ type answer struct {
 
 func (p keyed) request(ctx context.Context, base string) *http.Request {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+p.path, strings.NewReader(p.body))
-	req.Header.Set("Content-Type", cmpOr(p.ctype, "application/x-www-form-urlencoded"))
+	req.Header.Set("Content-Type", cmp.Or(p.ctype, "application/x-www-form-urlencoded"))
 	if p.auth != "" {
 		req.Header.Set("Authorization", "Bearer "+p.auth)
 	}

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"runtime"
@@ -147,7 +148,7 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 	if hc.MaxPublishTopics < 0 {
 		return nil, fmt.Errorf("max_publish_topics must not be negative")
 	}
-	maxTopics := cmpOr(hc.MaxPublishTopics, DefaultMaxPublishTopics)
+	maxTopics := cmp.Or(hc.MaxPublishTopics, DefaultMaxPublishTopics)
 	brokerConfig := string(hc.BrokerRaw)
 	var factory BrokerFactory = MemoryBroker{}
 	if hc.BrokerRaw != nil {
