@@ -3,12 +3,11 @@ package push
 import (
 	"context"
 	"errors"
-	"math/rand/v2"
-	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 
 	"github.com/caddy-push/push/internal/engine"
@@ -136,6 +135,18 @@ func (h *Hub) stopLanes() {
 	h.idle.Wait()
 }
 
+// Destruct closes the hub's broker, then its fan-out, once no
+// configuration uses the hub.
+func (h *Hub) Destruct() error {
+	live.CompareAndDelete(h.name, h)
+	err := h.broker.Close()
+	h.stopLanes()
+	if h.trims {
+		memTrim.release()
+	}
+	return err
+}
+
 // Name is the hub's name.
 func (h *Hub) Name() string { return h.name }
 
@@ -185,9 +196,6 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 		return Published{}, ErrIdempotencyInFlight
 	}
 	defer h.inFlight.remove(k.ID)
-	if hold := testHoldPublish.Load(); hold != nil {
-		(*hold)(key)
-	}
 	first, err := b.PublishOnce(ctx, ev, k)
 	switch {
 	case errors.Is(err, ErrIdempotencyConflict):
@@ -220,10 +228,6 @@ func (h *Hub) Validate(m Message) error {
 func (h *Hub) SetMaxPublishTopics(n int) {
 	h.maxPublishTopics.Store(int64(max(n, 1)))
 }
-
-// testHoldPublish, set by tests, runs while a keyed publish is in flight,
-// before the broker stores it.
-var testHoldPublish atomic.Pointer[func(key string)]
 
 // SetIdempotencyWindow sets how long the hub remembers idempotency keys;
 // 0 ignores them. The push app sets it from idempotency_window.
@@ -371,198 +375,6 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 	return s, nil
 }
 
-// resync ends every subscription: the broker lost events it cannot
-// deliver in order, so each client must resume from its own last id.
-func (h *Hub) resync() {
-	for _, s := range h.matching(nil) {
-		s.end(endResync, time.Time{})
-	}
-}
-
-// matching returns the live subscriptions to any of topics (all of them
-// when topics is empty), each once. They are ended outside the hub's lock:
-// ending one may unsubscribe it.
-func (h *Hub) matching(topics []string) []*Subscription {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	seen := make(map[*Subscription]struct{})
-	var out []*Subscription
-	add := func(subs map[*Subscription]struct{}) {
-		for s := range subs {
-			if _, dup := seen[s]; !dup && !s.isEnded() {
-				seen[s] = struct{}{}
-				out = append(out, s)
-			}
-		}
-	}
-	for _, l := range h.lanes {
-		if len(topics) == 0 {
-			for _, subs := range l.topics {
-				add(subs)
-			}
-		}
-		for _, t := range topics {
-			add(l.topics[t])
-		}
-	}
-	return out
-}
-
-// PauseRequest asks streams to close and their clients to come back later
-// (the "pause and reconnect" pattern): SSE clients get a pause event and a
-// matching retry, WebSocket clients a pause frame and close code 1013.
-type PauseRequest struct {
-	// Topics selects the streams that follow any of them; empty selects
-	// every stream of the hub.
-	Topics []string `json:"topics,omitempty"`
-	// For is how long the clients stay away. It must be positive.
-	For time.Duration `json:"for"`
-	// Jitter spreads the clients' return over For ± Jitter, so they do
-	// not all come back in the same instant.
-	Jitter time.Duration `json:"jitter,omitempty"`
-	// Fraction, between 0 and 1, is the share of the selected streams to
-	// pause, picked at random; 0 pauses them all.
-	Fraction float64 `json:"fraction,omitempty"`
-}
-
-// Validate reports a request that cannot be carried out.
-func (p PauseRequest) Validate() error {
-	switch {
-	case p.For <= 0:
-		return errors.New("pause needs a positive duration")
-	case p.Jitter < 0:
-		return errors.New("pause jitter must not be negative")
-	case !(p.Fraction >= 0 && p.Fraction <= 1): // NaN too
-		return errors.New("pause fraction must be between 0 and 1")
-	}
-	for _, t := range p.Topics {
-		if err := ValidateTopic(t); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-// until picks one stream's return time.
-func (p PauseRequest) until(now time.Time) time.Time {
-	d := p.For
-	if p.Jitter > 0 {
-		d += time.Duration(rand.Int64N(2*int64(p.Jitter)+1)) - p.Jitter
-	}
-	return now.Add(max(d, 0))
-}
-
-// Pause pauses the matching streams of this process and returns how many
-// it paused. With a broker that spans nodes (Redis), the request also
-// reaches every other node, which pauses its own share; the count is this
-// node's.
-func (h *Hub) Pause(ctx context.Context, p PauseRequest) (int, error) {
-	if err := p.Validate(); err != nil {
-		return 0, err
-	}
-	n := h.pauseLocal(p)
-	if b, ok := h.broker.(Broadcaster); ok {
-		if err := b.Broadcast(ctx, Command{Pause: &p}); err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
-
-// command carries out a command another node broadcast, and returns how
-// many local streams it ended.
-func (h *Hub) command(c Command) int {
-	n := 0
-	if c.Pause != nil && c.Pause.Validate() == nil {
-		n += h.pauseLocal(*c.Pause)
-	}
-	if c.Disconnect != nil && c.Disconnect.Validate() == nil {
-		n += h.disconnectLocal(*c.Disconnect)
-	}
-	if a := c.Announce; a != nil && (a.Type == "push.join" || a.Type == "push.leave") && (Message{Topics: a.Topics, Data: a.Data}).Validate() == nil {
-		h.deliver(&Event{Message: *a, live: true})
-	}
-	return n
-}
-
-func (h *Hub) pauseLocal(p PauseRequest) int {
-	picked := h.matching(p.Topics)
-	if p.Fraction > 0 && p.Fraction < 1 {
-		// an exact share, so "half" is half, not half on average
-		rand.Shuffle(len(picked), func(i, j int) { picked[i], picked[j] = picked[j], picked[i] })
-		picked = picked[:int(float64(len(picked))*p.Fraction+0.5)]
-	}
-	now := time.Now()
-	n := 0
-	for _, s := range picked {
-		if s.end(endPause, p.until(now)) {
-			n++
-		}
-	}
-	return n
-}
-
-// DisconnectRequest names the connections an operator ends: every
-// connection of a user, or one connection.
-type DisconnectRequest struct {
-	// User selects every connection of this user (http.auth.user.id, or
-	// the sub claim of the client's JWT).
-	User string `json:"user,omitempty"`
-	// Connection selects one connection by its id.
-	Connection string `json:"connection,omitempty"`
-	// For, when positive, has SSE clients pause this long before they
-	// come back (WebSocket clients get close code 1008 either way).
-	For time.Duration `json:"for,omitempty"`
-}
-
-// Validate reports a request that cannot be carried out.
-func (d DisconnectRequest) Validate() error {
-	switch {
-	case (d.User == "") == (d.Connection == ""):
-		return errors.New("disconnect needs a user or a connection, not both")
-	case d.For < 0:
-		return errors.New("disconnect's for must not be negative")
-	}
-	return nil
-}
-
-func (d DisconnectRequest) matches(m Member) bool {
-	if d.Connection != "" {
-		return m.Connection == d.Connection
-	}
-	return m.User == d.User
-}
-
-// Disconnect ends the matching connections of this process and returns
-// how many it ended. With a broker that spans nodes (Redis), the request
-// also reaches every other node; the count is this node's.
-func (h *Hub) Disconnect(ctx context.Context, d DisconnectRequest) (int, error) {
-	if err := d.Validate(); err != nil {
-		return 0, err
-	}
-	n := h.disconnectLocal(d)
-	if b, ok := h.broker.(Broadcaster); ok {
-		if err := b.Broadcast(ctx, Command{Disconnect: &d}); err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
-
-func (h *Hub) disconnectLocal(d DisconnectRequest) int {
-	var until time.Time
-	if d.For > 0 {
-		until = time.Now().Add(d.For)
-	}
-	n := 0
-	for _, s := range h.matching(nil) {
-		if d.matches(s.who) && s.end(endDisconnect, until) {
-			n++
-		}
-	}
-	return n
-}
-
 func (h *Hub) unsubscribe(s *Subscription) {
 	h.mu.Lock()
 	index := h.lanes[s.lane].topics
@@ -576,252 +388,6 @@ func (h *Hub) unsubscribe(s *Subscription) {
 	}
 	h.mu.Unlock()
 	h.stats.of(s.transport).connections.Add(-1)
-}
-
-// Sink takes a subscription's live events straight from the hub's
-// fan-out, instead of a goroutine taking them in batches (Ready, Take).
-// Its methods are called on the fan-out's goroutine and must not block.
-type Sink interface {
-	// Deliver writes one live event, in id order, and reports whether it
-	// did (the hub counts deliveries).
-	Deliver(ev *Event) bool
-	// Ended is called once when the hub ends the subscription; Ended's
-	// channel is closed, and FellBehind and PausedUntil say why.
-	Ended()
-}
-
-// batchSink is a Sink whose deliveries the fan-out gathers into one
-// batch of writes (a stream the connection engine owns).
-type batchSink interface {
-	Sink
-	// DeliverInto adds a live event's write to b, and has b count it in
-	// count once written.
-	DeliverInto(b *engine.Batch, ev *Event, count *uint64)
-}
-
-// maxPending is how many events a subscription may have queued before it is
-// a slow consumer and is disconnected (it can resume with its last id).
-const maxPending = 1024
-
-// Subscription is one client's live feed from a hub. The hub offers events
-// without ever blocking; the client's writer takes them in batches.
-type Subscription struct {
-	// Topics are the subscribed topics.
-	Topics []string
-	// Backlog is what the client gets before live events.
-	Backlog Backlog
-
-	hub            *Hub
-	who            Member // set before the hub indexes it, never changed
-	transport      string
-	transportIndex int             // of transport in transports
-	lane           int             // of the hub's lanes, the one that delivers to it
-	lastOffered    uint64          // only touched by its lane, one event at a time
-	lastLive       *Event          // the same, for live events (which have no Seq)
-	skipThrough    uint64          // live events up to here are already in the backlog
-	presence       []topicPresence // push.presence data to send first, per topic
-
-	mu      sync.Mutex
-	pending []*Event
-	sink    Sink // once attached, never changes
-	told    bool // sink.Ended was called
-	notify  chan struct{}
-	ended   chan struct{}
-	endOnce sync.Once
-	// why ended was closed, and until when a paused client stays away;
-	// written before it is closed
-	cause      endCause
-	pauseUntil time.Time
-	closed     atomic.Bool
-}
-
-// endCause is why the hub ended a subscription.
-type endCause uint8
-
-const (
-	endResync     endCause = iota // the broker lost events
-	endSlow                       // the subscriber fell too far behind
-	endPause                      // paused: the client should come back later
-	endDisconnect                 // disconnected by an operator (Hub.Disconnect)
-)
-
-// offer queues ev for the subscription's goroutine, or writes it through
-// its sink (a batchSink adds it to b, which counts it in count); it
-// reports whether the sink wrote it.
-func (s *Subscription) offer(ev *Event, b *engine.Batch, count *uint64) bool {
-	s.mu.Lock()
-	if sink := s.sink; sink != nil {
-		// skipThrough is set before Attach, which published it under mu
-		skip := !ev.live && ev.Seq <= s.skipThrough
-		s.mu.Unlock()
-		if skip {
-			return false
-		}
-		if bs, ok := sink.(batchSink); ok {
-			bs.DeliverInto(b, ev, count)
-			return false
-		}
-		return sink.Deliver(ev)
-	}
-	if len(s.pending) >= maxPending {
-		s.mu.Unlock()
-		s.CutOff()
-		return false
-	}
-	s.pending = append(s.pending, ev)
-	s.mu.Unlock()
-	select {
-	case s.notify <- struct{}{}:
-	default:
-	}
-	return false
-}
-
-// Attach hands the subscription's live events to sink from now on: the
-// events waiting now first, then each as the hub delivers it. Call it once
-// the backlog is written; nothing must call Take afterwards.
-func (s *Subscription) Attach(sink Sink) {
-	s.mu.Lock()
-	n := 0
-	for _, ev := range s.pending {
-		if s.fresh(ev) && sink.Deliver(ev) {
-			n++
-		}
-	}
-	s.Delivered(n)
-	s.pending = nil
-	s.sink = sink
-	tell := s.isEnded() && !s.told // ended before the sink could hear of it
-	s.told = s.told || tell
-	s.mu.Unlock()
-	if tell {
-		sink.Ended()
-	}
-}
-
-// CutOff ends the subscription of a subscriber that is too slow (its
-// queue is full, or a write to it timed out), and counts it.
-func (s *Subscription) CutOff() {
-	s.end(endSlow, time.Time{})
-}
-
-// Pause ends the subscription and asks its client to come back at until.
-func (s *Subscription) Pause(until time.Time) {
-	s.end(endPause, until)
-}
-
-// end closes Ended with its cause, once; it reports whether this call did.
-func (s *Subscription) end(cause endCause, until time.Time) bool {
-	done := false
-	s.endOnce.Do(func() {
-		s.cause, s.pauseUntil = cause, until
-		switch cause {
-		case endSlow:
-			s.hub.stats.of(s.transport).slow.Add(1)
-		case endPause:
-			s.hub.stats.of(s.transport).paused.Add(1)
-		case endDisconnect:
-			s.hub.stats.of(s.transport).disconnected.Add(1)
-		}
-		close(s.ended)
-		// a goroutine waiting on Ready only hears of the end there
-		select {
-		case s.notify <- struct{}{}:
-		default:
-		}
-		done = true
-	})
-	if done {
-		s.mu.Lock()
-		sink := s.sink
-		tell := sink != nil && !s.told
-		s.told = s.told || tell
-		s.mu.Unlock()
-		if tell {
-			sink.Ended()
-		}
-	}
-	return done
-}
-
-func (s *Subscription) isEnded() bool {
-	select {
-	case <-s.ended:
-		return true
-	default:
-		return false
-	}
-}
-
-// Ready is signalled when events are waiting to be taken, and when the
-// subscription has ended (Ended).
-func (s *Subscription) Ready() <-chan struct{} { return s.notify }
-
-// Ended is closed when the hub ends the subscription: the subscriber fell
-// too far behind (FellBehind), it was paused (PausedUntil), or the hub's
-// broker lost events it cannot deliver in order. The connection must then
-// end so that the client resumes from its last id, with a replay or a
-// push.reset.
-func (s *Subscription) Ended() <-chan struct{} { return s.ended }
-
-// FellBehind reports, once Ended is closed, whether the subscriber was
-// cut off for being too slow.
-func (s *Subscription) FellBehind() bool { return s.cause == endSlow }
-
-// PausedUntil reports, once Ended is closed, whether the subscription was
-// paused, or disconnected with a time to come back, and when its client
-// should come back.
-func (s *Subscription) PausedUntil() (time.Time, bool) {
-	return s.pauseUntil, s.cause == endPause || s.cause == endDisconnect && !s.pauseUntil.IsZero()
-}
-
-// Disconnected reports, once Ended is closed, whether an operator
-// disconnected the subscription (Hub.Disconnect): a WebSocket closes with
-// 1008, an SSE stream ends (after a pause block when PausedUntil says so).
-func (s *Subscription) Disconnected() bool { return s.cause == endDisconnect }
-
-// Member is who the subscription is: its connection id, user, transport,
-// remote address and start.
-func (s *Subscription) Member() Member { return s.who }
-
-// Take moves the waiting events into buf (whose contents it overwrites)
-// and returns it. Passing the previous batch back in makes the steady
-// state allocation-free.
-func (s *Subscription) Take(buf []*Event) []*Event {
-	s.mu.Lock()
-	batch := s.pending
-	clear(buf)
-	s.pending = buf[:0]
-	s.mu.Unlock()
-	// drop what the backlog already delivered
-	return slices.DeleteFunc(batch, func(ev *Event) bool { return !s.fresh(ev) })
-}
-
-// fresh reports whether a live delivery of ev is not already in the
-// subscription's backlog.
-func (s *Subscription) fresh(ev *Event) bool {
-	return ev.live || ev.Seq > s.skipThrough
-}
-
-// Delivered counts events written to the client, for metrics.
-func (s *Subscription) Delivered(n int) {
-	s.hub.stats.of(s.transport).delivered.Add(uint64(n))
-}
-
-// Close unregisters the subscription. It is safe to call more than once.
-func (s *Subscription) Close() {
-	if s.closed.CompareAndSwap(false, true) {
-		s.hub.unsubscribe(s)
-		if r, ok := s.hub.broker.(Roster); ok {
-			// before push.leave, so no newcomer lists a member that left
-			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			r.Leave(ctx, s.who, s.Topics, s.who.Presence)
-			cancel()
-		}
-		if s.who.Presence {
-			s.hub.announce(s, "push.leave")
-		}
-	}
 }
 
 // uniqueTopics drops repeated topics, keeping the first of each in order,
@@ -840,3 +406,24 @@ func uniqueTopics(topics []string) []string {
 	}
 	return out
 }
+
+// announce tells a subscription's topics of its arrival or departure:
+// to this node's subscribers at once, and to other nodes' through the
+// broker's broadcast. The event is live only: it is not stored, has no id
+// and is never replayed, so connections coming and going cannot push
+// the topics' events out of history, nor move a client's resume point (a
+// client that resumes gets push.presence instead).
+func (h *Hub) announce(s *Subscription, event string) {
+	m := Message{Topics: s.who.announcedTopics(s.Topics), Type: event, Data: presenceData(s.who)}
+	h.deliver(&Event{Message: m, live: true})
+	if b, ok := h.broker.(Broadcaster); ok {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := b.Broadcast(ctx, Command{Announce: &m}); err != nil {
+			h.logger.Warn("presence event not sent to other nodes", zap.String("event", event), zap.Error(err))
+		}
+	}
+}
+
+// Interface guards
+var _ caddy.Destructor = (*Hub)(nil)

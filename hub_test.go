@@ -3,7 +3,6 @@ package push
 import (
 	"context"
 	"strconv"
-	"strings"
 	"testing"
 	"time"
 )
@@ -97,38 +96,6 @@ func TestHubNoHistory(t *testing.T) {
 	}
 }
 
-// Live events already in the backlog are dropped by Take.
-func TestSubscriptionSkipsBacklogInLive(t *testing.T) {
-	h := openHub(t, HistoryLimits{Events: 10})
-	s := mustSubscribe(t, h, "", "t")
-	s.skipThrough = 2 // as if the backlog ran to seq 2
-	for i := range 4 {
-		mustPublish(t, h, strconv.Itoa(i), "t")
-	}
-	if got := datas(s.Take(nil)); len(got) != 2 || got[0] != "2" || got[1] != "3" {
-		t.Fatalf("got %v", got)
-	}
-}
-
-func TestSubscriptionQueueBound(t *testing.T) {
-	h := openHub(t, HistoryLimits{})
-	s := mustSubscribe(t, h, "", "t")
-	for range maxPending + 5 {
-		mustPublish(t, h, "x", "t")
-	}
-	select {
-	case <-s.Ended():
-	default:
-		t.Fatal("a full queue did not mark the subscriber slow")
-	}
-	if n := len(s.Take(nil)); n != maxPending {
-		t.Fatalf("queue held %d events, want %d", n, maxPending)
-	}
-	if n := h.stats.of(TransportSSE).slow.Load(); n != 1 || !s.FellBehind() {
-		t.Fatalf("slow disconnects counted %d times, fell behind: %v", n, s.FellBehind())
-	}
-}
-
 // A broker that lost events ends every subscription, without counting
 // them as slow: each client resumes from its own last id.
 func TestHubResyncEndsSubscriptions(t *testing.T) {
@@ -198,17 +165,6 @@ func BenchmarkPublish(b *testing.B) {
 	})
 }
 
-// BenchmarkEncodeSSE is the per-event encoding cost, paid once per event
-// whatever the number of subscribers.
-func BenchmarkEncodeSSE(b *testing.B) {
-	data := "line one\nline two\r\nline three " + string(make([]byte, 200))
-	b.ReportAllocs()
-	for b.Loop() {
-		ev := &Event{Message: Message{Topics: []string{"t"}, Type: "update", Data: data}, ID: "abc-123"}
-		_ = ev.SSE()
-	}
-}
-
 // history_max_bytes evicts the oldest events of the hub first, across
 // topics, and a client resuming from before them gets a reset.
 func TestHubHistoryMaxBytes(t *testing.T) {
@@ -248,31 +204,4 @@ func TestHubLogCompacts(t *testing.T) {
 	if m.live != 3 || len(m.log) > 2*m.live+64 {
 		t.Fatalf("%d live events, log of %d", m.live, len(m.log))
 	}
-}
-
-// BenchmarkWSFrame is what an event pays once to become the frame every
-// engine-owned WebSocket connection is written.
-func BenchmarkWSFrame(b *testing.B) {
-	subscribed := []string{"t"}
-	data := strings.Repeat("x", 256)
-	b.ReportAllocs()
-	for range b.N {
-		ev := &Event{Message: Message{Topics: []string{"t"}, Data: data}, ID: "abc-1"}
-		_ = ev.wsFrame(FormatJSON, subscribed)
-	}
-}
-
-// BenchmarkWSMessage is what each WebSocket connection pays per delivery
-// to get the event's shared, prepared frame (after the first, which
-// encodes it): a lock-free lookup, from many writers at once.
-func BenchmarkWSMessage(b *testing.B) {
-	ev := &Event{Message: Message{Topics: []string{"t"}, Data: "payload"}, ID: "abc-1"}
-	subscribed := []string{"t"}
-	ev.wsMessage(FormatJSON, subscribed)
-	b.ReportAllocs()
-	b.RunParallel(func(pb *testing.PB) {
-		for pb.Next() {
-			_ = ev.wsMessage(FormatJSON, subscribed)
-		}
-	})
 }

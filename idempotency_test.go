@@ -1,6 +1,7 @@
 package push
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -14,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/golang-jwt/jwt/v5"
 )
 
@@ -42,6 +45,52 @@ http://127.0.0.1:PORT {
 }
 `
 
+// heldSite is idempotencySite with the hub on the held broker.
+var heldSite = strings.Replace(idempotencySite, "idempotency_window 1h", "idempotency_window 1h\n\t\t\tbroker held", 1)
+
+func init() {
+	caddy.RegisterModule(heldBroker{})
+}
+
+// heldBroker is the memory broker with a wait in PublishOnce, which a
+// keyed publish reaches while its key is in flight on the hub, as it
+// would wait for a slow backend.
+type heldBroker struct{}
+
+func (heldBroker) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "push.brokers.held",
+		New: func() caddy.Module { return new(heldBroker) },
+	}
+}
+
+// UnmarshalCaddyfile takes no arguments: `broker held`.
+func (*heldBroker) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // consume broker name
+	return nil
+}
+
+func (heldBroker) OpenBroker(o BrokerOptions) (Broker, error) {
+	b, err := MemoryBroker{}.OpenBroker(o)
+	if err != nil {
+		return nil, err
+	}
+	return heldStore{b.(*memoryStore)}, nil
+}
+
+// holdPublishOnce, set by a test, runs in the held broker's PublishOnce
+// before the event is stored.
+var holdPublishOnce atomic.Pointer[func(*Event)]
+
+type heldStore struct{ *memoryStore }
+
+func (s heldStore) PublishOnce(ctx context.Context, ev *Event, k IdempotencyKey) (string, error) {
+	if hold := holdPublishOnce.Load(); hold != nil {
+		(*hold)(ev)
+	}
+	return s.memoryStore.PublishOnce(ctx, ev, k)
+}
+
 func startIdempotencyCaddy(t *testing.T, site string) *testCaddy {
 	t.Helper()
 	t.Setenv("PUSH_TEST_TOKEN", "s3cret")
@@ -66,7 +115,7 @@ type answer struct {
 
 func (p keyed) request(ctx context.Context, base string) *http.Request {
 	req, _ := http.NewRequestWithContext(ctx, http.MethodPost, base+p.path, strings.NewReader(p.body))
-	req.Header.Set("Content-Type", cmpOr(p.ctype, "application/x-www-form-urlencoded"))
+	req.Header.Set("Content-Type", cmp.Or(p.ctype, "application/x-www-form-urlencoded"))
 	if p.auth != "" {
 		req.Header.Set("Authorization", "Bearer "+p.auth)
 	}
@@ -195,20 +244,20 @@ func TestIdempotencyBadKeys(t *testing.T) {
 // A repeat while the first publish with the key is still in flight gets
 // 409; the first then completes, once.
 func TestIdempotencyInFlight(t *testing.T) {
-	c := startIdempotencyCaddy(t, idempotencySite)
+	c := startIdempotencyCaddy(t, heldSite)
 	s := subscribe(t, c.URL+"/events?topic=a", nil)
 	held, release := make(chan struct{}), make(chan struct{})
 	var once sync.Once
-	hold := func(key string) {
-		if key == "slow" {
+	hold := func(ev *Event) {
+		if ev.Data == "x" {
 			once.Do(func() {
 				close(held)
 				<-release
 			})
 		}
 	}
-	testHoldPublish.Store(&hold)
-	t.Cleanup(func() { testHoldPublish.Store(nil) })
+	holdPublishOnce.Store(&hold)
+	t.Cleanup(func() { holdPublishOnce.Store(nil) })
 	p := keyed{path: "/publish", auth: "s3cret", key: "slow", body: "topic=a&data=x"}
 	firstDone := make(chan answer, 1)
 	go func() {
@@ -309,15 +358,15 @@ func TestIdempotencyWindow(t *testing.T) {
 	}
 }
 
-// The connection is cut once the event is published and before the answer
-// is written; the client retries with the same key and gets the first id,
-// and the subscriber gets the event once.
+// The answer is lost once the event is published, as when the connection
+// breaks on the way back; the client retries with the same key and gets
+// the first id, and the subscriber gets the event once.
 func TestIdempotencyRetryAfterCutConnection(t *testing.T) {
 	c := startIdempotencyCaddy(t, idempotencySite)
 	s := subscribe(t, c.URL+"/events?topic=a", nil)
-	cuts := cutAfterPublish(t, func(key string) bool { return key == "cut-me" })
+	cuts := newAnswerLoss(func(key string) bool { return key == "cut-me" })
 	p := keyed{path: "/publish", auth: "s3cret", key: "cut-me", body: "topic=a&data=once"}
-	client := newTestClient()
+	client := cuts.on(newTestClient())
 	defer client.CloseIdleConnections()
 	var got answer
 	attempts := 0
@@ -340,29 +389,61 @@ func TestIdempotencyRetryAfterCutConnection(t *testing.T) {
 	s.quiet(300 * time.Millisecond)
 }
 
-// cutAfterPublish cuts the connection of the first request with each key
-// that cut selects, once the event is published and before the answer is
-// written, until the test ends; it counts the cuts.
-func cutAfterPublish(t *testing.T, cut func(key string) bool) *atomic.Int64 {
-	var (
-		mu   sync.Mutex
-		seen = make(map[string]bool)
-		n    atomic.Int64
-	)
-	after := func(r *http.Request) {
-		key := r.Header.Get("Idempotency-Key")
-		mu.Lock()
-		first := !seen[key]
-		seen[key] = true
-		mu.Unlock()
-		if first && cut(key) {
-			n.Add(1)
-			panic(http.ErrAbortHandler)
-		}
+// answerLoss loses, on the clients it is on, the answer to the first
+// publish with each key that lose selects, once the event is published:
+// Caddy stores the event and answers, and the client gets an error in
+// place of the answer, as when the connection breaks on the way back.
+// It counts the answers lost.
+type answerLoss struct {
+	lose func(key string) bool
+	mu   sync.Mutex
+	seen map[string]bool
+	n    atomic.Int64
+}
+
+func newAnswerLoss(lose func(key string) bool) *answerLoss {
+	return &answerLoss{lose: lose, seen: make(map[string]bool)}
+}
+
+// Load is how many answers were lost.
+func (l *answerLoss) Load() int64 { return l.n.Load() }
+
+// on has client's answers lost, and returns it.
+func (l *answerLoss) on(client *http.Client) *http.Client {
+	client.Transport = losingTransport{rt: client.Transport, loss: l}
+	return client
+}
+
+var errAnswerLost = errors.New("the answer was lost on the way back")
+
+type losingTransport struct {
+	rt   http.RoundTripper
+	loss *answerLoss
+}
+
+func (t losingTransport) RoundTrip(r *http.Request) (*http.Response, error) {
+	resp, err := t.rt.RoundTrip(r)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		return resp, err // not published
 	}
-	testAfterPublish.Store(&after)
-	t.Cleanup(func() { testAfterPublish.Store(nil) })
-	return &n
+	key := r.Header.Get("Idempotency-Key")
+	l := t.loss
+	l.mu.Lock()
+	first := !l.seen[key]
+	l.seen[key] = true
+	l.mu.Unlock()
+	if first && l.lose(key) {
+		l.n.Add(1)
+		resp.Body.Close() // unread: the connection goes with it
+		return nil, errAnswerLost
+	}
+	return resp, nil
+}
+
+func (t losingTransport) CloseIdleConnections() {
+	if c, ok := t.rt.(interface{ CloseIdleConnections() }); ok {
+		c.CloseIdleConnections()
+	}
 }
 
 // retries counts retryPublish's retries.
@@ -392,7 +473,7 @@ func retryPublish(t *testing.T, client *http.Client, base string, p keyed) answe
 func TestIdempotencyThroughReloads(t *testing.T) {
 	c := startIdempotencyCaddy(t, idempotencySite)
 	// and the first answer to every 10th publish is lost
-	cuts := cutAfterPublish(t, func(key string) bool { return strings.HasSuffix(key, "5") })
+	cuts := newAnswerLoss(func(key string) bool { return strings.HasSuffix(key, "5") })
 	const perPublisher = 400
 	publishers := []keyed{{path: "/publish", auth: "s3cret"}, {path: "/other", auth: "other-s3cret"}}
 	ctx, cancel := context.WithCancel(context.Background())
@@ -457,7 +538,7 @@ func TestIdempotencyThroughReloads(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			client := newTestClient()
+			client := cuts.on(newTestClient())
 			defer client.CloseIdleConnections()
 			tick := time.NewTicker(10 * time.Millisecond)
 			defer tick.Stop()
@@ -499,9 +580,9 @@ func TestIdempotencyThroughReloads(t *testing.T) {
 		t.Fatalf("the subscriber has %d events of %d; missing: %q", len(got), len(publishers)*perPublisher, missing[:min(len(missing), 20)])
 	}
 	cancel()
-	t.Logf("%d answers cut, %d publishes retried by the test's loop (more by Go's transport), %d streams resumed", cuts.Load(), retries.Load(), resume)
+	t.Logf("%d answers lost, %d publishes retried by the test's loop (more by Go's transport), %d streams resumed", cuts.Load(), retries.Load(), resume)
 	if cuts.Load() == 0 {
-		t.Fatal("no answer was cut")
+		t.Fatal("no answer was lost")
 	}
 	next := make([]int, len(publishers))
 	for _, ev := range got {

@@ -1,8 +1,7 @@
-// Package push gives Caddy sites real-time push: Server-Sent Events
-// streams, WebSocket endpoints and an HTTP publish route over named hubs.
 package push
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"runtime"
@@ -149,7 +148,7 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 	if hc.MaxPublishTopics < 0 {
 		return nil, fmt.Errorf("max_publish_topics must not be negative")
 	}
-	maxTopics := cmpOr(hc.MaxPublishTopics, DefaultMaxPublishTopics)
+	maxTopics := cmp.Or(hc.MaxPublishTopics, DefaultMaxPublishTopics)
 	brokerConfig := string(hc.BrokerRaw)
 	var factory BrokerFactory = MemoryBroker{}
 	if hc.BrokerRaw != nil {
@@ -242,18 +241,6 @@ func (a *App) Hub(name string) (*Hub, error) {
 	return hub, nil
 }
 
-// Destruct closes the hub's broker, then its fan-out, once no
-// configuration uses the hub.
-func (h *Hub) Destruct() error {
-	live.CompareAndDelete(h.name, h)
-	err := h.broker.Close()
-	h.stopLanes()
-	if h.trims {
-		memTrim.release()
-	}
-	return err
-}
-
 // LookupHub returns the running hub with that name, so that any code in
 // the process (another Caddy module, a program embedding Caddy) can
 // publish:
@@ -274,5 +261,4 @@ var (
 	_ caddy.App          = (*App)(nil)
 	_ caddy.Provisioner  = (*App)(nil)
 	_ caddy.CleanerUpper = (*App)(nil)
-	_ caddy.Destructor   = (*Hub)(nil)
 )

@@ -1,7 +1,6 @@
 package push
 
 import (
-	"cmp"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -83,31 +82,6 @@ type presenceEntry struct {
 	User       string `json:"user,omitempty"`
 }
 
-// localMembers returns the connections of this process that follow topic
-// (only those announced with presence, if asked), oldest first.
-func (h *Hub) localMembers(topic string, presence bool) []Member {
-	h.mu.RLock()
-	var out []Member
-	for _, l := range h.lanes {
-		for s := range l.topics[topic] {
-			if !s.isEnded() && (!presence || s.who.announcedOn(topic)) {
-				out = append(out, s.who)
-			}
-		}
-	}
-	h.mu.RUnlock()
-	slices.SortFunc(out, func(a, b Member) int {
-		return cmp.Or(a.Since.Compare(b.Since), cmp.Compare(a.Connection, b.Connection))
-	})
-	return out
-}
-
-// How a disconnected stream is told why it ends (Hub.Disconnect): SSE in
-// a comment, WebSocket in the 1008 close reason.
-const disconnectedReason = "disconnected by the server's operator"
-
-var disconnectedComment = []byte(": " + disconnectedReason + "\n\n")
-
 // DefaultPresenceLimit is how many members of a topic a presence snapshot
 // lists; beyond it, only their count.
 const DefaultPresenceLimit = 1000
@@ -166,54 +140,6 @@ type presenceSnapshot struct {
 // topicPresence is a push.presence event to send.
 type topicPresence struct{ topic, data string }
 
-// appendPresence appends the subscription's push.presence events, for an
-// SSE stream. They have no id: they are not events of the hub.
-func (s *Subscription) appendPresence(b []byte) []byte {
-	for _, p := range s.presence {
-		b = appendSSE(b, "", "push.presence", p.data, 0)
-	}
-	s.presence = nil
-	return b
-}
-
-// presenceFrames are the subscription's push.presence events as WebSocket
-// messages: in json format {"topic","event","data"} without an id (a
-// client keeping the last id must not lose it), in text format the data.
-func (s *Subscription) presenceFrames(format string) [][]byte {
-	frames := make([][]byte, len(s.presence))
-	for i, p := range s.presence {
-		if format == FormatText {
-			frames[i] = []byte(p.data)
-			continue
-		}
-		frames[i], _ = json.Marshal(struct {
-			Topic string `json:"topic"`
-			Event string `json:"event"`
-			Data  string `json:"data"`
-		}{p.topic, "push.presence", p.data})
-	}
-	s.presence = nil
-	return frames
-}
-
-// announce tells a subscription's topics of its arrival or departure:
-// to this node's subscribers at once, and to other nodes' through the
-// broker's broadcast. The event is live only: it is not stored, has no id
-// and is never replayed, so connections coming and going cannot push
-// the topics' events out of history, nor move a client's resume point (a
-// client that resumes gets push.presence instead).
-func (h *Hub) announce(s *Subscription, event string) {
-	m := Message{Topics: s.who.announcedTopics(s.Topics), Type: event, Data: presenceData(s.who)}
-	h.deliver(&Event{Message: m, live: true})
-	if b, ok := h.broker.(Broadcaster); ok {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		if err := b.Broadcast(ctx, Command{Announce: &m}); err != nil {
-			h.logger.Warn("presence event not sent to other nodes", zap.String("event", event), zap.Error(err))
-		}
-	}
-}
-
 // Roster is implemented by brokers that span several nodes (Redis): they
 // keep who is connected on every node, each node's entries expiring unless
 // the node keeps them alive, and answer for the whole cluster.
@@ -249,36 +175,4 @@ type NodeStats struct {
 type Joined struct {
 	Member Member   `json:"m"`
 	Topics []string `json:"t"`
-}
-
-// nodeStats are the hub's counters in this process.
-func (h *Hub) nodeStats() NodeStats {
-	st := NodeStats{Connections: make(map[string]int64), Delivered: make(map[string]uint64),
-		Published: h.stats.published.Load()}
-	for _, t := range transports {
-		ts := h.stats.of(t)
-		st.Connections[t] = ts.connections.Load()
-		st.Delivered[t] = ts.delivered.Load()
-	}
-	return st
-}
-
-// joined lists the hub's local connections, for a Roster that must write
-// them anew (its backend lost them, or this node was taken for dead).
-func (h *Hub) joined() []Joined {
-	h.mu.RLock()
-	defer h.mu.RUnlock()
-	seen := make(map[*Subscription]bool)
-	var out []Joined
-	for _, l := range h.lanes {
-		for _, subs := range l.topics {
-			for s := range subs {
-				if !seen[s] {
-					seen[s] = true
-					out = append(out, Joined{Member: s.who, Topics: s.Topics})
-				}
-			}
-		}
-	}
-	return out
 }

@@ -1,6 +1,7 @@
 package push
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"net/http"
@@ -119,7 +120,7 @@ func snapshotOf(t testing.TB, data string) (users []string, count int) {
 		if m.Connection == "" {
 			t.Fatalf("member without a connection id in %s", data)
 		}
-		users = append(users, cmpOr(m.User, "-"))
+		users = append(users, cmp.Or(m.User, "-"))
 	}
 	return users, s.Count
 }

@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
@@ -169,9 +168,6 @@ func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ cad
 	if err != nil {
 		return h.publishError(w, r, m, err)
 	}
-	if after := testAfterPublish.Load(); after != nil {
-		(*after)(r)
-	}
 	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 	w.Header().Set("Cache-Control", "no-store")
 	if p.Replayed {
@@ -211,10 +207,6 @@ func readLimited(w http.ResponseWriter, r *http.Request, max int64) ([]byte, err
 	}
 	return io.ReadAll(http.MaxBytesReader(w, r.Body, max))
 }
-
-// testAfterPublish, set by tests, runs once an event is published and
-// before the answer is written.
-var testAfterPublish atomic.Pointer[func(*http.Request)]
 
 // publishError answers a publish the hub refused.
 func (h *PublishHandler) publishError(w http.ResponseWriter, r *http.Request, m Message, err error) error {

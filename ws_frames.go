@@ -2,6 +2,10 @@ package push
 
 import (
 	"encoding/binary"
+	"encoding/json"
+	"maps"
+	"slices"
+	"sync"
 	"unicode/utf8"
 
 	"github.com/gorilla/websocket"
@@ -65,6 +69,216 @@ func closeFrame(code int, reason string) []byte {
 		}
 	}
 	return appendServerFrame(nil, opClose, websocket.FormatCloseMessage(code, reason))
+}
+
+// wsEncoding is an event as one WebSocket message: as a whole server
+// frame (connections the engine writes), and prepared for gorilla
+// (connections on goroutines) when one of those asks: preparing builds a
+// gorilla connection's worth of buffers, which costs an event more than
+// its whole fan-out to a few dozen engine connections.
+type wsEncoding struct {
+	wsKey
+	frame  []byte
+	data   []byte // the frame's payload (gorilla copies it)
+	pmOnce sync.Once
+	pm     *websocket.PreparedMessage
+}
+
+// wsKey names an encoding: text, or json with the topic it names.
+type wsKey struct {
+	json  bool
+	topic string
+}
+
+// wsMessage returns the event as a WebSocket message for gorilla.
+func (e *Event) wsMessage(format string, subscribed []string) *websocket.PreparedMessage {
+	enc := e.wsEncoded(format, subscribed)
+	enc.pmOnce.Do(func() {
+		enc.pm, _ = websocket.NewPreparedMessage(websocket.TextMessage, enc.data)
+	})
+	return enc.pm
+}
+
+// wsFrame returns the event as a whole unmasked text frame.
+func (e *Event) wsFrame(format string, subscribed []string) []byte {
+	return e.wsEncoded(format, subscribed).frame
+}
+
+// wsEncoded returns the event's WebSocket encodings, made once per format
+// and topic and shared by every connection. In json format the topic is
+// the first of the event's topics the subscription follows (subscribed is
+// sorted).
+func (e *Event) wsEncoded(format string, subscribed []string) *wsEncoding {
+	var key wsKey
+	if format == FormatJSON {
+		// the subscription follows one of them: if no earlier one, the
+		// last (so an event to one topic needs no search)
+		last := len(e.Topics) - 1
+		key = wsKey{json: true, topic: e.Topics[last]}
+		for _, t := range e.Topics[:last] {
+			if _, ok := slices.BinarySearch(subscribed, t); ok {
+				key.topic = t
+				break
+			}
+		}
+	}
+	if enc := e.findWS(key); enc != nil {
+		return enc
+	}
+	e.wsMu.Lock()
+	defer e.wsMu.Unlock()
+	if enc := e.findWS(key); enc != nil {
+		return enc // made meanwhile
+	}
+	enc := e.encodeWS(key)
+	if e.ws.Load() == nil {
+		e.ws.Store(enc)
+		return enc
+	}
+	m := make(map[wsKey]*wsEncoding, 1)
+	if old := e.wsMore.Load(); old != nil {
+		maps.Copy(m, *old)
+	}
+	m[key] = enc
+	e.wsMore.Store(&m)
+	return enc
+}
+
+// findWS returns the encoding named key, if it was made.
+func (e *Event) findWS(key wsKey) *wsEncoding {
+	if enc := e.ws.Load(); enc != nil && enc.wsKey == key {
+		return enc
+	}
+	if m := e.wsMore.Load(); m != nil {
+		return (*m)[key]
+	}
+	return nil
+}
+
+// wsScratch holds json payloads while their frame is sized.
+var wsScratch = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// encodeWS makes one encoding: a text frame of exactly its size, which
+// is all an event keeps of it besides the wsEncoding.
+func (e *Event) encodeWS(key wsKey) *wsEncoding {
+	if !key.json {
+		n := len(e.Data)
+		frame := appendServerFrameString(make([]byte, 0, frameHeaderLen(n)+n), opText, e.Data)
+		return &wsEncoding{wsKey: key, frame: frame, data: frame[len(frame)-n:]}
+	}
+	bp := wsScratch.Get().(*[]byte)
+	payload := appendFrameJSON((*bp)[:0], wsFrame{ID: e.ID, Topic: key.topic, Event: e.Type, Data: e.Data})
+	n := len(payload)
+	frame := appendServerFrame(make([]byte, 0, frameHeaderLen(n)+n), opText, payload)
+	if cap(payload) <= 64<<10 { // a rare large one is left to the collector
+		*bp = payload
+		wsScratch.Put(bp)
+	}
+	return &wsEncoding{wsKey: key, frame: frame, data: frame[len(frame)-n:]}
+}
+
+// encodeFrame writes a json-format frame, leaving <, > and & as they are.
+func encodeFrame(f wsFrame) []byte { return appendFrameJSON(nil, f) }
+
+// appendFrameJSON appends f as encoding/json writes it with SetEscapeHTML
+// (false), without the reflection and the buffers: an event's frame is
+// made on the fan-out's path. FuzzFrameJSON holds the two to the same
+// bytes.
+func appendFrameJSON(b []byte, f wsFrame) []byte {
+	b = append(b, '{')
+	if f.ID != "" { // a presence event has none
+		b = append(b, `"id":`...)
+		b = appendJSONString(b, f.ID)
+		b = append(b, ',')
+	}
+	if f.Topic != "" {
+		b = append(b, `"topic":`...)
+		b = appendJSONString(b, f.Topic)
+		b = append(b, ',')
+	}
+	if f.Event != "" {
+		b = append(b, `"event":`...)
+		b = appendJSONString(b, f.Event)
+		b = append(b, ',')
+	}
+	b = append(b, `"data":`...)
+	b = appendJSONString(b, f.Data)
+	return append(b, '}')
+}
+
+// appendJSONString is encoding/json's string encoder without HTML
+// escaping: quotes, backslashes and control characters escaped, invalid
+// UTF-8 replaced by U+FFFD, U+2028 and U+2029 escaped for JavaScript.
+func appendJSONString(b []byte, s string) []byte {
+	const hex = "0123456789abcdef"
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		if c := s[i]; c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xF])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, `\ufffd`...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hex[r&0xF])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
+}
+
+// presenceFrames are the subscription's push.presence events as WebSocket
+// messages: in json format {"topic","event","data"} without an id (a
+// client keeping the last id must not lose it), in text format the data.
+func (s *Subscription) presenceFrames(format string) [][]byte {
+	frames := make([][]byte, len(s.presence))
+	for i, p := range s.presence {
+		if format == FormatText {
+			frames[i] = []byte(p.data)
+			continue
+		}
+		frames[i], _ = json.Marshal(struct {
+			Topic string `json:"topic"`
+			Event string `json:"event"`
+			Data  string `json:"data"`
+		}{p.topic, "push.presence", p.data})
+	}
+	s.presence = nil
+	return frames
 }
 
 // frameReader reads a client's frames (RFC 6455 §5) from its input as it

@@ -3,7 +3,9 @@ package push
 import (
 	"bytes"
 	"encoding/binary"
+	"encoding/json"
 	"fmt"
+	"strings"
 	"testing"
 	"unicode/utf8"
 
@@ -169,5 +171,75 @@ func FuzzFrameReader(f *testing.F) {
 		}
 		r := frameReader{max: max}
 		_ = r.feed(append([]byte(nil), input...), func(op byte, p []byte) bool { check(op, p); return true })
+	})
+}
+
+// FuzzFrameJSON: the hand-written json frame is byte for byte what
+// encoding/json writes with SetEscapeHTML(false), for any strings, valid
+// UTF-8 or not; and the event's WebSocket frame carries it whole.
+func FuzzFrameJSON(f *testing.F) {
+	for _, s := range [][4]string{
+		{"k3x-1", "t", "", "hello"},
+		{"k3x-2", "chat/lobby", "update", `{"a":"<b>&</b>"}`},
+		{"", "", "", ""},
+		{"x", "\"quoted\"\\", "\b\f\n\r\t", "\x00\x01\x1f\x7f"},
+		{"x", "bad \xff utf-8 \xe2\x80", "\u2028\u2029", "é\uFEFF😀"},
+		// a topic named as a format: its json frame is not the text one
+		{"k3x-3", "text", "", "plain"},
+	} {
+		f.Add(s[0], s[1], s[2], s[3])
+	}
+	f.Fuzz(func(t *testing.T, id, topic, typ, data string) {
+		fr := wsFrame{ID: id, Topic: topic, Event: typ, Data: data}
+		var want bytes.Buffer
+		enc := json.NewEncoder(&want)
+		enc.SetEscapeHTML(false)
+		if err := enc.Encode(fr); err != nil {
+			t.Fatal(err)
+		}
+		got := appendFrameJSON([]byte("prefix"), fr)
+		if !bytes.Equal(got[len("prefix"):], bytes.TrimSuffix(want.Bytes(), []byte("\n"))) {
+			t.Fatalf("appendFrameJSON(%+v) = %q, encoding/json writes %q", fr, got[len("prefix"):], want.Bytes())
+		}
+		if topic == "" {
+			return
+		}
+		ev := &Event{Message: Message{Topics: []string{topic}, Type: typ, Data: data}, ID: id}
+		fr.Topic = topic
+		frame := ev.wsFrame(FormatJSON, []string{topic})
+		payload := encodeFrame(fr)
+		if !bytes.Equal(frame, appendServerFrame(nil, opText, payload)) || cap(frame) != len(frame) {
+			t.Fatalf("wsFrame = %q (cap %d), want the frame of %q, exactly sized", frame, cap(frame), payload)
+		}
+		if text := ev.wsFrame(FormatText, nil); !bytes.Equal(text, appendServerFrame(nil, opText, []byte(data))) {
+			t.Fatalf("text wsFrame = %q, want the frame of %q", text, data)
+		}
+	})
+}
+
+// BenchmarkWSFrame is what an event pays once to become the frame every
+// engine-owned WebSocket connection is written.
+func BenchmarkWSFrame(b *testing.B) {
+	subscribed := []string{"t"}
+	data := strings.Repeat("x", 256)
+	b.ReportAllocs()
+	for range b.N {
+		ev := &Event{Message: Message{Topics: []string{"t"}, Data: data}, ID: "abc-1"}
+		_ = ev.wsFrame(FormatJSON, subscribed)
+	}
+}
+
+// BenchmarkWSMessage is what each WebSocket connection pays per delivery
+// to get the event's shared, prepared frame (after the first, which
+// encodes it): a lock-free lookup, from many writers at once.
+func BenchmarkWSMessage(b *testing.B) {
+	ev := &Event{Message: Message{Topics: []string{"t"}, Data: "payload"}, ID: "abc-1"}
+	subscribed := []string{"t"}
+	ev.wsMessage(FormatJSON, subscribed)
+	b.ReportAllocs()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			_ = ev.wsMessage(FormatJSON, subscribed)
+		}
 	})
 }

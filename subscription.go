@@ -1,0 +1,257 @@
+package push
+
+import (
+	"context"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddy-push/push/internal/engine"
+)
+
+// Subscription is one client's live feed from a hub. The hub offers events
+// without ever blocking; the client's writer takes them in batches.
+type Subscription struct {
+	// Topics are the subscribed topics.
+	Topics []string
+	// Backlog is what the client gets before live events.
+	Backlog Backlog
+
+	hub            *Hub
+	who            Member // set before the hub indexes it, never changed
+	transport      string
+	transportIndex int             // of transport in transports
+	lane           int             // of the hub's lanes, the one that delivers to it
+	lastOffered    uint64          // only touched by its lane, one event at a time
+	lastLive       *Event          // the same, for live events (which have no Seq)
+	skipThrough    uint64          // live events up to here are already in the backlog
+	presence       []topicPresence // push.presence data to send first, per topic
+
+	mu      sync.Mutex
+	pending []*Event
+	sink    Sink // once attached, never changes
+	told    bool // sink.Ended was called
+	notify  chan struct{}
+	ended   chan struct{}
+	endOnce sync.Once
+	// why ended was closed, and until when a paused client stays away;
+	// written before it is closed
+	cause      endCause
+	pauseUntil time.Time
+	closed     atomic.Bool
+}
+
+// endCause is why the hub ended a subscription.
+type endCause uint8
+
+const (
+	endResync     endCause = iota // the broker lost events
+	endSlow                       // the subscriber fell too far behind
+	endPause                      // paused: the client should come back later
+	endDisconnect                 // disconnected by an operator (Hub.Disconnect)
+)
+
+// maxPending is how many events a subscription may have queued before it is
+// a slow consumer and is disconnected (it can resume with its last id).
+const maxPending = 1024
+
+// Sink takes a subscription's live events straight from the hub's
+// fan-out, instead of a goroutine taking them in batches (Ready, Take).
+// Its methods are called on the fan-out's goroutine and must not block.
+type Sink interface {
+	// Deliver writes one live event, in id order, and reports whether it
+	// did (the hub counts deliveries).
+	Deliver(ev *Event) bool
+	// Ended is called once when the hub ends the subscription; Ended's
+	// channel is closed, and FellBehind and PausedUntil say why.
+	Ended()
+}
+
+// batchSink is a Sink whose deliveries the fan-out gathers into one
+// batch of writes (a stream the connection engine owns).
+type batchSink interface {
+	Sink
+	// DeliverInto adds a live event's write to b, and has b count it in
+	// count once written.
+	DeliverInto(b *engine.Batch, ev *Event, count *uint64)
+}
+
+// offer queues ev for the subscription's goroutine, or writes it through
+// its sink (a batchSink adds it to b, which counts it in count); it
+// reports whether the sink wrote it.
+func (s *Subscription) offer(ev *Event, b *engine.Batch, count *uint64) bool {
+	s.mu.Lock()
+	if sink := s.sink; sink != nil {
+		// skipThrough is set before Attach, which published it under mu
+		skip := !ev.live && ev.Seq <= s.skipThrough
+		s.mu.Unlock()
+		if skip {
+			return false
+		}
+		if bs, ok := sink.(batchSink); ok {
+			bs.DeliverInto(b, ev, count)
+			return false
+		}
+		return sink.Deliver(ev)
+	}
+	if len(s.pending) >= maxPending {
+		s.mu.Unlock()
+		s.CutOff()
+		return false
+	}
+	s.pending = append(s.pending, ev)
+	s.mu.Unlock()
+	select {
+	case s.notify <- struct{}{}:
+	default:
+	}
+	return false
+}
+
+// Attach hands the subscription's live events to sink from now on: the
+// events waiting now first, then each as the hub delivers it. Call it once
+// the backlog is written; nothing must call Take afterwards.
+func (s *Subscription) Attach(sink Sink) {
+	s.mu.Lock()
+	n := 0
+	for _, ev := range s.pending {
+		if s.fresh(ev) && sink.Deliver(ev) {
+			n++
+		}
+	}
+	s.Delivered(n)
+	s.pending = nil
+	s.sink = sink
+	tell := s.isEnded() && !s.told // ended before the sink could hear of it
+	s.told = s.told || tell
+	s.mu.Unlock()
+	if tell {
+		sink.Ended()
+	}
+}
+
+// CutOff ends the subscription of a subscriber that is too slow (its
+// queue is full, or a write to it timed out), and counts it.
+func (s *Subscription) CutOff() {
+	s.end(endSlow, time.Time{})
+}
+
+// Pause ends the subscription and asks its client to come back at until.
+func (s *Subscription) Pause(until time.Time) {
+	s.end(endPause, until)
+}
+
+// end closes Ended with its cause, once; it reports whether this call did.
+func (s *Subscription) end(cause endCause, until time.Time) bool {
+	done := false
+	s.endOnce.Do(func() {
+		s.cause, s.pauseUntil = cause, until
+		switch cause {
+		case endSlow:
+			s.hub.stats.of(s.transport).slow.Add(1)
+		case endPause:
+			s.hub.stats.of(s.transport).paused.Add(1)
+		case endDisconnect:
+			s.hub.stats.of(s.transport).disconnected.Add(1)
+		}
+		close(s.ended)
+		// a goroutine waiting on Ready only hears of the end there
+		select {
+		case s.notify <- struct{}{}:
+		default:
+		}
+		done = true
+	})
+	if done {
+		s.mu.Lock()
+		sink := s.sink
+		tell := sink != nil && !s.told
+		s.told = s.told || tell
+		s.mu.Unlock()
+		if tell {
+			sink.Ended()
+		}
+	}
+	return done
+}
+
+func (s *Subscription) isEnded() bool {
+	select {
+	case <-s.ended:
+		return true
+	default:
+		return false
+	}
+}
+
+// Ready is signalled when events are waiting to be taken, and when the
+// subscription has ended (Ended).
+func (s *Subscription) Ready() <-chan struct{} { return s.notify }
+
+// Ended is closed when the hub ends the subscription: the subscriber fell
+// too far behind (FellBehind), it was paused (PausedUntil), or the hub's
+// broker lost events it cannot deliver in order. The connection must then
+// end so that the client resumes from its last id, with a replay or a
+// push.reset.
+func (s *Subscription) Ended() <-chan struct{} { return s.ended }
+
+// FellBehind reports, once Ended is closed, whether the subscriber was
+// cut off for being too slow.
+func (s *Subscription) FellBehind() bool { return s.cause == endSlow }
+
+// PausedUntil reports, once Ended is closed, whether the subscription was
+// paused, or disconnected with a time to come back, and when its client
+// should come back.
+func (s *Subscription) PausedUntil() (time.Time, bool) {
+	return s.pauseUntil, s.cause == endPause || s.cause == endDisconnect && !s.pauseUntil.IsZero()
+}
+
+// Disconnected reports, once Ended is closed, whether an operator
+// disconnected the subscription (Hub.Disconnect): a WebSocket closes with
+// 1008, an SSE stream ends (after a pause block when PausedUntil says so).
+func (s *Subscription) Disconnected() bool { return s.cause == endDisconnect }
+
+// Member is who the subscription is: its connection id, user, transport,
+// remote address and start.
+func (s *Subscription) Member() Member { return s.who }
+
+// Take moves the waiting events into buf (whose contents it overwrites)
+// and returns it. Passing the previous batch back in makes the steady
+// state allocation-free.
+func (s *Subscription) Take(buf []*Event) []*Event {
+	s.mu.Lock()
+	batch := s.pending
+	clear(buf)
+	s.pending = buf[:0]
+	s.mu.Unlock()
+	// drop what the backlog already delivered
+	return slices.DeleteFunc(batch, func(ev *Event) bool { return !s.fresh(ev) })
+}
+
+// fresh reports whether a live delivery of ev is not already in the
+// subscription's backlog.
+func (s *Subscription) fresh(ev *Event) bool {
+	return ev.live || ev.Seq > s.skipThrough
+}
+
+// Delivered counts events written to the client, for metrics.
+func (s *Subscription) Delivered(n int) {
+	s.hub.stats.of(s.transport).delivered.Add(uint64(n))
+}
+
+// Close unregisters the subscription. It is safe to call more than once.
+func (s *Subscription) Close() {
+	if s.closed.CompareAndSwap(false, true) {
+		s.hub.unsubscribe(s)
+		if r, ok := s.hub.broker.(Roster); ok {
+			// before push.leave, so no newcomer lists a member that left
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			r.Leave(ctx, s.who, s.Topics, s.who.Presence)
+			cancel()
+		}
+		if s.who.Presence {
+			s.hub.announce(s, "push.leave")
+		}
+	}
+}
