@@ -21,7 +21,7 @@ func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release f
 	if eng == nil {
 		return false
 	}
-	nc, _, err := http.NewResponseController(w).Hijack()
+	nc, _, err := hijack(w)
 	if err != nil {
 		return false
 	}
