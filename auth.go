@@ -25,16 +25,18 @@ const DefaultCookieName = "pushAuthorization"
 
 // JWT holds the JSON Web Token options every push handler has.
 type JWT struct {
-	// JWTKey verifies tokens: an HMAC secret, or a PEM public key (RSA,
+	// The key that verifies tokens: an HMAC secret, or a PEM public key (RSA,
 	// ECDSA or Ed25519). Placeholders are expanded once at load, so
 	// {env.PUSH_JWT_KEY} reads it from the environment. Default: none
 	// (no JWT authentication).
 	JWTKey string `json:"jwt_key,omitempty"`
-	// JWTAlg is the one signing algorithm accepted; tokens signed any
+
+	// The one signing algorithm accepted; tokens signed any
 	// other way (including "none") are refused. Default: HS256 for a
 	// secret, RS256 for an RSA key, ES256/ES384/ES512 by the curve of an
 	// ECDSA key, EdDSA for an Ed25519 key.
 	JWTAlg string `json:"jwt_alg,omitempty"`
+
 	// The URL of a JSON Web Key Set (an OpenID Connect provider's
 	// jwks_uri: Keycloak, Auth0, Zitadel...) whose keys verify tokens,
 	// instead of jwt_key. Tokens name their key by "kid"; the set is
@@ -52,7 +54,7 @@ type JWT struct {
 	// value. Default: not checked.
 	Issuer string `json:"jwt_issuer,omitempty"`
 
-	// CookieName is the cookie a token may come in, for browsers that
+	// The cookie a token may come in, for browsers that
 	// cannot set headers; a token from a cookie needs an allowed Origin.
 	// Default: pushAuthorization.
 	CookieName string `json:"cookie_name,omitempty"`

@@ -33,62 +33,75 @@ const DefaultIPv6Prefix = 64
 // topics a connection follows, the connection limit, and the signal that
 // ends every stream when the server shuts down or the config unloads.
 type Endpoint struct {
-	// Hub is the name of the hub to subscribe to. Default: default.
+	// The name of the hub to subscribe to. Default: default.
 	Hub string `json:"hub,omitempty"`
-	// Topics are templates of the topics a connection follows; Caddy
+
+	// Templates of the topics a connection follows; Caddy
 	// placeholders such as {query.room} or {http.auth.user.id} are
 	// expanded per request, and a template with a placeholder that is
 	// unknown or empty is dropped. Without topics, the client names them
 	// with repeated `topic` query parameters. Default: none.
 	Topics []string `json:"topics,omitempty"`
-	// MaxConnections caps open connections on this handler; beyond it the
+
+	// The most open connections on this handler; beyond it the
 	// server answers 503 with Retry-After, except that an SSE request
 	// accepting text/event-stream (as every EventSource does) gets a pause
 	// for that long, since EventSource never retries a non-200 answer.
 	// Default: 0 (no limit).
 	MaxConnections int `json:"max_connections,omitempty"`
-	// MaxConnectionsPerIP caps open connections from one client IP (as
+
+	// The most open connections from one client IP (as
 	// Caddy sees it, honouring trusted_proxies); beyond it the server
 	// answers 429 with Retry-After, or pauses an EventSource as
 	// max_connections does. IPv6 clients are counted by network, as
-	// IPv6Prefix says. Default: 0 (no limit).
+	// ipv6_prefix says. Default: 0 (no limit).
 	MaxConnectionsPerIP int `json:"max_connections_per_ip,omitempty"`
-	// IPv6Prefix is how many leading bits of an IPv6 address
+
+	// How many leading bits of an IPv6 address
 	// max_connections_per_ip counts as one client: a subscriber is
 	// usually given a whole /64 and may connect from any address in it.
 	// 128 counts every address apart; IPv4 addresses are always counted
 	// whole. From 1 to 128. Default: 64.
 	IPv6Prefix int `json:"ipv6_prefix,omitempty"`
-	// MaxDuration ends a connection after this long (±10% jitter, so
+
+	// How long a connection lasts: it ends after this long (±10% jitter, so
 	// clients do not come back all at once); the client reconnects and
 	// resumes from its last event, losing nothing. Default: 0 (off).
 	MaxDuration caddy.Duration `json:"max_duration,omitempty"`
-	// PauseFor makes a connection that reaches max_duration pause instead:
-	// its client is told to come back after this long (±10% jitter), and
+
+	// How long a connection that reaches max_duration pauses instead: its
+	// client is told to come back after this long (±10% jitter), and
 	// resumes from its last event. Default: 0 (off: it comes back within
 	// a second).
 	PauseFor caddy.Duration `json:"pause_for,omitempty"`
-	// MaxTopics caps the topics of one subscription; more get 400.
+
+	// The most topics of one subscription; more get 400.
 	// Default: 32.
 	MaxTopics int `json:"max_topics,omitempty"`
-	// Presence tells a connection's topics who is there: each connection
+
+	// Whether a connection's topics are told who is there: each connection
 	// first gets a push.presence event per topic, listing its members (this
 	// connection included), and its arrival and departure are sent as
 	// push.join and push.leave events. Default: false.
 	Presence bool `json:"presence,omitempty"`
-	// PresenceTopics, with presence, are topic patterns (see MatchTopic):
+
+	// With presence, topic patterns (see MatchTopic):
 	// a connection is announced, listed and sent push.presence only on
 	// those of its topics they match, so its user's name does not reach
 	// the followers of its other topics (a public feed, say). Default:
 	// none (every topic of the connection).
 	PresenceTopics []string `json:"presence_topics,omitempty"`
-	// PresenceLimit bounds the members a push.presence event lists; a
+
+	// The most members a push.presence event lists; a
 	// topic with more gets their count only. Default: 1000.
 	PresenceLimit int `json:"presence_limit,omitempty"`
-	// Private lists topic patterns (see MatchTopic) that only a client
+
+	// Topic patterns (see MatchTopic) that only a client
 	// whose JWT has a matching subscribe claim may follow; others get 401
-	// without a token and 403 with one. Needs jwt_key. Default: none.
+	// without a token and 403 with one. Needs jwt_key or jwks_url.
+	// Default: none.
 	Private []string `json:"private,omitempty"`
+
 	JWT
 
 	hub    *Hub
@@ -173,7 +186,7 @@ func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 		return err
 	}
 	if len(e.Private) > 0 && !e.JWT.enabled() {
-		return fmt.Errorf("private topics need jwt_key to verify subscribe claims")
+		return fmt.Errorf("private topics need jwt_key or jwks_url to verify subscribe claims")
 	}
 	for _, t := range e.Topics {
 		if err := ValidateTopic(t); err != nil {

@@ -41,8 +41,9 @@ var live sync.Map
 // App is the `push` app: it owns the hubs that push handlers subscribe to
 // and publish on.
 type App struct {
-	// Hubs by name: letters, digits, '_', '.' and '-'. A hub named
-	// "default" exists even when not listed.
+	// The hubs, by name: letters, digits, '_', '.' and '-'. A hub named
+	// "default" exists even when not listed. Default: only "default",
+	// with the defaults below.
 	Hubs map[string]*HubConfig `json:"hubs,omitempty"`
 
 	hubs   map[string]*Hub
@@ -52,29 +53,35 @@ type App struct {
 
 // HubConfig configures one hub.
 type HubConfig struct {
-	// History is how many events are kept per topic for replay to clients
-	// that resume with a Last-Event-ID. 0 keeps none. Default: 1000.
+	// How many events are kept per topic for replay to clients that
+	// resume with a Last-Event-ID. 0 keeps none. Default: 1000.
 	History *int `json:"history,omitempty"`
-	// HistoryTTL is how long an event is kept for replay. Default: 1h.
+
+	// How long an event is kept for replay. Default: 1h.
 	HistoryTTL caddy.Duration `json:"history_ttl,omitempty"`
-	// HistoryMaxBytes bounds the memory the hub's whole history may take,
+
+	// The memory the hub's whole history may take,
 	// in bytes; beyond it the oldest events are dropped first, and clients
 	// resuming from before them get push.reset. Default: 67108864 (64 MiB).
 	HistoryMaxBytes int64 `json:"history_max_bytes,omitempty"`
-	// IdempotencyWindow is how long the hub remembers a publish's
+
+	// How long the hub remembers a publish's
 	// Idempotency-Key (scoped to its publisher): a repeat within it is
 	// answered with the first event's id and publishes nothing. 0 ignores
 	// keys. The memory broker counts its keys in history_max_bytes
 	// (counted as 160 bytes each, at most half of it); Redis keeps each key
 	// with the window as its TTL. Default: 1h.
 	IdempotencyWindow *caddy.Duration `json:"idempotency_window,omitempty"`
-	// MaxPublishTopics is how many topics one publish may name, on every
+
+	// How many topics one publish may name, on every
 	// publish path (push_publish, a WebSocket client, the admin API, the
 	// Go API); a publish naming more is refused with 400. Each topic of an
 	// event costs work for every subscriber it reaches. Default: 32.
 	MaxPublishTopics int `json:"max_publish_topics,omitempty"`
-	// BrokerRaw is the backend that stores and fans out the hub's events.
-	// Default: memory (this process only).
+
+	// The backend that stores and fans out the hub's events, by module
+	// name in the push.brokers namespace: memory or redis. Default:
+	// memory (this process only).
 	BrokerRaw json.RawMessage `json:"broker,omitempty" caddy:"namespace=push.brokers inline_key=broker"`
 }
 

@@ -35,20 +35,26 @@ const (
 // PublishHandler publishes events to a hub from HTTP POST requests, with
 // Mercure's form fields or a JSON body.
 type PublishHandler struct {
-	// Hub is the name of the hub to publish to. Default: default.
+	// The name of the hub to publish to. Default: default.
 	Hub string `json:"hub,omitempty"`
-	// Token, when set, is a Bearer token that may publish to any topic.
+
+	// A Bearer token that may publish to any topic.
 	// Placeholders are expanded once at load, so {env.PUSH_TOKEN} reads it
 	// from the environment. Default: none.
 	Token string `json:"token,omitempty"`
+
 	JWT
-	// Anonymous lets anyone publish without credentials; without it, a
-	// route with neither token nor jwt_key refuses to load. Default: false.
+
+	// Whether anyone may publish without credentials; without it, a route
+	// with neither token nor jwt_key (or jwks_url) refuses to load.
+	// Default: false.
 	Anonymous bool `json:"anonymous,omitempty"`
-	// MaxBody is the largest request body accepted, in bytes; larger
+
+	// The largest request body accepted, in bytes; larger
 	// bodies get 413. Default: 1048576 (1 MiB).
 	MaxBody int64 `json:"max_body,omitempty"`
-	// MaxData is the largest event data accepted, in bytes once decoded
+
+	// The largest event data accepted, in bytes once decoded
 	// from the form or JSON; larger data gets 413. Default: 65536 (64 KiB).
 	MaxData int64 `json:"max_data,omitempty"`
 
