@@ -1,7 +1,6 @@
 package push
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -207,7 +206,16 @@ func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 	if srv, ok := ctx.Value(caddyhttp.ServerCtxKey).(*caddyhttp.Server); ok {
 		srv.RegisterOnShutdown(e.conns.shutdown)
 	}
-	context.AfterFunc(ctx, e.conns.shutdown)
+	return nil
+}
+
+// Cleanup ends the handler's streams when its config is unloaded (a
+// reload, a stop): SSE streams with a short retry, WebSocket connections
+// with 1001; each client resumes from its last event.
+func (e *Endpoint) Cleanup() error {
+	if e.conns != nil {
+		e.conns.shutdown()
+	}
 	return nil
 }
 
@@ -460,3 +468,9 @@ func acceptsEventStream(r *http.Request) bool {
 	}
 	return false
 }
+
+// Interface guards
+var (
+	_ caddy.CleanerUpper = (*SSEHandler)(nil)
+	_ caddy.CleanerUpper = (*WSHandler)(nil)
+)
