@@ -10,7 +10,6 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -27,18 +26,6 @@ const (
 	DefaultRetry     = 3 * time.Second
 	DefaultKeepalive = 15 * time.Second
 )
-
-// writeTimeout bounds one write to a client: a client that does not read
-// for this long is cut off instead of holding a goroutine forever.
-func writeTimeout() time.Duration {
-	if d := writeTimeoutSet.Load(); d > 0 {
-		return time.Duration(d)
-	}
-	return 10 * time.Second
-}
-
-// writeTimeoutSet overrides writeTimeout's default, for tests.
-var writeTimeoutSet atomic.Int64
 
 // SSEHandler serves Server-Sent Events streams (text/event-stream) of a
 // hub's topics, with replay from Last-Event-ID.
