@@ -40,6 +40,13 @@ type wsTransport interface {
 	close(code int, reason string)
 }
 
+// sseTransport carries an SSE session's stream once it is open (the
+// opening goes out through net/http either way: sseWriter).
+type sseTransport interface {
+	// end writes last, if not nil, and ends the stream.
+	end(last []byte)
+}
+
 // writeTimeout bounds one write to a client: a client that does not read
 // for this long is cut off instead of holding a goroutine, or a queue,
 // forever.
