@@ -11,7 +11,7 @@ import (
 // reports whether the engine took it; the handler then returns, and the
 // stream holds no goroutine and no request state. release frees its place
 // under the connection limits when it ends.
-func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release func()) bool {
+func (h *SSEHandler) handOff(w http.ResponseWriter, s sseSession, release func()) bool {
 	eng := h.engines.get(engine.Options{
 		MaxQueue:       maxPending,
 		WriteTimeout:   writeTimeout(),
@@ -25,28 +25,30 @@ func (h *SSEHandler) handOff(w http.ResponseWriter, sub *Subscription, release f
 	if err != nil {
 		return false
 	}
-	st := &sseStream{engineStream: engineStream{sub: sub, release: release}, h: h}
+	st := &sseStream{engineStream: engineStream{sub: s.sub, release: release}, session: s}
+	st.session.t = st
 	conn, err := eng.Add(nc, engine.Handlers{OnClose: st.closed})
 	if err != nil {
 		// the engine is shutting down (a reload): come back soon
 		_ = nc.SetWriteDeadline(time.Now().Add(closeGrace))
 		_, _ = nc.Write(goodbye())
 		_ = nc.Close()
-		sub.Close()
+		s.sub.Close()
 		release()
 		return true
 	}
 	st.conn = conn
-	st.expireAfter(h.MaxDuration, st.expire)
-	sub.Attach(st)
+	st.expireAfter(h.MaxDuration, func() { st.session.expire() })
+	s.sub.Attach(st)
 	return true
 }
 
 // sseStream is a stream the engine owns: the hub's fan-out writes each
-// event's shared encoding straight to its socket.
+// event's shared encoding straight to its socket. It is its session's
+// transport.
 type sseStream struct {
 	engineStream
-	h *SSEHandler
+	session sseSession
 }
 
 // Deliver writes a live event; a failed write ends the connection, and
@@ -60,28 +62,15 @@ func (st *sseStream) DeliverInto(b *engine.Batch, ev *Event, count *uint64) {
 	b.Add(st.conn, ev.SSE(), count)
 }
 
-// Ended closes the connection the way the hub's reason asks: at once for
-// a slow consumer, after a pause block for a pause, after a short retry
-// otherwise.
-func (st *sseStream) Ended() {
-	if st.sub.FellBehind() {
+// Ended ends the stream the way the hub's reason asks.
+func (st *sseStream) Ended() { st.session.ended() }
+
+// end closes the connection: at once without last words (a slow
+// consumer), once they are sent otherwise.
+func (st *sseStream) end(last []byte) {
+	if last == nil {
 		st.conn.Close()
 		return
 	}
-	if until, ok := st.sub.PausedUntil(); ok {
-		st.conn.CloseAfter(appendPause(nil, time.Now(), until), closeGrace)
-		return
-	}
-	if st.sub.Disconnected() {
-		st.conn.CloseAfter(disconnectedComment, closeGrace)
-		return
-	}
-	st.conn.CloseAfter(goodbye(), closeGrace)
-}
-
-// expire ends the stream at max_duration.
-func (st *sseStream) expire() {
-	if !st.h.expire(st.sub) {
-		st.conn.CloseAfter(goodbye(), closeGrace)
-	}
+	st.conn.CloseAfter(last, closeGrace)
 }

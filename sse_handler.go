@@ -10,12 +10,10 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"go.uber.org/zap"
 )
 
 func init() {
@@ -27,18 +25,6 @@ const (
 	DefaultRetry     = 3 * time.Second
 	DefaultKeepalive = 15 * time.Second
 )
-
-// writeTimeout bounds one write to a client: a client that does not read
-// for this long is cut off instead of holding a goroutine forever.
-func writeTimeout() time.Duration {
-	if d := writeTimeoutSet.Load(); d > 0 {
-		return time.Duration(d)
-	}
-	return 10 * time.Second
-}
-
-// writeTimeoutSet overrides writeTimeout's default, for tests.
-var writeTimeoutSet atomic.Int64
 
 // SSEHandler serves Server-Sent Events streams (text/event-stream) of a
 // hub's topics, with replay from Last-Event-ID.
@@ -110,18 +96,20 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		w.Header().Set("Transfer-Encoding", "identity")
 	}
 	sw := h.openStream(w)
-	ok := h.writeOpening(sw, sub, a.LastEventID)
+	s := sseSession{h: h, sub: sub}
+	ok := s.open(sw, a.LastEventID)
 	if handOff {
 		sw.lift() // the engine keeps its own
 	}
-	if ok && handOff && h.handOff(w, sub, a.Release) {
+	if ok && handOff && h.handOff(w, s, a.Release) {
 		return nil // the engine owns the stream now, and ends it
 	}
 	defer a.Release()
 	defer sub.Close()
 	if ok {
 		sw.underIdleTimeout()
-		h.stream(r, sw, sub)
+		s.t = sw
+		h.stream(r, sw, &s)
 	}
 	return nil
 }
@@ -165,9 +153,10 @@ func (h *SSEHandler) openStream(w http.ResponseWriter) *sseWriter {
 }
 
 // stream writes live events on this goroutine, after the opening, where
-// the engine cannot take the stream over.
-func (h *SSEHandler) stream(r *http.Request, sw *sseWriter, sub *Subscription) {
+// the engine cannot take the stream over; sw is s's transport.
+func (h *SSEHandler) stream(r *http.Request, sw *sseWriter, s *sseSession) {
 	defer sw.lift()
+	sub := s.sub
 	// one timer, and as few select cases as can be, since a stream goes
 	// round this loop once per delivery: the timer wakes the stream for
 	// its keepalive, for max_duration, and to lift the write deadline of
@@ -197,7 +186,7 @@ func (h *SSEHandler) stream(r *http.Request, sw *sseWriter, sub *Subscription) {
 		select {
 		case <-sub.Ready():
 			if sub.isEnded() {
-				h.ended(sw, sub)
+				s.ended()
 				return
 			}
 			batch = sub.Take(batch)
@@ -212,8 +201,7 @@ func (h *SSEHandler) stream(r *http.Request, sw *sseWriter, sub *Subscription) {
 			switch {
 			case !expires.IsZero() && !now.Before(expires):
 				expires = time.Time{}
-				if !h.expire(sub) {
-					sw.write(goodbye())
+				if !s.expire() {
 					return
 				}
 				// ends as paused, through Ready
@@ -233,64 +221,6 @@ func (h *SSEHandler) stream(r *http.Request, sw *sseWriter, sub *Subscription) {
 			return
 		}
 	}
-}
-
-// ended writes why the hub ended sub, if the client is to know.
-func (h *SSEHandler) ended(sw *sseWriter, sub *Subscription) {
-	if sub.FellBehind() {
-		h.logger.Debug("slow subscriber disconnected", zap.Strings("topics", sub.Topics))
-		return
-	}
-	if until, ok := sub.PausedUntil(); ok {
-		sw.write(appendPause(nil, time.Now(), until))
-		return
-	}
-	if sub.Disconnected() {
-		sw.write(disconnectedComment)
-		return
-	}
-	sw.write(goodbye())
-}
-
-// writeOpening sends the retry, the id the stream starts from, a comment
-// (so the browser fires "open" at once), then the reset or the backlog,
-// which it releases: a long stream must not pin old events.
-func (h *SSEHandler) writeOpening(sw *sseWriter, sub *Subscription, lastEventID string) bool {
-	b := sub.Backlog
-	sub.Backlog.Events = nil
-	open := make([]byte, 0, 128)
-	open = append(open, "retry: "...)
-	open = strconv.AppendInt(open, time.Duration(h.Retry).Milliseconds(), 10)
-	open = append(open, '\n')
-	if id := startID(b, lastEventID); id != "" {
-		open = append(open, "id: "...)
-		open = append(open, id...)
-		open = append(open, '\n')
-	}
-	open = append(open, ": ok\n\n"...)
-	open = sub.appendPresence(open)
-	if b.Reset != "" {
-		open = appendSSE(open, b.Head, "push.reset", b.Reset, 0)
-	}
-	return sw.write(open) && sw.writeEvents(sub, b.Events)
-}
-
-// startID is the id a stream opens with, so that the client's last id is
-// right even before its first event: a fresh client starts from the head
-// (its first reconnect resumes from there, not from nothing), and a
-// client that resumed with ?lastEventId (a new EventSource, which knows no
-// id yet) from that id, so a pause listener reading e.lastEventId gets it.
-// After a reset, the push.reset event carries the head instead.
-func startID(b Backlog, lastEventID string) string {
-	switch {
-	case b.Reset != "":
-		return ""
-	case lastEventID == "":
-		return b.Head
-	}
-	// canonical, and so safe to echo: ParseID accepts no line breaks
-	epoch, seq, _ := ParseID(lastEventID)
-	return FormatID(epoch, seq)
 }
 
 // sseWriter writes a stream that stays on its goroutine (HTTP/2, HTTP/3,
@@ -395,6 +325,13 @@ func (sw *sseWriter) writeEvents(sub *Subscription, events []*Event) bool {
 	}
 	sub.Delivered(len(events))
 	return true
+}
+
+// end writes last, if any; the stream ends as the handler returns.
+func (sw *sseWriter) end(last []byte) {
+	if last != nil {
+		sw.write(last)
+	}
 }
 
 func (sw *sseWriter) write(p []byte) bool {

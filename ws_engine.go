@@ -1,9 +1,7 @@
 package push
 
 import (
-	"encoding/json"
 	"net/http"
-	"strconv"
 	"sync"
 	"time"
 
@@ -14,13 +12,11 @@ import (
 
 var (
 	pingFrame         = appendServerFrame(nil, opPing, nil)
-	slowConsumerFrame = closeFrame(CloseSlowConsumer, slowConsumerReason)
+	slowConsumerFrame = closeFrame(CloseSlowConsumer, reasonSlowConsumer)
 )
 
-const slowConsumerReason = "slow consumer: reconnect and resume"
-
 func goingAwayFrame() []byte {
-	return closeFrame(websocket.CloseGoingAway, "server is reloading or stopping")
+	return closeFrame(websocket.CloseGoingAway, reasonGoingAway)
 }
 
 // handOff gives an upgraded connection to the engine, and reports whether
@@ -44,50 +40,36 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 	if eng == nil {
 		return false
 	}
-	st := &wsStream{engineStream: engineStream{sub: sub, release: a.Release}, h: h,
-		publish: h.publishTopics(r, a.Grant), id: sub.Member().Connection, limit: newRateLimit(h.PublishRate, h.PublishBurst)}
+	st := &wsStream{engineStream: engineStream{sub: sub, release: a.Release}}
+	st.session = newWSSession(h, sub, h.publishTopics(r, a.Grant), st)
 	st.in.max = h.MaxMessageSize
+	st.added.Add(1)
 	c, err := eng.Add(conn.NetConn().(*batchConn).Conn, engine.Handlers{OnInput: st.input, OnClose: st.closed})
 	if err != nil {
 		return false
 	}
 	st.conn = c
-	for _, frame := range sub.presenceFrames(h.Format) {
-		_ = c.Write(appendServerFrame(nil, opText, frame))
-	}
-	b := sub.Backlog
-	sub.Backlog.Events = nil
-	if b.Reset != "" {
-		_ = c.Write(appendServerFrame(nil, opText, encodeFrame(wsFrame{ID: b.Head, Event: "push.reset", Data: b.Reset})))
-	}
-	n := 0
-	for _, ev := range b.Events {
-		if st.Deliver(ev) {
-			n++
-		}
-	}
-	sub.Delivered(n)
-	st.expireAfter(h.MaxDuration, st.expire)
+	st.added.Done()
+	st.session.open() // a failed write has ended the connection
+	st.expireAfter(h.MaxDuration, func() { st.session.expire() })
 	sub.Attach(st)
 	return true
 }
 
 // wsStream is a WebSocket connection the engine owns: the hub's fan-out
 // writes each event's shared frame straight to its socket, and its input
-// is read when there is some.
+// is read when there is some. It is its session's transport.
 type wsStream struct {
 	engineStream
-	h       *WSHandler
-	publish []string
-	id      string
+	session wsSession
+	// done once conn is set: input may come before Add has returned
+	added sync.WaitGroup
 
-	// read by one input goroutine at a time
-	in    frameReader
-	limit *rateLimit
+	in frameReader // read by one input goroutine at a time
 }
 
 func (st *wsStream) Deliver(ev *Event) bool {
-	switch st.conn.Write(ev.wsFrame(st.h.Format, st.sub.Topics)) {
+	switch st.conn.Write(ev.wsFrame(st.session.h.Format, st.sub.Topics)) {
 	case nil:
 		return true
 	case engine.ErrSlow:
@@ -99,24 +81,35 @@ func (st *wsStream) Deliver(ev *Event) bool {
 // DeliverInto is Deliver as part of the fan-out's batch of writes; a
 // slow consumer is cut off once its close frame is sent (closed).
 func (st *wsStream) DeliverInto(b *engine.Batch, ev *Event, count *uint64) {
-	b.Add(st.conn, ev.wsFrame(st.h.Format, st.sub.Topics), count)
+	b.Add(st.conn, ev.wsFrame(st.session.h.Format, st.sub.Topics), count)
 }
 
-// Ended closes with the code the hub's reason asks for; a paused client
-// first gets the pause frame.
-func (st *wsStream) Ended() {
-	code, reason, frame := endedWith(st.sub)
-	if frame != nil {
-		_ = st.conn.Write(appendServerFrame(nil, opText, frame))
-	}
-	closeWith(st.conn, code, reason)
+// Ended closes with the code the hub's reason asks for.
+func (st *wsStream) Ended() { st.session.ended() }
+
+func (st *wsStream) writeText(payload []byte) bool {
+	return st.conn.Write(appendServerFrame(nil, opText, payload)) == nil
 }
 
-func (st *wsStream) expire() {
-	if !st.h.expire(st.sub) {
-		closeWith(st.conn, websocket.CloseGoingAway, "max_duration reached: reconnect and resume")
+func (st *wsStream) writeEvents(events []*Event) bool {
+	n := 0
+	for _, ev := range events {
+		if st.Deliver(ev) {
+			n++
+		}
 	}
+	st.sub.Delivered(n)
+	return n == len(events)
 }
+
+// reply writes the error frame at once: nothing queues it but the
+// engine, which bounds the queue.
+func (st *wsStream) reply(frame []byte) bool {
+	st.writeText(frame)
+	return true
+}
+
+func (st *wsStream) close(code int, reason string) { closeWith(st.conn, code, reason) }
 
 // closeWith sends a close frame, after which nothing more is written, and
 // waits for the client's close frame (closing with unread input would
@@ -130,9 +123,9 @@ func closeWith(c *engine.Conn, code int, reason string) {
 // inputBufs are read buffers, held only while input is read.
 var inputBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }}
 
-// input reads what the client sent: pings, pongs, close, messages. It
-// may run before handOff has set st.conn, so it reads c.
+// input reads what the client sent: pings, pongs, close, messages.
 func (st *wsStream) input(c *engine.Conn) {
+	st.added.Wait()
 	bp := inputBufs.Get().(*[]byte)
 	defer inputBufs.Put(bp)
 	for {
@@ -146,7 +139,7 @@ func (st *wsStream) input(c *engine.Conn) {
 		}
 		more := true
 		if perr := st.in.feed((*bp)[:n], func(op byte, payload []byte) bool {
-			more = st.message(c, op, payload)
+			more = st.frame(c, op, payload)
 			return more
 		}); perr != nil {
 			closeWith(c, perr.code, perr.reason)
@@ -158,8 +151,9 @@ func (st *wsStream) input(c *engine.Conn) {
 	}
 }
 
-// message handles one client frame; false ends reading.
-func (st *wsStream) message(c *engine.Conn, op byte, payload []byte) bool {
+// frame handles one client frame; false ends reading. Control frames are
+// the transport's (gorilla's, on goroutines); messages the session's.
+func (st *wsStream) frame(c *engine.Conn, op byte, payload []byte) bool {
 	switch op {
 	case opPing:
 		_ = c.Write(appendServerFrame(nil, opPong, payload))
@@ -169,44 +163,8 @@ func (st *wsStream) message(c *engine.Conn, op byte, payload []byte) bool {
 		// answer with the same code, then close (RFC 6455 §5.5.1)
 		c.CloseAfter(appendServerFrame(nil, opClose, payload[:min(len(payload), 2)]), closeGrace)
 		return false
-	case opBinary:
-		reply(c, "binary messages are not supported")
-	case opText:
-		switch st.limit.take(time.Now()) {
-		case rateExceeded:
-			reply(c, "publish rate exceeded: slow down")
-		case rateAbused:
-			closeWith(c, websocket.ClosePolicyViolation, "publish rate exceeded")
-			return false
-		default:
-			if err := publishFrame(st.h.ctx, st.sub, st.publish, payload); err != nil {
-				reply(c, err.Error())
-			}
-		}
+	case opText, opBinary:
+		return st.session.message(op == opText, payload)
 	}
 	return true
-}
-
-// reply sends an error frame; the connection stays open.
-func reply(c *engine.Conn, msg string) {
-	frame, _ := json.Marshal(map[string]string{"error": msg})
-	_ = c.Write(appendServerFrame(nil, opText, frame))
-}
-
-// endedWith says how to close when the hub ended the subscription: the
-// close code and reason, and for a pause the frame to send first.
-func endedWith(sub *Subscription) (code int, reason string, frame []byte) {
-	if sub.Disconnected() {
-		return websocket.ClosePolicyViolation, disconnectedReason, nil
-	}
-	if sub.FellBehind() {
-		return CloseSlowConsumer, slowConsumerReason, nil
-	}
-	if until, ok := sub.PausedUntil(); ok {
-		ms := strconv.FormatInt(until.UnixMilli(), 10)
-		// the same frame in either format: a pause is not an event, so it has no id
-		return CloseTryAgainLater, "paused: come back at " + ms + " (" + until.UTC().Format(time.RFC3339) + ")",
-			[]byte(`{"event":"pause","data":"` + ms + `"}`)
-	}
-	return websocket.CloseServiceRestart, "the hub lost events: reconnect and resume", nil
 }

@@ -35,13 +35,6 @@ const (
 	DefaultPublishBurst   = 40
 )
 
-// Close codes beyond RFC 6455's: the client fell behind and may resume.
-const CloseSlowConsumer = 4008
-
-// CloseTryAgainLater is RFC 6455's 1013 (registered in §11.7): the
-// connection was paused, and the reason says when to come back.
-const CloseTryAgainLater = 1013
-
 // Message formats of a WebSocket endpoint.
 const (
 	FormatJSON = "json"
@@ -187,8 +180,8 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	if engineServes(r, true) && h.handOff(conn, sub, a, r) {
 		return nil // the engine owns the connection now, and ends it
 	}
-	s := &socket{h: h, conn: conn, out: conn.NetConn().(*batchConn), sub: sub, publish: h.publishTopics(r, a.Grant),
-		replies: make(chan []byte, 8), id: sub.Member().Connection}
+	s := &socket{conn: conn, out: conn.NetConn().(*batchConn), replies: make(chan []byte, 8)}
+	s.wsSession = newWSSession(h, sub, h.publishTopics(r, a.Grant), s)
 	h.open.add(conn)
 	// The connection runs on goroutines of its own, as in gorilla's
 	// examples, and this one returns: deep in Caddy's middleware, its
@@ -353,69 +346,68 @@ func (o *openSockets) closeAll() {
 func goingAway(c *websocket.Conn) {
 	_ = c.NetConn().SetDeadline(time.Now().Add(closeGrace))
 	_ = c.WriteControl(websocket.CloseMessage,
-		websocket.FormatCloseMessage(websocket.CloseGoingAway, "server is reloading or stopping"), time.Now().Add(closeGrace))
+		websocket.FormatCloseMessage(websocket.CloseGoingAway, reasonGoingAway), time.Now().Add(closeGrace))
 }
 
-// closeGrace is how long a closing connection waits for the client to
-// answer the close frame.
-const closeGrace = time.Second
-
-// socket is one WebSocket connection: the handler's goroutine writes, one
-// reader goroutine reads (gorilla allows one of each).
+// socket is a WebSocket connection on goroutines of its own: one writer,
+// which runs the connection, and one reader (gorilla allows one of each).
+// It is its session's transport.
 type socket struct {
-	h       *WSHandler
-	conn    *websocket.Conn
-	sub     *Subscription
-	publish []string
-	replies chan []byte // error frames from the reader to the writer
-	id      string
-	out     *batchConn // conn's net.Conn
-	// set by the reader before it ends: how the writer should close
+	wsSession
+	conn       *websocket.Conn
+	out        *batchConn    // conn's net.Conn
+	replies    chan []byte   // error frames from the reader to the writer
+	readerDone chan struct{} // closed when the reader has ended
+
+	mu sync.Mutex
+	// the close frame to send, set by whichever of the reader and the
+	// writer decides first
+	closing     bool
 	closeCode   int
 	closeReason string
 }
 
 func (s *socket) run() {
-	readerDone := make(chan struct{})
+	s.readerDone = make(chan struct{})
 	go func() {
-		defer close(readerDone)
-		s.closeCode, s.closeReason = s.read(s.h.ctx)
+		defer close(s.readerDone)
+		s.read()
 	}()
-	code, reason := s.write(readerDone)
-	s.close(code, reason, readerDone)
+	s.write()
+	s.finish()
 }
 
-// close sends the close frame, if any, and lets the client answer before
+// close decides the close frame; the writer sends it once it stops.
+func (s *socket) close(code int, reason string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.closing {
+		s.closing, s.closeCode, s.closeReason = true, code, reason
+	}
+}
+
+// finish sends the close frame, if any, and lets the client answer before
 // the TCP connection closes: closing with unread client data would reset
 // the connection, and the client would lose the close frame.
-func (s *socket) close(code int, reason string, readerDone <-chan struct{}) {
+func (s *socket) finish() {
 	netConn := s.conn.NetConn()
 	_ = netConn.SetReadDeadline(time.Now().Add(closeGrace))
+	s.mu.Lock()
+	code, reason := s.closeCode, s.closeReason
+	s.mu.Unlock()
 	if code != 0 {
 		_ = s.conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(closeGrace))
 	}
-	<-readerDone
+	<-s.readerDone
 	_, _ = io.Copy(io.Discard, netConn) // what the reader left, until the client closes or the grace ends
 	_ = s.conn.Close()
 }
 
-// write sends the backlog, then live events, pings and error frames,
-// until the connection must end; it returns the close code to send.
-func (s *socket) write(readerDone <-chan struct{}) (int, string) {
-	for _, frame := range s.sub.presenceFrames(s.h.Format) {
-		if !s.send(websocket.TextMessage, frame) {
-			return 0, ""
-		}
-	}
-	b := s.sub.Backlog
-	s.sub.Backlog.Events = nil
-	if b.Reset != "" {
-		if !s.send(websocket.TextMessage, encodeFrame(wsFrame{ID: b.Head, Event: "push.reset", Data: b.Reset})) {
-			return 0, ""
-		}
-	}
-	if !s.writeEvents(b.Events) {
-		return 0, ""
+// write sends the opening, then live events, pings and error frames,
+// until the connection must end.
+func (s *socket) write() {
+	if !s.open() {
+		return
 	}
 	// one timer for pings and max_duration, and Ready also tells of the
 	// end: the loop goes round once per delivery, and a select costs
@@ -439,67 +431,60 @@ func (s *socket) write(readerDone <-chan struct{}) (int, string) {
 		case <-s.sub.Ready():
 			// an ended subscription goes first, before the events it cannot take
 			if s.sub.isEnded() {
-				return s.ended()
+				s.ended()
+				return
 			}
 			batch = s.sub.Take(batch)
 			if !s.writeEvents(batch) {
-				return s.failed()
+				s.failed()
+				return
 			}
 		case frame := <-s.replies:
-			if !s.send(websocket.TextMessage, frame) {
-				return 0, ""
+			if !s.writeText(frame) {
+				return
 			}
 		case now := <-wake.C:
 			if !expires.IsZero() && !now.Before(expires) {
 				expires = time.Time{}
-				if !s.h.expire(s.sub) {
-					return websocket.CloseGoingAway, "max_duration reached: reconnect and resume"
+				if !s.expire() {
+					return
 				}
 				// ends as paused, through Ready
 			}
 			if !now.Before(nextPing) {
 				if err := s.conn.WriteControl(websocket.PingMessage, nil, time.Now().Add(writeTimeout())); err != nil {
-					return 0, ""
+					return
 				}
 				nextPing = now.Add(pingEvery)
 			}
 			wake.Reset(next(time.Now()))
 		case <-stopping:
-			return websocket.CloseGoingAway, "server is reloading or stopping"
-		case <-readerDone:
+			s.close(websocket.CloseGoingAway, reasonGoingAway)
+			return
+		case <-s.readerDone:
 			// send the reader's last error frames before its close
-			for len(s.replies) > 0 && s.send(websocket.TextMessage, <-s.replies) {
+			for len(s.replies) > 0 && s.writeText(<-s.replies) {
 			}
-			return s.closeCode, s.closeReason
+			return
 		}
 	}
 }
 
-// ended says how to close when the hub ended the subscription; a paused
-// client first gets the pause frame.
-func (s *socket) ended() (int, string) {
-	code, reason, frame := endedWith(s.sub)
-	if frame != nil && !s.send(websocket.TextMessage, frame) {
-		return 0, ""
-	}
-	return code, reason
-}
-
-// failed says how to close after a failed write: a subscriber cut off
-// for being slow is told so. (After a write timed out, gorilla sends
-// nothing more, rightly: the frame may have gone out half.)
-func (s *socket) failed() (int, string) {
+// failed closes, after a failed write, as the hub's end of the
+// subscription asks: a subscriber cut off for being slow is told so.
+// (After a write timed out, gorilla sends nothing more, rightly: the
+// frame may have gone out half.)
+func (s *socket) failed() {
 	select {
 	case <-s.sub.Ended():
-		return s.ended()
+		s.ended()
 	default:
-		return 0, ""
 	}
 }
 
-func (s *socket) send(messageType int, data []byte) bool {
+func (s *socket) writeText(data []byte) bool {
 	_ = s.conn.SetWriteDeadline(time.Now().Add(writeTimeout()))
-	return s.conn.WriteMessage(messageType, data) == nil
+	return s.conn.WriteMessage(websocket.TextMessage, data) == nil
 }
 
 // writeEvents sends a batch of events, their shared prepared frames
@@ -526,9 +511,8 @@ func (s *socket) writeEvents(events []*Event) bool {
 	return true
 }
 
-// read handles pongs and client messages until the connection ends, and
-// returns the close code to send, if any.
-func (s *socket) read(ctx context.Context) (int, string) {
+// read handles pongs and client messages until the connection ends.
+func (s *socket) read() {
 	c := s.conn
 	c.SetReadLimit(s.h.MaxMessageSize)
 	deadline := func() time.Time {
@@ -536,40 +520,22 @@ func (s *socket) read(ctx context.Context) (int, string) {
 	}
 	_ = c.SetReadDeadline(deadline())
 	c.SetPongHandler(func(string) error { return c.SetReadDeadline(deadline()) })
-	limit := newRateLimit(s.h.PublishRate, s.h.PublishBurst)
 	for {
 		kind, data, err := c.ReadMessage()
 		if err != nil {
-			return 0, "" // gorilla has answered a close, or sent 1009 for a message over the limit
+			return // gorilla has answered a close, or sent 1009 for a message over the limit
 		}
 		_ = c.SetReadDeadline(deadline())
-		var problem string
-		switch {
-		case kind != websocket.TextMessage:
-			problem = "binary messages are not supported"
-		default:
-			switch limit.take(time.Now()) {
-			case rateExceeded:
-				problem = "publish rate exceeded: slow down"
-			case rateAbused:
-				return websocket.ClosePolicyViolation, "publish rate exceeded"
-			default:
-				if err := publishFrame(ctx, s.sub, s.publish, data); err != nil {
-					problem = err.Error()
-				}
-			}
-		}
-		if problem != "" && !s.reply(problem) {
-			return websocket.ClosePolicyViolation, "too many errors"
+		if !s.message(kind == websocket.TextMessage, data) {
+			return
 		}
 	}
 }
 
-// reply queues an error frame. It reports false when the queue is full:
-// a client that provokes errors faster than they can be sent is closed
-// rather than allowed to grow the queue.
-func (s *socket) reply(msg string) bool {
-	frame, _ := json.Marshal(map[string]string{"error": msg})
+// reply queues an error frame for the writer. It reports false when the
+// queue is full: a client that provokes errors faster than they can be
+// sent is closed rather than allowed to grow the queue.
+func (s *socket) reply(frame []byte) bool {
 	select {
 	case s.replies <- frame:
 		return true
@@ -583,7 +549,7 @@ func (s *socket) reply(msg string) bool {
 // for a client without one), who scopes its idempotency key.
 func publishFrame(ctx context.Context, sub *Subscription, allowed []string, frame []byte) error {
 	if len(allowed) == 0 {
-		return errors.New("this endpoint does not accept messages")
+		return errors.New(replyNoPublish)
 	}
 	m, err := parseClientFrame(frame, allowed)
 	if err != nil {
