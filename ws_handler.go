@@ -2,6 +2,7 @@ package push
 
 import (
 	"bufio"
+	"cmp"
 	"context"
 	"crypto/rand"
 	"encoding/hex"
@@ -95,12 +96,12 @@ func (WSHandler) CaddyModule() caddy.ModuleInfo {
 
 // Provision resolves the hub and applies defaults.
 func (h *WSHandler) Provision(ctx caddy.Context) error {
-	h.PingInterval = cmpOr(h.PingInterval, caddy.Duration(DefaultPingInterval))
-	h.PongTimeout = cmpOr(h.PongTimeout, caddy.Duration(DefaultPongTimeout))
-	h.MaxMessageSize = cmpOr(h.MaxMessageSize, DefaultMaxMessageSize)
-	h.Format = cmpOr(h.Format, FormatJSON)
-	h.PublishRate = cmpOr(h.PublishRate, DefaultPublishRate)
-	h.PublishBurst = cmpOr(h.PublishBurst, DefaultPublishBurst)
+	h.PingInterval = cmp.Or(h.PingInterval, caddy.Duration(DefaultPingInterval))
+	h.PongTimeout = cmp.Or(h.PongTimeout, caddy.Duration(DefaultPongTimeout))
+	h.MaxMessageSize = cmp.Or(h.MaxMessageSize, DefaultMaxMessageSize)
+	h.Format = cmp.Or(h.Format, FormatJSON)
+	h.PublishRate = cmp.Or(h.PublishRate, DefaultPublishRate)
+	h.PublishBurst = cmp.Or(h.PublishBurst, DefaultPublishBurst)
 	h.ctx = ctx
 	logger := ctx.Logger()
 	if err := h.provision(ctx, logger); err != nil {
@@ -128,14 +129,6 @@ func (h *WSHandler) Provision(ctx caddy.Context) error {
 		h.open.closeAll()
 	}()
 	return nil
-}
-
-func cmpOr[T comparable](v, def T) T {
-	var zero T
-	if v == zero {
-		return def
-	}
-	return v
 }
 
 // Validate checks the options.
