@@ -27,6 +27,8 @@ func init() {
 // parseGlobalOption sets up the push app from the global option:
 //
 //	push {
+//		engine   on|off
+//		io_uring on|off
 //		hub <name> {
 //			history            <count>
 //			history_ttl        <duration>
@@ -56,7 +58,24 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	a.Hubs = make(map[string]*HubConfig)
 	for d.NextBlock(0) {
-		if d.Val() != "hub" {
+		switch d.Val() {
+		case "engine", "io_uring":
+			opt := d.Val()
+			var v string
+			if err := parseString(d, &v); err != nil {
+				return err
+			}
+			if v != "on" && v != "off" {
+				return d.Errf("%s must be on or off, not '%s'", opt, v)
+			}
+			if opt == "engine" {
+				a.Engine = v
+			} else {
+				a.IOURing = v
+			}
+			continue
+		case "hub":
+		default:
 			return d.Errf("unrecognized push option '%s'", d.Val())
 		}
 		if !d.NextArg() {

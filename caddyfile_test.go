@@ -44,6 +44,9 @@ func TestCaddyfilePushGlobalOption(t *testing.T) {
 		err   string
 	}{
 		{name: "bare", input: `push`, want: map[string]*HubConfig{}},
+		{name: "engine options", input: "push {\n\tengine off\n\tio_uring on\n}", want: map[string]*HubConfig{}},
+		{name: "engine option, bad value", input: "push {\n\tengine maybe\n}", err: "engine must be on or off, not 'maybe'"},
+		{name: "io_uring, no value", input: "push {\n\tio_uring\n}", err: "wrong argument count"},
 		{name: "empty block", input: "push {\n}", want: map[string]*HubConfig{}},
 		{name: "hub without block", input: "push {\n\thub default\n}", want: map[string]*HubConfig{"default": {}}},
 		{name: "hub with empty block", input: "push {\n\thub default {\n\t}\n}", want: map[string]*HubConfig{"default": {}}},

@@ -4,6 +4,7 @@ import (
 	"net/http"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -16,16 +17,24 @@ import (
 // connection engine (internal/engine; see the README's design notes).
 
 // engineOff keeps every stream on goroutines of its own, as on platforms
-// without the engine: CADDY_PUSH_ENGINE=off, for comparison and as a way
-// out should the engine misbehave.
-var engineOff = os.Getenv("CADDY_PUSH_ENGINE") == "off"
+// without the engine (the push app's engine off), for comparison and as a
+// way out should the engine misbehave; ringOff makes the fan-out write to
+// each connection with a system call of its own instead of batches
+// through io_uring (io_uring off). The environment variables
+// CADDY_PUSH_ENGINE=off and CADDY_PUSH_IO_URING=off override the config.
+var (
+	engineOff, ringOff       atomic.Bool
+	envEngineOff, envRingOff = os.Getenv("CADDY_PUSH_ENGINE") == "off", os.Getenv("CADDY_PUSH_IO_URING") == "off"
+)
 
-// CADDY_PUSH_IO_URING=off makes the fan-out write to each connection with
-// a system call of its own instead of batches through io_uring.
-func init() {
-	if os.Getenv("CADDY_PUSH_IO_URING") == "off" {
-		engine.SetRing(false)
-	}
+func init() { configureEngine(true, true) }
+
+// configureEngine applies the push app's engine and io_uring options to
+// connections opened from now on; the environment wins.
+func configureEngine(engineOn, ringOn bool) {
+	engineOff.Store(envEngineOff || !engineOn)
+	ringOff.Store(envRingOff || !ringOn)
+	engine.SetRing(!ringOff.Load())
 }
 
 // handlerEngine is a handler's connection engine, made at its first
@@ -55,7 +64,7 @@ func (he *handlerEngine) get(opts engine.Options, stopping <-chan struct{}, last
 		return nil
 	}
 	he.eng = eng
-	if !engine.RingAvailable() && os.Getenv("CADDY_PUSH_IO_URING") != "off" {
+	if !engine.RingAvailable() && !ringOff.Load() {
 		logger.Info("io_uring unavailable: the fan-out writes to each connection with a system call of its own")
 	}
 	go func() {
@@ -73,7 +82,7 @@ func (he *handlerEngine) get(opts engine.Options, stopping <-chan struct{}, last
 // frees net/http's and Caddy's state; one that needs its input read
 // (WebSocket) must be cleartext.
 func engineServes(r *http.Request, input bool) bool {
-	return engine.Supported && !engineOff && r.ProtoMajor == 1 && (r.TLS == nil || !input)
+	return engine.Supported && !engineOff.Load() && r.ProtoMajor == 1 && (r.TLS == nil || !input)
 }
 
 // engineStream is what SSE and WebSocket connections owned by the engine

@@ -46,6 +46,19 @@ type App struct {
 	// with the defaults below.
 	Hubs map[string]*HubConfig `json:"hubs,omitempty"`
 
+	// Whether cleartext HTTP/1.1 streams on Linux leave net/http after
+	// their opening for the connection engine, which holds no goroutine
+	// per connection and writes each event's shared bytes straight to the
+	// sockets: "on" or "off" (every stream on goroutines of its own, as on
+	// other platforms). The environment variable CADDY_PUSH_ENGINE=off
+	// overrides it. Default: on.
+	Engine string `json:"engine,omitempty"`
+
+	// Whether the engine's fan-out writes in batches through io_uring
+	// where the kernel allows it: "on" or "off" (a system call per
+	// connection). CADDY_PUSH_IO_URING=off overrides it. Default: on.
+	IOURing string `json:"io_uring,omitempty"`
+
 	hubs   map[string]*Hub
 	keys   []string
 	logger *zap.Logger
@@ -95,6 +108,11 @@ func (App) CaddyModule() caddy.ModuleInfo {
 
 // Provision opens (or, after a reload, takes over) every hub.
 func (a *App) Provision(ctx caddy.Context) error {
+	for name, v := range map[string]string{"engine": a.Engine, "io_uring": a.IOURing} {
+		if v != "" && v != "on" && v != "off" {
+			return fmt.Errorf("%s must be on or off, not %q", name, v)
+		}
+	}
 	a.logger = ctx.Logger()
 	if a.Hubs == nil {
 		a.Hubs = make(map[string]*HubConfig)
@@ -219,8 +237,11 @@ func validateHubName(name string) error {
 	return nil
 }
 
-// Start is a no-op: hubs run from Provision on.
-func (a *App) Start() error { return nil }
+// Start applies the engine options (hubs run from Provision on).
+func (a *App) Start() error {
+	configureEngine(a.Engine != "off", a.IOURing != "off")
+	return nil
+}
 
 // Stop is a no-op: handlers end their streams when their server shuts down.
 func (a *App) Stop() error { return nil }

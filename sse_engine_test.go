@@ -24,14 +24,14 @@ func goroutinesIn(fn string) int {
 
 // onEngine reports whether the tests' connections go to the connection
 // engine: cleartext HTTP/1.1 ones do, not those of the h2 and h3 modes.
-func onEngine() bool { return engine.Supported && !engineOff && !testOverTLS() }
+func onEngine() bool { return engine.Supported && !engineOff.Load() && !testOverTLS() }
 
 // Over cleartext HTTP/1.1 the engine owns the streams: no goroutine and no
 // request stays per stream, the body is raw (not chunked) and ends with
 // the connection, events arrive, and a client that leaves is seen and
 // gives its place back.
 func TestSSEStreamsLeaveNetHTTP(t *testing.T) {
-	if !engine.Supported || engineOff {
+	if !engine.Supported || engineOff.Load() {
 		t.Skip("the connection engine is off")
 	}
 	if testOverTLS() {
@@ -90,7 +90,7 @@ http://127.0.0.1:PORT {
 // handler and net/http's connection goroutines are gone, events arrive,
 // and a client that leaves gives its place back.
 func TestSSEOverTLSHTTP1LeavesNetHTTP(t *testing.T) {
-	if !engine.Supported || engineOff {
+	if !engine.Supported || engineOff.Load() {
 		t.Skip("the connection engine is off")
 	}
 	c, base := startTLSCaddy(t, tlsSite)
@@ -117,4 +117,30 @@ func TestSSEOverTLSHTTP1LeavesNetHTTP(t *testing.T) {
 		s.Close()
 	}
 	waitFor(t, 2*time.Second, func() bool { return hub.stats.of(TransportSSE).connections.Load() == 0 })
+}
+
+// The push app's engine option turns the engine off for the streams
+// opened under its config, and a reload without it turns it on again.
+func TestEngineOption(t *testing.T) {
+	if !engine.Supported || envEngineOff || testOverTLS() {
+		t.Skip("tests the engine on cleartext HTTP/1.1")
+	}
+	site := `
+http://127.0.0.1:PORT {
+	push_sse /events
+}`
+	c := startCaddy(t, "{\n\tpush {\n\t\tengine off\n\t\tio_uring off\n\t}\n}\n"+site)
+	s := subscribe(t, c.URL+"/events?topic=x", nil)
+	waitFor(t, time.Second, func() bool { return goroutinesIn("(*SSEHandler).stream") == 1 })
+	if engine.RingAvailable() {
+		t.Error("io_uring off, yet batches would go through the ring")
+	}
+	s.Close()
+	c.Load(site)
+	s = subscribe(t, c.URL+"/events?topic=x", nil)
+	defer s.Close()
+	if s.Resp.Close != true || len(s.Resp.TransferEncoding) != 0 {
+		t.Fatalf("after a reload without engine off: transfer-encoding %v, close %v; want the engine's raw stream", s.Resp.TransferEncoding, s.Resp.Close)
+	}
+	waitFor(t, time.Second, func() bool { return goroutinesIn("(*SSEHandler).stream") == 0 })
 }

@@ -13,7 +13,7 @@ import (
 // goroutine stays per connection, events and client messages flow, and a
 // client's close is answered and frees its place.
 func TestWSConnectionsLeaveGoroutines(t *testing.T) {
-	if !engine.Supported || engineOff {
+	if !engine.Supported || engineOff.Load() {
 		t.Skip("the connection engine is off")
 	}
 	if testOverTLS() {
