@@ -28,12 +28,22 @@ const (
 
 // SSEHandler serves Server-Sent Events streams (text/event-stream) of a
 // hub's topics, with replay from Last-Event-ID.
+//
+// When a request carries a JWT that verifies (jwt_key or jwks_url), the
+// handler sets these placeholders, which its topics templates (and, for
+// push_ws, its publish templates) may use:
+//
+//	Placeholder       | Description
+//	------------------|------------------------------------------------
+//	{http.push.jwt.*} | each string claim of the token: {http.push.jwt.sub}
 type SSEHandler struct {
 	Endpoint
-	// Retry is the reconnection delay sent to clients as `retry:` when the
-	// stream opens. Default: 3s.
+
+	// The reconnection delay sent to clients as `retry:` when the stream
+	// opens. Default: 3s.
 	Retry caddy.Duration `json:"retry,omitempty"`
-	// Keepalive is how long a stream may be idle before a `: keepalive`
+
+	// How long a stream may be idle before a `: keepalive`
 	// comment is sent, so proxies and clients see it is alive.
 	// Default: 15s.
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`

@@ -44,34 +44,51 @@ const (
 
 // WSHandler serves WebSocket connections: the server pushes a hub's events,
 // and clients may publish to the topics the handler allows.
+//
+// When a request carries a JWT that verifies (jwt_key or jwks_url), the
+// handler sets these placeholders, which its topics templates (and, for
+// push_ws, its publish templates) may use:
+//
+//	Placeholder       | Description
+//	------------------|------------------------------------------------
+//	{http.push.jwt.*} | each string claim of the token: {http.push.jwt.sub}
 type WSHandler struct {
 	Endpoint
-	// Publish are templates of the topics a client's own messages may go
-	// to, expanded like Topics. Default: none (clients may not publish).
+
+	// Templates of the topics a client's own messages may go to, expanded
+	// like topics. Default: none (clients may not publish).
 	Publish []string `json:"publish,omitempty"`
-	// PingInterval is how often the server pings. Default: 30s.
+
+	// How often the server pings. Default: 30s.
 	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
-	// PongTimeout is how long after a ping the server waits for a pong
-	// before it drops the connection. Default: 10s.
+
+	// How long after a ping the server waits for a pong before it drops
+	// the connection. Default: 10s.
 	PongTimeout caddy.Duration `json:"pong_timeout,omitempty"`
-	// MaxMessageSize is the largest client message, in bytes; a larger one
-	// closes the connection with 1009. Default: 65536 (64 KiB).
+
+	// The largest client message, in bytes; a larger one closes the
+	// connection with 1009. Default: 65536 (64 KiB).
 	MaxMessageSize int64 `json:"max_message_size,omitempty"`
-	// Origins are the allowed values of the Origin header; "*" allows any.
-	// Default: only the request's own host.
+
+	// The allowed values of the Origin header; "*" allows any. Default:
+	// only the request's own host.
 	Origins []string `json:"origins,omitempty"`
-	// Format is "json" (an envelope with id, topic, event and data) or
-	// "text" (the data alone). Default: json.
+
+	// The message format: "json" (an envelope with id, topic, event and
+	// data) or "text" (the data alone). Default: json.
 	Format string `json:"format,omitempty"`
-	// Compression negotiates permessage-deflate, which saves bandwidth at
+
+	// Whether to negotiate permessage-deflate, which saves bandwidth at
 	// the cost of a compressor's memory per connection. Default: false.
 	Compression bool `json:"compression,omitempty"`
-	// PublishRate is how many messages per second a client may publish on
-	// average. Default: 20.
+
+	// How many messages per second a client may publish on average.
+	// Default: 20.
 	PublishRate float64 `json:"publish_rate,omitempty"`
-	// PublishBurst is how many messages a client may publish at once
-	// before PublishRate applies; a client that keeps going beyond it is
-	// closed with 1008. Default: 40.
+
+	// How many messages a client may publish at once before publish_rate
+	// applies; a client that keeps going beyond it is closed with 1008.
+	// Default: 40.
 	PublishBurst int `json:"publish_burst,omitempty"`
 
 	upgrader websocket.Upgrader
