@@ -75,6 +75,9 @@ type Grant struct {
 	// FromCookie is set when the token came from the cookie, which a
 	// browser sends on cross-site requests too.
 	FromCookie bool
+	// Expires is the token's exp; zero when it has none. A stream it
+	// admitted ends then.
+	Expires time.Time
 }
 
 // topicClaims is the claim shape of caddy-push ("push") and Mercure
@@ -221,6 +224,9 @@ func (j *JWT) authenticate(r *http.Request) (*Grant, error) {
 		return nil, fmt.Errorf("invalid token: %v", err)
 	}
 	g := &Grant{Claims: claims, FromCookie: fromCookie}
+	if exp, err := claims.GetExpirationTime(); err == nil && exp != nil {
+		g.Expires = exp.Time
+	}
 	for _, name := range []string{"push", "mercure"} {
 		tc, err := claimTopics(claims[name])
 		if err != nil {

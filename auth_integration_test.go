@@ -2,6 +2,7 @@ package push
 
 import (
 	"context"
+	"errors"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -282,4 +283,64 @@ http://127.0.0.1:PORT {
 	// the burst of 2 went through; nothing else did
 	watch.events(2, time.Second)
 	watch.quiet(200 * time.Millisecond)
+}
+
+// A connection admitted on a JWT ends when the token expires: an SSE
+// stream ends with a short retry (the browser comes back with the token
+// it has now, and resumes), a WebSocket closes with 1008 "token expired";
+// each end is counted. A token without exp, and a connection without a
+// token, go on.
+func TestTokenExpiryEndsConnections(t *testing.T) {
+	t.Setenv("PUSH_TEST_JWT", testSecret)
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events {
+		private user/*
+		jwt_key {env.PUSH_TEST_JWT}
+	}
+	push_ws /ws {
+		private user/*
+		jwt_key {env.PUSH_TEST_JWT}
+	}
+}`)
+	claims := func(exp time.Duration) jwt.MapClaims {
+		cl := jwt.MapClaims{"sub": "alice", "push": map[string]any{"subscribe": []string{"user/alice"}}}
+		if exp != 0 {
+			cl["exp"] = time.Now().Add(exp).Unix()
+		}
+		return cl
+	}
+	auth := func(exp time.Duration) http.Header {
+		return header("Authorization", "Bearer "+hs256(t, claims(exp)))
+	}
+	expiring := subscribe(t, c.URL+"/events?topic=user/alice", auth(3*time.Second))
+	lasting := subscribe(t, c.URL+"/events?topic=user/alice", auth(0))
+	anonymous := subscribe(t, c.URL+"/events?topic=news", nil)
+	ws := mustDialWS(t, c.URL+"/ws?topic=user/alice", auth(3*time.Second))
+
+	start := time.Now()
+	items := expiring.ended(8 * time.Second)
+	if took := time.Since(start); took < time.Second {
+		t.Fatalf("the stream ended after %v, before its token expired", took)
+	}
+	if len(items) == 0 || items[len(items)-1].Retry <= 0 || items[len(items)-1].Retry >= 1000 {
+		t.Fatalf("the stream ended with %+v, want a short retry", items)
+	}
+	select {
+	case err := <-ws.closed:
+		var ce *websocket.CloseError
+		if !errors.As(err, &ce) || ce.Code != websocket.ClosePolicyViolation || ce.Text != "token expired" {
+			t.Fatalf("the WebSocket ended with %v, want 1008 token expired", err)
+		}
+	case <-time.After(6 * time.Second):
+		t.Fatal("the WebSocket stayed open past its token's expiry")
+	}
+	lasting.quiet(200 * time.Millisecond)
+	anonymous.quiet(10 * time.Millisecond)
+	hub, _ := LookupHub("default")
+	for _, tr := range []string{TransportSSE, TransportWS} {
+		if n := hub.stats.of(tr).expired.Load(); n != 1 {
+			t.Errorf("%s: %d expirations counted, want 1", tr, n)
+		}
+	}
 }

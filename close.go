@@ -21,6 +21,7 @@ const (
 	reasonResync        = "the hub lost events: reconnect and resume"  // 1012
 	reasonRateAbused    = "publish rate exceeded"                      // 1008
 	reasonTooManyErrors = "too many errors"                            // 1008
+	reasonTokenExpired  = "token expired"                              // 1008
 	// reasonPaused is followed by the time to come back at (1013)
 	reasonPaused = "paused: come back at "
 	// and disconnectedReason (1008), which SSE streams get in a comment

@@ -43,6 +43,8 @@ type transportStats struct {
 	paused      atomic.Uint64
 	// disconnected counts streams an operator ended (Hub.Disconnect)
 	disconnected atomic.Uint64
+	// expired counts streams ended as their token expired
+	expired atomic.Uint64
 }
 
 func (s *hubStats) of(transport string) *transportStats {
@@ -71,6 +73,8 @@ var (
 		"Streams paused: told to come back later (max_duration with pause_for, or Hub.Pause).", []string{"hub", "transport"}, nil)
 	descDisconnected = prometheus.NewDesc("caddy_push_disconnects_total",
 		"Streams an operator disconnected (the admin API, or Hub.Disconnect).", []string{"hub", "transport"}, nil)
+	descExpired = prometheus.NewDesc("caddy_push_token_expirations_total",
+		"Streams ended because the token that admitted them expired.", []string{"hub", "transport"}, nil)
 	descIdempotentReplays = prometheus.NewDesc("caddy_push_idempotent_replays_total",
 		"Publishes with an idempotency key already used for the same message: answered with the first event's id, nothing published.", []string{"hub"}, nil)
 	descIdempotencyConflicts = prometheus.NewDesc("caddy_push_idempotency_conflicts_total",
@@ -82,7 +86,7 @@ type collector struct{ app *App }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow, descPaused, descDisconnected,
-		descIdempotentReplays, descIdempotencyConflicts} {
+		descExpired, descIdempotentReplays, descIdempotencyConflicts} {
 		ch <- d
 	}
 }
@@ -103,6 +107,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descSlow, prometheus.CounterValue, float64(ts.slow.Load()), name, t)
 			ch <- prometheus.MustNewConstMetric(descPaused, prometheus.CounterValue, float64(ts.paused.Load()), name, t)
 			ch <- prometheus.MustNewConstMetric(descDisconnected, prometheus.CounterValue, float64(ts.disconnected.Load()), name, t)
+			ch <- prometheus.MustNewConstMetric(descExpired, prometheus.CounterValue, float64(ts.expired.Load()), name, t)
 		}
 	}
 }

@@ -104,6 +104,9 @@ func (e *Endpoint) subscribe(ctx context.Context, a *admission, who Member) (*Su
 		}
 	}
 	sub, err := e.hub.subscribe(ctx, a.Topics, a.LastEventID, who, announce)
+	if err == nil && a.Grant != nil {
+		sub.ExpireAt(a.Grant.Expires)
+	}
 	if err != nil || !announce {
 		return sub, err
 	}

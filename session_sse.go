@@ -65,7 +65,8 @@ func (s *sseSession) ended() { s.t.end(s.lastWords()) }
 // lastWords are what the client is told as the hub ends its subscription:
 // nothing when it fell behind (it is not reading), a pause block for a
 // pause, a comment when an operator disconnected it, a short retry
-// otherwise.
+// otherwise (a token that expired too: the browser comes back at once,
+// with the cookie or token it has now, and resumes).
 func (s *sseSession) lastWords() []byte {
 	if s.sub.FellBehind() {
 		if ce := s.h.logger.Check(zap.DebugLevel, "slow subscriber disconnected"); ce != nil {

@@ -99,6 +99,9 @@ func endedWith(sub *Subscription) (code int, reason string, frame []byte) {
 	if sub.Disconnected() {
 		return websocket.ClosePolicyViolation, disconnectedReason, nil
 	}
+	if sub.TokenExpired() {
+		return websocket.ClosePolicyViolation, reasonTokenExpired, nil
+	}
 	if sub.FellBehind() {
 		return CloseSlowConsumer, reasonSlowConsumer, nil
 	}

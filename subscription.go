@@ -32,6 +32,7 @@ type Subscription struct {
 	pending []*Event
 	sink    Sink // once attached, never changes
 	told    bool // sink.Ended was called
+	expiry  *time.Timer
 	notify  chan struct{}
 	ended   chan struct{}
 	endOnce sync.Once
@@ -50,6 +51,7 @@ const (
 	endSlow                       // the subscriber fell too far behind
 	endPause                      // paused: the client should come back later
 	endDisconnect                 // disconnected by an operator (Hub.Disconnect)
+	endExpired                    // the token that admitted it expired
 )
 
 // maxPending is how many events a subscription may have queued before it is
@@ -154,6 +156,8 @@ func (s *Subscription) end(cause endCause, until time.Time) bool {
 			s.hub.stats.of(s.transport).paused.Add(1)
 		case endDisconnect:
 			s.hub.stats.of(s.transport).disconnected.Add(1)
+		case endExpired:
+			s.hub.stats.of(s.transport).expired.Add(1)
 		}
 		close(s.ended)
 		// a goroutine waiting on Ready only hears of the end there
@@ -212,6 +216,26 @@ func (s *Subscription) PausedUntil() (time.Time, bool) {
 // 1008, an SSE stream ends (after a pause block when PausedUntil says so).
 func (s *Subscription) Disconnected() bool { return s.cause == endDisconnect }
 
+// TokenExpired reports whether the subscription ended because the token
+// that admitted it expired (see ExpireAt).
+func (s *Subscription) TokenExpired() bool { return s.cause == endExpired }
+
+// ExpireAt ends the subscription at t, the expiry of the token that
+// admitted it, so that a revoked user does not keep streaming: its
+// client must come back with a token that is good now. A zero t never
+// ends it.
+func (s *Subscription) ExpireAt(t time.Time) {
+	if t.IsZero() {
+		return
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.expiry != nil {
+		s.expiry.Stop()
+	}
+	s.expiry = time.AfterFunc(time.Until(t), func() { s.end(endExpired, time.Time{}) })
+}
+
 // Member is who the subscription is: its connection id, user, transport,
 // remote address and start.
 func (s *Subscription) Member() Member { return s.who }
@@ -243,6 +267,11 @@ func (s *Subscription) Delivered(n int) {
 // Close unregisters the subscription. It is safe to call more than once.
 func (s *Subscription) Close() {
 	if s.closed.CompareAndSwap(false, true) {
+		s.mu.Lock()
+		if s.expiry != nil {
+			s.expiry.Stop()
+		}
+		s.mu.Unlock()
 		s.hub.unsubscribe(s)
 		if r, ok := s.hub.broker.(Roster); ok {
 			// before push.leave, so no newcomer lists a member that left
