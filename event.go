@@ -61,6 +61,10 @@ type Message struct {
 	Data string `json:"data"`
 	// Retry, in milliseconds, is sent as the SSE `retry:` field when > 0.
 	Retry int64 `json:"retry,omitempty"`
+	// Private, Mercure's rule, limits the event to subscribers admitted
+	// with a verified JWT whose subscribe claims allow at least one of
+	// its topics; anonymous subscribers never get it, live or replayed.
+	Private bool `json:"private,omitempty"`
 	// IdempotencyKey, when set, makes the publish happen once: a repeat
 	// with the same key and message, from the same publisher, within the
 	// hub's idempotency_window, stores nothing and returns the first

@@ -139,6 +139,7 @@ func FuzzFormParse(f *testing.F) {
 		"topic=a&data=hello", "topic=a&topic=b&type=x&retry=100", "topic=%ff", "data=%zz", "data=%4", "data=%",
 		"to%70ic=a&d%61ta=x+y%20z", "topic=a;b", "topic=a&&data=b&", "=x", "topic", "data=1&data=2",
 		"topic=a&colour=red&data=%zz", "topic=a&id=1", "retry=-1&topic=a", "topic=a&data=%E2%80%A8+%0a",
+		"topic=a&private", "topic=a&private=&private=on",
 	} {
 		f.Add([]byte(s))
 	}
@@ -174,7 +175,7 @@ func parseFormReference(body []byte) (Message, error) {
 	}
 	var m Message
 	for field, values := range form {
-		if field != "topic" && len(values) > 1 {
+		if field != "topic" && field != "private" && len(values) > 1 {
 			return Message{}, fmt.Errorf("field %q is given more than once", field)
 		}
 		switch field {
@@ -188,6 +189,8 @@ func parseFormReference(body []byte) (Message, error) {
 			if m.Retry, err = strconv.ParseInt(values[0], 10, 64); err != nil || m.Retry < 0 {
 				return Message{}, fmt.Errorf("retry %q is not a number of milliseconds", values[0])
 			}
+		case "private":
+			m.Private = true
 		default:
 			return Message{}, fmt.Errorf("unknown field %q", field)
 		}

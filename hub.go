@@ -3,6 +3,7 @@ package push
 import (
 	"context"
 	"errors"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -297,6 +298,9 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 					s.lastOffered = ev.Seq
 				}
 			}
+			if ev.Private && !s.mayRead(ev) {
+				continue
+			}
 			if s.offer(ev, &out.batch, &out.written[s.transportIndex]) {
 				out.written[s.transportIndex]++
 			}
@@ -316,14 +320,15 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 // second, so nothing falls between them; the subscription drops live
 // events the backlog already holds. The caller must Close it.
 func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string, transport string) (*Subscription, error) {
-	return h.subscribe(ctx, topics, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()}, false)
+	return h.subscribe(ctx, topics, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()}, nil, false)
 }
 
 // subscribe is Subscribe for a connection the hub knows as who (its
-// Transport set), so the admin API and presence can name it. With
+// Transport set), so the admin API and presence can name it, admitted on
+// grant (nil: anonymous), which decides the private events it gets. With
 // announce, it publishes push.join to the topics once subscribed, and
 // Close publishes push.leave.
-func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string, who Member, announce bool) (*Subscription, error) {
+func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string, who Member, grant *Grant, announce bool) (*Subscription, error) {
 	transport := who.Transport
 	who.Presence = announce
 	if !announce {
@@ -333,6 +338,7 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 		hub:            h,
 		Topics:         topics,
 		who:            who,
+		grant:          grant,
 		transport:      transport,
 		transportIndex: transportIndex(transport),
 		notify:         make(chan struct{}, 1),
@@ -363,12 +369,14 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 		s.Close()
 		return nil, err
 	}
-	s.Backlog = b
 	s.skipThrough = b.HeadSeq
 	if n := len(b.Events); n > 0 {
+		// the private events it may not read too: they are not live either
 		s.skipThrough = max(s.skipThrough, b.Events[n-1].Seq)
-		h.stats.of(transport).replayed.Add(uint64(n))
+		b.Events = slices.DeleteFunc(b.Events, func(ev *Event) bool { return ev.Private && !s.mayRead(ev) })
+		h.stats.of(transport).replayed.Add(uint64(len(b.Events)))
 	}
+	s.Backlog = b
 	if announce {
 		h.announce(s, "push.join")
 	}

@@ -111,6 +111,11 @@ func fingerprint(m Message) [16]byte {
 	writeField(h, m.Data)
 	binary.BigEndian.PutUint64(n[:], uint64(m.Retry))
 	h.Write(n[:])
+	if m.Private {
+		// a public message hashes as it did before private events, so a
+		// key stored by an older node still matches
+		h.Write([]byte{1})
+	}
 	var fp [16]byte
 	copy(fp[:], h.Sum(nil))
 	return fp

@@ -329,10 +329,10 @@ const maxFormFields = 10000
 var errSemicolon = errors.New("invalid semicolon separator in query")
 
 // parseFormMessage reads Mercure's publish fields: topic (repeatable),
-// data, type and retry. It reads the form as url.ParseQuery does, and in
-// body order, but straight from the body's bytes and with no map: a
-// malformed form (a bad escape, a semicolon) is reported before any
-// field's problem, and otherwise the first field's problem is.
+// data, type, retry and private. It reads the form as url.ParseQuery
+// does, and in body order, but straight from the body's bytes and with
+// no map: a malformed form (a bad escape, a semicolon) is reported
+// before any field's problem, and otherwise the first field's problem is.
 func parseFormMessage(body []byte) (Message, error) {
 	if bytes.Count(body, []byte("&"))+1 > maxFormFields {
 		return Message{}, fmt.Errorf("malformed form body: more than %d fields", maxFormFields)
@@ -474,7 +474,8 @@ func (m *Message) setFormField(field, value string, given *[3]bool) error {
 	case "id":
 		err = errors.New("field \"id\" is not supported: the hub assigns event ids")
 	case "private":
-		err = errors.New("field \"private\" is not supported: protect topics on the subscribe side")
+		// as Mercure has it: present at all, with any value, even empty
+		m.Private = true
 	default:
 		err = fmt.Errorf("unknown field %q", field)
 	}
@@ -483,14 +484,16 @@ func (m *Message) setFormField(field, value string, given *[3]bool) error {
 
 // jsonMessage is the JSON publish body.
 type jsonMessage struct {
-	Topics []string        `json:"topics"`
-	Topic  string          `json:"topic"`
-	Event  string          `json:"event"`
-	Data   json.RawMessage `json:"data"`
-	Retry  int64           `json:"retry"`
+	Topics  []string        `json:"topics"`
+	Topic   string          `json:"topic"`
+	Event   string          `json:"event"`
+	Data    json.RawMessage `json:"data"`
+	Retry   int64           `json:"retry"`
+	Private bool            `json:"private"`
 }
 
-// parseJSONMessage reads {"topics":[...],"event":"...","data":...,"retry":N};
+// parseJSONMessage reads
+// {"topics":[...],"event":"...","data":...,"retry":N,"private":true};
 // "topic" may name a single topic, and data that is not a string is sent
 // as compact JSON.
 func parseJSONMessage(body []byte) (Message, error) {
@@ -507,7 +510,7 @@ func parseJSONMessage(body []byte) (Message, error) {
 	if dec.More() {
 		return Message{}, errors.New("invalid JSON body: more than one value")
 	}
-	m := Message{Topics: j.Topics, Type: j.Event, Retry: j.Retry}
+	m := Message{Topics: j.Topics, Type: j.Event, Retry: j.Retry, Private: j.Private}
 	if j.Topic != "" {
 		m.Topics = append(m.Topics, j.Topic)
 	}

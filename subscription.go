@@ -20,6 +20,7 @@ type Subscription struct {
 
 	hub            *Hub
 	who            Member // set before the hub indexes it, never changed
+	grant          *Grant // the token that admitted it (nil: anonymous); the same
 	transport      string
 	transportIndex int             // of transport in transports
 	lane           int             // of the hub's lanes, the one that delivers to it
@@ -251,6 +252,21 @@ func (s *Subscription) Take(buf []*Event) []*Event {
 	s.mu.Unlock()
 	// drop what the backlog already delivered
 	return slices.DeleteFunc(batch, func(ev *Event) bool { return !s.fresh(ev) })
+}
+
+// mayRead reports whether the subscription may get ev, a private event:
+// Mercure's rule, its connection's verified token allows one of ev's
+// topics. The fan-out asks only for private events.
+func (s *Subscription) mayRead(ev *Event) bool {
+	if s.grant == nil {
+		return false
+	}
+	for _, t := range ev.Topics {
+		if s.grant.CanSubscribe(t) {
+			return true
+		}
+	}
+	return false
 }
 
 // fresh reports whether a live delivery of ev is not already in the

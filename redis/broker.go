@@ -267,7 +267,9 @@ func (s *store) key(name string) string { return s.prefix + name }
 // event (a replay) or {0, "", 2} when its fingerprint differs, and
 // nothing is published; so two nodes given the same key publish once. A
 // replay still writes the key again (its value and expiry unchanged), so
-// that a WAIT after it covers the first attempt's event.
+// that a WAIT after it covers the first attempt's event. ARGV[11] is "1"
+// for a private event (field x of the stored event, left out of a public
+// one, so public events read as they did); the topics follow.
 var publishScript = goredis.NewScript(epochLua + `
 local p, hist, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ikey = ARGV[8] ~= '' and p .. 'key:' .. ARGV[8]
@@ -285,8 +287,8 @@ local seq = redis.call('INCR', p..'seq')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local topics = {}
-for i = 11, #ARGV do topics[#topics + 1] = ARGV[i] end
-local ev = cjson.encode({p = epoch, s = seq, t = now, k = topics, e = ARGV[4], d = ARGV[5], r = tonumber(ARGV[6])})
+for i = 12, #ARGV do topics[#topics + 1] = ARGV[i] end
+local ev = cjson.encode({p = epoch, s = seq, t = now, k = topics, e = ARGV[4], d = ARGV[5], r = tonumber(ARGV[6]), x = ARGV[11] == '1' or nil})
 local id = seq .. '-1'
 local function mark(topic, trimmed)
   if ttl > 0 then
@@ -340,6 +342,9 @@ type wireEvent struct {
 	Type   string   `json:"e"`
 	Data   string   `json:"d"`
 	Retry  int64    `json:"r"`
+	// Private is absent from public events, which older nodes stored
+	// without it.
+	Private bool `json:"x,omitempty"`
 }
 
 // newEpoch is a candidate epoch for a hub Redis has none for; the
@@ -374,8 +379,12 @@ func (s *store) publish(ctx context.Context, ev *push.Event, k *push.Idempotency
 	if k != nil {
 		id, fp, window = hex.EncodeToString(k.ID[:]), hex.EncodeToString(k.Fingerprint[:]), max(k.Window.Milliseconds(), 1)
 	}
-	args := make([]any, 0, 10+len(ev.Topics))
-	args = append(args, s.prefix, l.Events, l.TTL.Milliseconds(), ev.Type, ev.Data, ev.Retry, newEpoch(), id, fp, window)
+	private := ""
+	if ev.Private {
+		private = "1"
+	}
+	args := make([]any, 0, 11+len(ev.Topics))
+	args = append(args, s.prefix, l.Events, l.TTL.Milliseconds(), ev.Type, ev.Data, ev.Retry, newEpoch(), id, fp, window, private)
 	for _, t := range ev.Topics {
 		args = append(args, t)
 	}
@@ -624,7 +633,7 @@ func decode(v any) (*push.Event, error) {
 		return nil, err
 	}
 	return &push.Event{
-		Message: push.Message{Topics: w.Topics, Type: w.Type, Data: w.Data, Retry: w.Retry},
+		Message: push.Message{Topics: w.Topics, Type: w.Type, Data: w.Data, Retry: w.Retry, Private: w.Private},
 		ID:      push.FormatID(w.Epoch, w.Seq),
 		Seq:     w.Seq,
 		Time:    time.UnixMilli(w.Time),
