@@ -193,7 +193,7 @@ func TestIdempotencyReplayAndConflict(t *testing.T) {
 			t.Fatalf("repeat %q: %+v, want 200 %q replayed", repeat.body, a, first.body)
 		}
 	}
-	for _, body := range []string{"topic=a&data=changed", "topic=b&data=hello", "topic=a&data=hello&type=x", "topic=a&data=hello&retry=5"} {
+	for _, body := range []string{"topic=a&data=changed", "topic=b&data=hello", "topic=a&data=hello&type=x", "topic=a&data=hello&retry=5", "topic=a&data=hello&private"} {
 		a := keyed{path: p.path, auth: p.auth, key: p.key, body: body}.send(t, c)
 		if a.status != 422 || !strings.Contains(a.body, "different message") || strings.Count(a.body, "\n") != 1 {
 			t.Fatalf("changed body %q: %+v, want 422 with a reason", body, a)
@@ -203,8 +203,8 @@ func TestIdempotencyReplayAndConflict(t *testing.T) {
 		t.Fatalf("got %+v, want %s", ev, first.body)
 	}
 	s.quiet(200 * time.Millisecond)
-	if r, cf := hub.stats.replays.Load(), hub.stats.conflicts[conflictDifferent].Load(); r != 2 || cf != 4 {
-		t.Fatalf("%d replays and %d conflicts counted, want 2 and 4", r, cf)
+	if r, cf := hub.stats.replays.Load(), hub.stats.conflicts[conflictDifferent].Load(); r != 2 || cf != 5 {
+		t.Fatalf("%d replays and %d conflicts counted, want 2 and 5", r, cf)
 	}
 	// the Go API takes the key too, and answers a repeat the same way
 	m := Message{Topics: []string{"a"}, Data: "from go", IdempotencyKey: "order-1"}
