@@ -131,7 +131,20 @@ type node struct {
 	cmd  *exec.Cmd
 }
 
+// nodeRoutes are the routes of startNode's site.
+const nodeRoutes = `push_sse /events
+	push_ws /ws
+	push_publish /publish {
+		anonymous
+	}`
+
 func startNode(t *testing.T, redisURL, hubOptions string) *node {
+	t.Helper()
+	return startNodeWith(t, redisURL, hubOptions, nodeRoutes)
+}
+
+// startNodeWith starts a node whose site has these routes.
+func startNodeWith(t *testing.T, redisURL, hubOptions, routes string) *node {
 	t.Helper()
 	port := freePort(t)
 	cfg := fmt.Sprintf(`{
@@ -145,13 +158,9 @@ func startNode(t *testing.T, redisURL, hubOptions string) *node {
 	}
 }
 http://127.0.0.1:%s {
-	push_sse /events
-	push_ws /ws
-	push_publish /publish {
-		anonymous
-	}
+	%s
 }
-`, redisURL, hubOptions, port)
+`, redisURL, hubOptions, port, routes)
 	file := filepath.Join(t.TempDir(), "Caddyfile")
 	if err := os.WriteFile(file, []byte(cfg), 0o644); err != nil {
 		t.Fatal(err)
