@@ -1,6 +1,7 @@
 package push
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -411,12 +412,13 @@ func (e *Endpoint) subscriptionTopics(r *http.Request, query url.Values) ([]stri
 }
 
 // lastEventID is the id a client resumes from: the Last-Event-ID header,
-// or the lastEventId query parameter for clients that cannot set headers.
+// or for clients that cannot set headers the lastEventId query parameter,
+// or last_event_id (the Mercure draft's name), in that order.
 func lastEventID(r *http.Request, query url.Values) string {
 	if id := r.Header.Get("Last-Event-ID"); id != "" {
 		return id
 	}
-	return query.Get("lastEventId")
+	return cmp.Or(query.Get("lastEventId"), query.Get("last_event_id"))
 }
 
 // parseQuery refuses malformed query strings rather than silently

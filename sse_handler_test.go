@@ -826,3 +826,35 @@ func TestSSEWriterUnderIdleTimeout(t *testing.T) {
 type foreignWriter struct{ http.ResponseWriter }
 
 func (f *foreignWriter) Unwrap() http.ResponseWriter { return f.ResponseWriter }
+
+// A client that cannot set headers resumes with lastEventId or, as the
+// Mercure draft names it, last_event_id, over SSE and WebSocket alike;
+// lastEventId wins when both are given.
+func TestResumeQueryParameterNames(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_sse /events
+	push_ws /ws
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	_, id1 := c.publish("/publish", "topic=q&data=one")
+	_, id2 := c.publish("/publish", "topic=q&data=two")
+	_, id3 := c.publish("/publish", "topic=q&data=three")
+	for _, tc := range []struct{ query, want string }{
+		{"last_event_id=" + id1, id2},
+		{"lastEventId=" + id2, id3},
+		{"lastEventId=" + id2 + "&last_event_id=" + id1, id3},
+	} {
+		s := subscribe(t, c.URL+"/events?topic=q&"+tc.query, nil)
+		if ev := s.nextEvent(2 * time.Second); ev.ID != tc.want {
+			t.Errorf("SSE with %s: first event %s, want %s", tc.query, ev.ID, tc.want)
+		}
+		s.Close()
+		ws := mustDialWS(t, c.URL+"/ws?topic=q&"+tc.query, nil)
+		if f := ws.nextFrame(2 * time.Second); f.ID != tc.want {
+			t.Errorf("WebSocket with %s: first frame %s, want %s", tc.query, f.ID, tc.want)
+		}
+	}
+}
