@@ -42,31 +42,24 @@ func (b Broker) newClient() (goredis.UniversalClient, error) {
 	if ways > 1 {
 		return nil, fmt.Errorf("give one of url, sentinel and cluster, not %d of them", ways)
 	}
-	switch {
-	case b.Sentinel != nil:
-		if b.Sentinel.Master == "" || len(b.Sentinel.Addrs) == 0 {
-			return nil, fmt.Errorf("sentinel needs the master's name and at least one sentinel address")
-		}
-		return goredis.NewFailoverClient(&goredis.FailoverOptions{
-			MasterName:    b.Sentinel.Master,
-			SentinelAddrs: expandAll(repl, b.Sentinel.Addrs),
-			Username:      username,
-			Password:      password,
-			DialTimeout:   commandTimeout,
-			ReadTimeout:   commandTimeout,
-			WriteTimeout:  commandTimeout,
-			MaxRetries:    -1,
-		}), nil
-	case len(b.Cluster) > 0:
-		return goredis.NewClusterClient(&goredis.ClusterOptions{
-			Addrs:        expandAll(repl, b.Cluster),
+	if b.Sentinel != nil || len(b.Cluster) > 0 {
+		opts := &goredis.UniversalOptions{
 			Username:     username,
 			Password:     password,
 			DialTimeout:  commandTimeout,
 			ReadTimeout:  commandTimeout,
 			WriteTimeout: commandTimeout,
 			MaxRetries:   -1,
-		}), nil
+		}
+		if b.Sentinel != nil {
+			if b.Sentinel.Master == "" || len(b.Sentinel.Addrs) == 0 {
+				return nil, fmt.Errorf("sentinel needs the master's name and at least one sentinel address")
+			}
+			opts.MasterName, opts.Addrs = b.Sentinel.Master, expandAll(repl, b.Sentinel.Addrs)
+		} else {
+			opts.Addrs, opts.IsClusterMode = expandAll(repl, b.Cluster), true
+		}
+		return goredis.NewUniversalClient(opts), nil
 	}
 	url := repl.ReplaceKnown(cmp.Or(b.URL, "redis://127.0.0.1:6379/0"), "")
 	opts, err := goredis.ParseURL(url)
