@@ -87,6 +87,15 @@ http://127.0.0.1:PORT {
 		jwt_audience push
 		jwt_issuer https://idp.example
 	}
+	push_ws /ws {
+		private user/*
+		jwks_url `+idp.URL+`/jwks
+		jwt_audience push
+	}
+	push_publish /publish {
+		jwks_url `+idp.URL+`/jwks
+		jwt_issuer https://idp.example
+	}
 }`)
 	claims := func(aud, iss string) jwt.MapClaims {
 		return jwt.MapClaims{"sub": "alice", "aud": aud, "iss": iss, "exp": time.Now().Add(time.Hour).Unix(),
@@ -113,6 +122,35 @@ http://127.0.0.1:PORT {
 			t.Errorf("%s: %d, want %d", tc.name, got, tc.status)
 		}
 	}
+	// push_ws and push_publish verify with the set too, and check what
+	// they are told to
+	if ws, err := dialWS(t, c.URL+"/ws?topic=user/alice", header("Authorization", "Bearer "+rs256(t, k1, "k1", good))); err != nil {
+		t.Errorf("websocket with a key of the set: %v", err)
+	} else {
+		ws.conn.Close()
+	}
+	if ws, _ := dialWS(t, c.URL+"/ws?topic=user/alice", header("Authorization", "Bearer "+rs256(t, k1, "k1", claims("other", "https://idp.example")))); ws.Resp == nil || ws.Resp.StatusCode != 401 {
+		t.Errorf("websocket with another audience: %v, want 401", ws.Resp)
+	}
+	publish := func(cl jwt.MapClaims) int {
+		cl["push"] = map[string]any{"publish": []string{"news"}}
+		req, _ := http.NewRequest("POST", c.URL+"/publish", strings.NewReader("topic=news&data=x"))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", "Bearer "+rs256(t, k1, "k1", cl))
+		resp, err := testClient.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if got := publish(claims("push", "https://idp.example")); got != 200 {
+		t.Errorf("publish with a key of the set: %d, want 200", got)
+	}
+	if got := publish(claims("push", "https://evil.example")); got != 401 {
+		t.Errorf("publish from another issuer: %d, want 401", got)
+	}
+
 	// the provider rotates: a token of the new key is taken at once (the
 	// set is fetched again for its unknown kid), the old key is gone
 	k2 := idp.rotate(t, "k2")
