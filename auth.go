@@ -41,7 +41,7 @@ type JWT struct {
 	// jwks_uri: Keycloak, Auth0, Zitadel...) whose keys verify tokens,
 	// instead of jwt_key. Tokens name their key by "kid"; the set is
 	// fetched at the first token, refreshed every hour, and at once (at
-	// most once a minute) when a token names a key it does not hold, so a
+	// most every 10 s) when a token names a key it does not hold, so a
 	// rotated key works without a reload. Only asymmetric algorithms are
 	// accepted (jwt_alg narrows them). Default: none.
 	JWKSURL string `json:"jwks_url,omitempty"`

@@ -45,8 +45,13 @@ func newJWKS(ctx caddy.Context, raw string) (*jwks, error) {
 func (s *jwks) key(t *jwt.Token) (any, error) {
 	s.once.Do(func() {
 		s.kf, s.err = keyfunc.NewDefaultOverrideCtx(s.ctx, []string{s.url}, keyfunc.Override{
-			HTTPTimeout:       jwksTimeout,
-			RefreshUnknownKID: rate.NewLimiter(rate.Every(time.Minute), 1),
+			HTTPTimeout: jwksTimeout,
+			// a token naming a key the set lacks fetches it again, at most
+			// every 10 s (tokens with made-up kids cannot flood the
+			// provider), and waits at most a second for its turn rather
+			// than hold its request
+			RefreshUnknownKID: rate.NewLimiter(rate.Every(10*time.Second), 1),
+			RateLimitWaitMax:  time.Second,
 			RefreshErrorHandlerFunc: func(u string) func(context.Context, error) {
 				return func(_ context.Context, err error) {
 					s.logger.Warn("fetching the JWT key set failed", zap.String("url", u), zap.Error(err))
