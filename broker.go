@@ -42,6 +42,19 @@ type Command struct {
 	Announce *Message `json:"announce,omitempty"`
 }
 
+// MatchReplayer is implemented by brokers that can replay the events whose
+// topics satisfy a predicate (pattern subscriptions).
+type MatchReplayer interface {
+	// ReplayMatching is Replay for the events after lastEventID any of
+	// whose topics match reports true for. match may be called under the
+	// broker's locks, and from any goroutine.
+	ReplayMatching(ctx context.Context, match func(topic string) bool, lastEventID string) (Backlog, error)
+}
+
+// earliestID is the last event id that asks for every retained event,
+// with no reset for what history no longer holds.
+const earliestID = "earliest"
+
 // Inspector is implemented by brokers that can describe what they keep,
 // for the admin API.
 type Inspector interface {

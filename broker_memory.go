@@ -62,6 +62,10 @@ type memoryStore struct {
 	// Sharing a bucket can only cost a needless reset, not a missed one.
 	forgotten [forgottenBuckets]uint64
 	seed      maphash.Seed
+	// forgottenMax is the newest of forgotten: a pattern subscription,
+	// which may follow any topic, resuming from before it may have
+	// missed events
+	forgottenMax uint64
 	// log has the retained events in id order, each once however many
 	// topics hold it, so the memory bound evicts the oldest first; bytes
 	// is their size and their topics' and live their number (log also has
@@ -186,6 +190,7 @@ func (m *memoryStore) release(th *topicHistory, ev *Event) {
 func (m *memoryStore) forget(t string, th *topicHistory) {
 	b := m.bucket(t)
 	*b = max(*b, th.dropped)
+	m.forgottenMax = max(m.forgottenMax, th.dropped)
 	delete(m.topics, t)
 	m.bytes -= topicSize(t)
 }
@@ -260,13 +265,9 @@ func (m *memoryStore) Replay(_ context.Context, topics []string, lastEventID str
 	if lastEventID == "" {
 		return b, nil
 	}
-	epoch, after, ok := ParseID(lastEventID)
-	switch {
-	case !ok || after > m.seq:
-		b.Reset = "unknown event id"
-		return b, nil
-	case epoch != m.epoch:
-		b.Reset = "event id is from an earlier run of the hub"
+	after, reset := m.resumePoint(lastEventID)
+	if reset != "" {
+		b.Reset = reset
 		return b, nil
 	}
 	now := time.Now()
@@ -296,6 +297,63 @@ func (m *memoryStore) Replay(_ context.Context, topics []string, lastEventID str
 		slices.SortFunc(b.Events, func(x, y *Event) int { return cmp.Compare(x.Seq, y.Seq) })
 		b.Events = slices.CompactFunc(b.Events, func(x, y *Event) bool { return x == y })
 	}
+	return b, nil
+}
+
+// resumePoint reads a client's last event id: the seq to replay after,
+// or why the id cannot be resumed from.
+func (m *memoryStore) resumePoint(lastEventID string) (after uint64, reset string) {
+	epoch, after, ok := ParseID(lastEventID)
+	switch {
+	case !ok || after > m.seq:
+		return 0, "unknown event id"
+	case epoch != m.epoch:
+		return 0, "event id is from an earlier run of the hub"
+	}
+	return after, ""
+}
+
+// ReplayMatching reads every topic the hub holds events of, under the
+// lock: each costs history, so a hub holds few enough for a resuming
+// pattern subscription to go through them. It cannot tell whether a
+// forgotten topic matched, so an id from before the newest event dropped
+// with any forgotten topic is reset.
+func (m *memoryStore) ReplayMatching(_ context.Context, match func(topic string) bool, lastEventID string) (Backlog, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := Backlog{Head: FormatID(m.epoch, m.seq), HeadSeq: m.seq}
+	if lastEventID == "" {
+		return b, nil
+	}
+	earliest := lastEventID == earliestID
+	var after uint64
+	if !earliest {
+		if after, b.Reset = m.resumePoint(lastEventID); b.Reset != "" {
+			return b, nil
+		}
+	}
+	now := time.Now()
+	for t, th := range m.topics {
+		if !match(t) {
+			continue
+		}
+		m.trim(t, th, now) // may forget t, as deleting while ranging allows
+		if !earliest && th.dropped > after {
+			b.Reset = "events after this id are no longer in history"
+			b.Events = nil
+			return b, nil
+		}
+		i := sort.Search(len(th.events), func(i int) bool { return th.events[i].Seq > after })
+		b.Events = append(b.Events, th.events[i:]...)
+	}
+	if !earliest && m.forgottenMax > after {
+		b.Reset = "events after this id are no longer in history"
+		b.Events = nil
+		return b, nil
+	}
+	// an event of several matching topics was collected once per topic
+	slices.SortFunc(b.Events, func(x, y *Event) int { return cmp.Compare(x.Seq, y.Seq) })
+	b.Events = slices.CompactFunc(b.Events, func(x, y *Event) bool { return x == y })
 	return b, nil
 }
 
@@ -461,4 +519,5 @@ var (
 	_ Broker           = (*memoryStore)(nil)
 	_ Inspector        = (*memoryStore)(nil)
 	_ IdempotentBroker = (*memoryStore)(nil)
+	_ MatchReplayer    = (*memoryStore)(nil)
 )
