@@ -78,6 +78,10 @@ type Grant struct {
 	// Expires is the token's exp; zero when it has none. A stream it
 	// admitted ends then.
 	Expires time.Time
+
+	// mercure, set by push_mercure, are the token's Mercure claims: they
+	// decide its private events instead of Subscribe
+	mercure *mercureClaims
 }
 
 // topicClaims is the claim shape of caddy-push ("push") and Mercure

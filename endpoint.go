@@ -230,7 +230,10 @@ func (e *Endpoint) stopping() <-chan struct{} { return e.conns.stop }
 
 // admission is a subscribe request that passed every check.
 type admission struct {
-	Topics      []string
+	Topics []string
+	// Patterns select topics besides Topics (a Mercure subscriber's
+	// selectors).
+	Patterns    []*mercureSelector
 	LastEventID string
 	// Grant is the client's verified JWT, if it sent one.
 	Grant   *Grant

@@ -47,6 +47,10 @@ type Hub struct {
 	// order, and the hub's live events (push.join, push.leave) between them
 	deliverMu sync.Mutex
 
+	// matches memoizes which topics the pattern subscriptions' and the
+	// Mercure tokens' selectors match
+	matches *mercureMatchCache
+
 	mu    sync.RWMutex
 	lanes []lane // at least one
 	next  atomic.Uint32
@@ -61,10 +65,15 @@ type Hub struct {
 	idle    sync.WaitGroup // the lanes' goroutines
 }
 
-// lane is a share of a hub's subscriptions: its topic index, and what
-// its fan-out of one event gathers (used by one goroutine at a time).
+// lane is a share of a hub's subscriptions: its topic index, its pattern
+// subscriptions, and what its fan-out of one event gathers (used by one
+// goroutine at a time).
 type lane struct {
 	topics map[string]map[*Subscription]struct{}
+	// patterns has the subscriptions with patterns, grouped by pattern
+	// (its selector's key), so an event costs one match per distinct
+	// pattern and topic, however many subscriptions share the pattern
+	patterns map[string]*patternGroup
 	// out is what the lane's fan-out writes as it goes; behind a pointer,
 	// so that readers of the index may copy a lane while it writes
 	out *laneOut
@@ -74,6 +83,12 @@ type lane struct {
 type laneOut struct {
 	batch   engine.Batch            // writes to connections the engine owns, made together
 	written [len(transports)]uint64 // deliveries of the event, per transport
+}
+
+// patternGroup is the subscriptions of a lane that share a pattern.
+type patternGroup struct {
+	sel  *mercureSelector
+	subs map[*Subscription]struct{}
 }
 
 // maxLanes bounds the fan-out goroutines of a hub.
@@ -87,8 +102,11 @@ const laneQueue = 1024
 // at once.
 const spreadAt = 256
 
+// matchCacheSize bounds a hub's memo of (selector, topic) matches.
+const matchCacheSize = 64 << 10
+
 func newHub(name string) *Hub {
-	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{{topics: make(map[string]map[*Subscription]struct{}), out: new(laneOut)}}}
+	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{newLane()}, matches: newMercureMatchCache(matchCacheSize)}
 	h.idempotencyWindow.Store(int64(DefaultIdempotencyWindow))
 	h.maxPublishTopics.Store(DefaultMaxPublishTopics)
 	return h
@@ -105,8 +123,7 @@ func (h *Hub) startLanes(n int) {
 	h.work = make([]chan *Event, n)
 	h.busy = make([]atomic.Int32, n)
 	for i := range h.lanes {
-		h.lanes[i].topics = make(map[string]map[*Subscription]struct{})
-		h.lanes[i].out = new(laneOut)
+		h.lanes[i] = newLane()
 		if i == 0 {
 			continue // the broker's goroutine
 		}
@@ -120,6 +137,10 @@ func (h *Hub) startLanes(n int) {
 			}
 		}()
 	}
+}
+
+func newLane() lane {
+	return lane{topics: make(map[string]map[*Subscription]struct{}), patterns: make(map[string]*patternGroup), out: new(laneOut)}
 }
 
 // stopLanes ends the lanes' goroutines once they have delivered what they
@@ -262,8 +283,9 @@ func (h *Hub) deliver(ev *Event) {
 	h.deliverLane(ev, 0)
 }
 
-// audience counts the local subscriptions of ev's topics (a subscription
-// to several of them more than once).
+// audience counts the local subscriptions of ev's topics and patterns (a
+// subscription to several of them more than once); it stops matching
+// patterns once the count reaches spreadAt.
 func (h *Hub) audience(ev *Event) int {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -271,6 +293,16 @@ func (h *Hub) audience(ev *Event) int {
 	for _, l := range h.lanes {
 		for _, t := range ev.Topics {
 			n += len(l.topics[t])
+		}
+	}
+	for _, l := range h.lanes {
+		for _, g := range l.patterns {
+			if n >= spreadAt {
+				return n
+			}
+			if h.matches.MatchAny(g.sel, ev.Topics) {
+				n += len(g.subs)
+			}
 		}
 	}
 	return n
@@ -285,24 +317,23 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 	multi := len(ev.Topics) > 1
 	for _, t := range ev.Topics {
 		for s := range l.topics[t] {
-			if multi {
-				// a subscription to several of the event's topics gets it once
-				if ev.live {
-					if s.lastLive == ev {
-						continue
-					}
-					s.lastLive = ev
-				} else if s.lastOffered >= ev.Seq {
-					continue
-				} else {
-					s.lastOffered = ev.Seq
-				}
-			}
-			if ev.Private && !s.mayRead(ev) {
+			// a subscription to several of the event's topics, or to
+			// patterns too, gets it once
+			if (multi || len(s.patterns) > 0) && !s.firstOffer(ev) {
 				continue
 			}
-			if s.offer(ev, &out.batch, &out.written[s.transportIndex]) {
-				out.written[s.transportIndex]++
+			out.offer(s, ev)
+		}
+	}
+	if len(l.patterns) > 0 {
+		for _, g := range l.patterns {
+			if !h.matches.MatchAny(g.sel, ev.Topics) {
+				continue
+			}
+			for s := range g.subs {
+				if s.firstOffer(ev) {
+					out.offer(s, ev)
+				}
 			}
 		}
 	}
@@ -315,20 +346,32 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 	}
 }
 
+// offer hands ev to s, unless it is private and s may not read it.
+func (out *laneOut) offer(s *Subscription, ev *Event) {
+	if ev.Private && !s.mayRead(ev) {
+		return
+	}
+	if s.offer(ev, &out.batch, &out.written[s.transportIndex]) {
+		out.written[s.transportIndex]++
+	}
+}
+
 // Subscribe registers a subscription to topics and reads its backlog after
 // lastEventID. Live events are registered first and the backlog read
 // second, so nothing falls between them; the subscription drops live
 // events the backlog already holds. The caller must Close it.
 func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string, transport string) (*Subscription, error) {
-	return h.subscribe(ctx, topics, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()}, nil, false)
+	return h.subscribe(ctx, topics, nil, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()}, nil, false)
 }
 
 // subscribe is Subscribe for a connection the hub knows as who (its
 // Transport set), so the admin API and presence can name it, admitted on
-// grant (nil: anonymous), which decides the private events it gets. With
-// announce, it publishes push.join to the topics once subscribed, and
-// Close publishes push.leave.
-func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string, who Member, grant *Grant, announce bool) (*Subscription, error) {
+// grant (nil: anonymous), which decides the private events it gets. It
+// also gets the events any of whose topics one of patterns matches (a
+// Mercure subscriber's selectors), each event once however many of its
+// topics and patterns select it. With announce, it publishes push.join to
+// the topics once subscribed, and Close publishes push.leave.
+func (h *Hub) subscribe(ctx context.Context, topics []string, patterns []*mercureSelector, lastEventID string, who Member, grant *Grant, announce bool) (*Subscription, error) {
 	transport := who.Transport
 	who.Presence = announce
 	if !announce {
@@ -337,6 +380,7 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 	s := &Subscription{
 		hub:            h,
 		Topics:         topics,
+		patterns:       patterns,
 		who:            who,
 		grant:          grant,
 		transport:      transport,
@@ -346,14 +390,22 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 	}
 	s.lane = int(h.next.Add(1) % uint32(len(h.lanes)))
 	h.mu.Lock()
-	index := h.lanes[s.lane].topics
+	l := &h.lanes[s.lane]
 	for _, t := range topics {
-		subs := index[t]
+		subs := l.topics[t]
 		if subs == nil {
 			subs = make(map[*Subscription]struct{})
-			index[t] = subs
+			l.topics[t] = subs
 		}
 		subs[s] = struct{}{}
+	}
+	for _, p := range patterns {
+		g := l.patterns[p.key]
+		if g == nil {
+			g = &patternGroup{sel: p, subs: make(map[*Subscription]struct{})}
+			l.patterns[p.key] = g
+		}
+		g.subs[s] = struct{}{}
 	}
 	h.mu.Unlock()
 	h.stats.of(transport).connections.Add(1)
@@ -364,7 +416,7 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 		}
 	}
 
-	b, err := h.broker.Replay(ctx, topics, lastEventID)
+	b, err := h.replay(ctx, topics, patterns, lastEventID)
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -383,14 +435,49 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 	return s, nil
 }
 
+// replay reads the backlog of a subscription to topics and patterns after
+// lastEventID: the broker's Replay without patterns, its ReplayMatching
+// with them. A broker that cannot match resumes no pattern subscription.
+func (h *Hub) replay(ctx context.Context, topics []string, patterns []*mercureSelector, lastEventID string) (Backlog, error) {
+	if len(patterns) == 0 {
+		return h.broker.Replay(ctx, topics, lastEventID)
+	}
+	mr, ok := h.broker.(MatchReplayer)
+	if !ok {
+		b, err := h.broker.Replay(ctx, nil, "") // the head
+		if err == nil && lastEventID != "" {
+			b.Reset = "this hub's broker cannot replay pattern subscriptions"
+		}
+		return b, err
+	}
+	exact := make(map[string]struct{}, len(topics))
+	for _, t := range topics {
+		exact[t] = struct{}{}
+	}
+	return mr.ReplayMatching(ctx, func(topic string) bool {
+		if _, ok := exact[topic]; ok {
+			return true
+		}
+		return slices.ContainsFunc(patterns, func(p *mercureSelector) bool { return h.matches.Match(p, topic) })
+	}, lastEventID)
+}
+
 func (h *Hub) unsubscribe(s *Subscription) {
 	h.mu.Lock()
-	index := h.lanes[s.lane].topics
+	l := &h.lanes[s.lane]
 	for _, t := range s.Topics {
-		if subs := index[t]; subs != nil {
+		if subs := l.topics[t]; subs != nil {
 			delete(subs, s)
 			if len(subs) == 0 {
-				delete(index, t)
+				delete(l.topics, t)
+			}
+		}
+	}
+	for _, p := range s.patterns {
+		if g := l.patterns[p.key]; g != nil {
+			delete(g.subs, s)
+			if len(g.subs) == 0 {
+				delete(l.patterns, p.key)
 			}
 		}
 	}

@@ -196,9 +196,9 @@ func (h *Hub) resync() {
 	}
 }
 
-// matching returns the live subscriptions to any of topics (all of them
-// when topics is empty), each once. They are ended outside the hub's lock:
-// ending one may unsubscribe it.
+// matching returns the live subscriptions to any of topics, or with a
+// pattern that matches one (all of them when topics is empty), each once.
+// They are ended outside the hub's lock: ending one may unsubscribe it.
 func (h *Hub) matching(topics []string) []*Subscription {
 	h.mu.RLock()
 	defer h.mu.RUnlock()
@@ -220,6 +220,11 @@ func (h *Hub) matching(topics []string) []*Subscription {
 		}
 		for _, t := range topics {
 			add(l.topics[t])
+		}
+		for _, g := range l.patterns {
+			if len(topics) == 0 || h.matches.MatchAny(g.sel, topics) {
+				add(g.subs)
+			}
 		}
 	}
 	return out

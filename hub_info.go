@@ -194,14 +194,20 @@ func (h *Hub) joined() []Joined {
 	defer h.mu.RUnlock()
 	seen := make(map[*Subscription]bool)
 	var out []Joined
+	add := func(subs map[*Subscription]struct{}) {
+		for s := range subs {
+			if !seen[s] {
+				seen[s] = true
+				out = append(out, Joined{Member: s.who, Topics: s.Topics})
+			}
+		}
+	}
 	for _, l := range h.lanes {
 		for _, subs := range l.topics {
-			for s := range subs {
-				if !seen[s] {
-					seen[s] = true
-					out = append(out, Joined{Member: s.who, Topics: s.Topics})
-				}
-			}
+			add(subs)
+		}
+		for _, g := range l.patterns {
+			add(g.subs)
 		}
 	}
 	return out

@@ -103,7 +103,7 @@ func (e *Endpoint) subscribe(ctx context.Context, a *admission, who Member) (*Su
 			who.Announced = on
 		}
 	}
-	sub, err := e.hub.subscribe(ctx, a.Topics, a.LastEventID, who, a.Grant, announce)
+	sub, err := e.hub.subscribe(ctx, a.Topics, a.Patterns, a.LastEventID, who, a.Grant, announce)
 	if err == nil && a.Grant != nil {
 		sub.ExpireAt(a.Grant.Expires)
 	}

@@ -328,7 +328,7 @@ func TestPresenceLiveEventOncePerSubscription(t *testing.T) {
 	h := openHub(t, HistoryLimits{Events: 100})
 	head := mustPublish(t, h, "before", "a")
 	s := mustSubscribe(t, h, "", "a", "b")
-	m, err := h.subscribe(context.Background(), []string{"a", "b"}, "", Member{Connection: "c1", Transport: TransportSSE, Since: time.Now()}, nil, true)
+	m, err := h.subscribe(context.Background(), []string{"a", "b"}, nil, "", Member{Connection: "c1", Transport: TransportSSE, Since: time.Now()}, nil, true)
 	if err != nil {
 		t.Fatal(err)
 	}

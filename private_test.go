@@ -157,7 +157,7 @@ func TestPrivateEventsBookkeeping(t *testing.T) {
 	}
 	who := func() Member { return Member{Connection: connectionID(), Transport: TransportSSE, Since: time.Now()} }
 	anon := mustSubscribe(t, h, "", "a", "b")
-	reader, err := h.subscribe(ctx, []string{"a", "b"}, "", who(), &Grant{Subscribe: []string{"b"}}, false)
+	reader, err := h.subscribe(ctx, []string{"a", "b"}, nil, "", who(), &Grant{Subscribe: []string{"b"}}, false)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -190,7 +190,7 @@ func TestPrivateEventsBookkeeping(t *testing.T) {
 	if late.skipThrough != 5 {
 		t.Fatalf("backlog covers up to %d, want 5", late.skipThrough)
 	}
-	lateReader, err := h.subscribe(ctx, []string{"a"}, from, who(), &Grant{Subscribe: []string{"a"}}, false)
+	lateReader, err := h.subscribe(ctx, []string{"a"}, nil, from, who(), &Grant{Subscribe: []string{"a"}}, false)
 	if err != nil {
 		t.Fatal(err)
 	}

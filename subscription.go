@@ -28,6 +28,9 @@ type Subscription struct {
 	lastLive       *Event          // the same, for live events (which have no Seq)
 	skipThrough    uint64          // live events up to here are already in the backlog
 	presence       []topicPresence // push.presence data to send first, per topic
+	// patterns select topics besides Topics (a Mercure subscriber's
+	// selectors); set before the hub indexes it, never changed
+	patterns []*mercureSelector
 
 	mu      sync.Mutex
 	pending []*Event
@@ -254,12 +257,35 @@ func (s *Subscription) Take(buf []*Event) []*Event {
 	return slices.DeleteFunc(batch, func(ev *Event) bool { return !s.fresh(ev) })
 }
 
+// firstOffer reports whether ev is offered to the subscription for the
+// first time, and marks it offered: an event can reach a subscription
+// through several of its topics and patterns. Only its lane calls it,
+// with events in id order.
+func (s *Subscription) firstOffer(ev *Event) bool {
+	if ev.live {
+		if s.lastLive == ev {
+			return false
+		}
+		s.lastLive = ev
+		return true
+	}
+	if s.lastOffered >= ev.Seq {
+		return false
+	}
+	s.lastOffered = ev.Seq
+	return true
+}
+
 // mayRead reports whether the subscription may get ev, a private event:
 // Mercure's rule, its connection's verified token allows one of ev's
-// topics. The fan-out asks only for private events.
+// topics (with a Mercure token, one of its subscribe selectors matches
+// one). The fan-out asks only for private events.
 func (s *Subscription) mayRead(ev *Event) bool {
 	if s.grant == nil {
 		return false
+	}
+	if s.grant.mercure != nil {
+		return s.grant.mercure.CanReceivePrivate(ev.Topics, s.hub.matches)
 	}
 	for _, t := range ev.Topics {
 		if s.grant.CanSubscribe(t) {
