@@ -13,6 +13,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
 	"math/big"
 	"slices"
 	"strconv"
@@ -527,20 +528,13 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 	if lastEventID == "" {
 		return b, nil
 	}
-	e, after, ok := push.ParseID(lastEventID)
-	if !ok || after > head {
-		b.Reset = "unknown event id"
-		return b, nil
+	after, reset, err := s.resumePoint(ctx, epoch, head, lastEventID)
+	if err != nil {
+		return push.Backlog{}, err
 	}
-	if e != epoch {
-		kept, err := s.continues(ctx, e, after)
-		if err != nil {
-			return push.Backlog{}, unavailable(err)
-		}
-		if !kept {
-			b.Reset = "event id is from another hub, or from events Redis lost (a restart from an older snapshot, or a failover)"
-			return b, nil
-		}
+	if reset != "" {
+		b.Reset = reset
+		return b, nil
 	}
 	s.mu.Lock()
 	ttl := s.limits.TTL
@@ -565,11 +559,9 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 		trimmed = append(trimmed, m.Val())
 	}
 	for _, v := range trimmed {
-		if str, ok := v.(string); ok && str != "" {
-			if n, _ := strconv.ParseUint(str, 10, 64); n > after {
-				b.Reset = "events after this id are no longer in history"
-				return b, nil
-			}
+		if markSeq(v) > after {
+			b.Reset = "events after this id are no longer in history"
+			return b, nil
 		}
 	}
 	expired := false
@@ -604,6 +596,166 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 	slices.SortFunc(b.Events, func(x, y *push.Event) int { return cmp.Compare(x.Seq, y.Seq) })
 	b.Events = slices.CompactFunc(b.Events, func(x, y *push.Event) bool { return x.Seq == y.Seq })
 	return b, nil
+}
+
+// resumePoint reads a client's last event id against the hub's epoch and
+// head: the seq to replay after, or why the id cannot be resumed from.
+func (s *store) resumePoint(ctx context.Context, epoch string, head uint64, lastEventID string) (after uint64, reset string, err error) {
+	e, after, ok := push.ParseID(lastEventID)
+	if !ok || after > head {
+		return 0, "unknown event id", nil
+	}
+	if e != epoch {
+		kept, err := s.continues(ctx, e, after)
+		if err != nil {
+			return 0, "", unavailable(err)
+		}
+		if !kept {
+			return 0, "event id is from another hub, or from events Redis lost (a restart from an older snapshot, or a failover)", nil
+		}
+	}
+	return after, "", nil
+}
+
+// markSeq reads a topic's trim mark: the newest seq trimmed from its
+// stream (0: none, or no mark).
+func markSeq(v any) uint64 {
+	str, _ := v.(string)
+	n, _ := strconv.ParseUint(str, 10, 64)
+	return n
+}
+
+// earliestID is the last event id that asks for every retained event,
+// with no reset for what history no longer holds.
+const earliestID = "earliest"
+
+// ReplayMatching reads the hub-wide stream, which holds the newest events
+// of every topic (at least 10,000, or ten times history), from after the
+// id to the head, and applies Replay's rules to the matching events: one
+// older than history_ttl, or no longer in a topic stream (its trim mark
+// is after the id), resets the client, as does a hub-wide stream that no
+// longer reaches back to the id. From "earliest" it returns the matching
+// events some matching topic's stream still holds, and never resets.
+func (s *store) ReplayMatching(ctx context.Context, match func(topic string) bool, lastEventID string) (push.Backlog, error) {
+	epoch, head, err := s.head(ctx)
+	if err != nil {
+		return push.Backlog{}, unavailable(err)
+	}
+	b := push.Backlog{Head: push.FormatID(epoch, head), HeadSeq: head}
+	if lastEventID == "" {
+		return b, nil
+	}
+	earliest := lastEventID == earliestID
+	var after uint64
+	if !earliest {
+		var reset string
+		if after, reset, err = s.resumePoint(ctx, epoch, head, lastEventID); err != nil {
+			return push.Backlog{}, err
+		}
+		if reset != "" {
+			b.Reset = reset
+			return b, nil
+		}
+	}
+	gone := push.Backlog{Head: b.Head, HeadSeq: head, Reset: "events after this id are no longer in history"}
+	s.mu.Lock()
+	ttl := s.limits.TTL
+	s.mu.Unlock()
+	topics := make(map[string]bool) // the matching topics of the events read
+	matches := func(ev *push.Event) bool {
+		found := false
+		for _, t := range ev.Topics {
+			if match(t) {
+				topics[t], found = true, true
+			}
+		}
+		return found
+	}
+	// up to head: an event stored after it comes live, and replaying it
+	// would skip the live events between head and it
+	last := strconv.FormatUint(head, 10) + "-1"
+	for next := after; next < head; {
+		entries, err := s.client.XRangeN(ctx, s.key("all"), streamAfter(next), last, 1000).Result()
+		if err != nil {
+			return push.Backlog{}, unavailable(err)
+		}
+		if len(entries) == 0 {
+			if earliest {
+				break
+			}
+			return gone, nil // the stream ends before the head
+		}
+		for _, en := range entries {
+			seq := entrySeq(en.ID)
+			if !earliest && seq != next+1 {
+				return gone, nil // it no longer reaches back to the id
+			}
+			next = seq
+			ev, err := decode(en.Values["v"])
+			switch {
+			case err != nil:
+				if !earliest {
+					return gone, nil
+				}
+			case !matches(ev):
+			case ttl > 0 && time.Since(ev.Time) > ttl:
+				if !earliest {
+					return gone, nil
+				}
+			default:
+				b.Events = append(b.Events, ev)
+			}
+		}
+	}
+	if len(b.Events) == 0 {
+		return b, nil
+	}
+	mark, err := s.trimMarks(ctx, slices.Collect(maps.Keys(topics)))
+	if err != nil {
+		return push.Backlog{}, unavailable(err)
+	}
+	if !earliest {
+		for _, m := range mark {
+			if m > after {
+				return gone, nil
+			}
+		}
+		return b, nil
+	}
+	// keep what a matching topic's stream holds: what is after its mark
+	b.Events = slices.DeleteFunc(b.Events, func(ev *push.Event) bool {
+		return !slices.ContainsFunc(ev.Topics, func(t string) bool { return topics[t] && ev.Seq > mark[t] })
+	})
+	return b, nil
+}
+
+// trimMarks reads the trim marks of topics.
+func (s *store) trimMarks(ctx context.Context, topics []string) (map[string]uint64, error) {
+	pipe := s.client.Pipeline()
+	legacy := pipe.HMGet(ctx, s.key("trimmed"), topics...)
+	marks := make([]*goredis.StringCmd, len(topics))
+	for i, t := range topics {
+		marks[i] = pipe.Get(ctx, s.key("tr:"+t))
+	}
+	if _, err := pipe.Exec(ctx); err != nil && !errors.Is(err, goredis.Nil) {
+		return nil, err
+	}
+	old := legacy.Val()
+	out := make(map[string]uint64, len(topics))
+	for i, t := range topics {
+		out[t] = markSeq(marks[i].Val())
+		if i < len(old) {
+			out[t] = max(out[t], markSeq(old[i]))
+		}
+	}
+	return out, nil
+}
+
+// entrySeq is the seq of a stream entry, from its id "<seq>-1".
+func entrySeq(id string) uint64 {
+	seq, _, _ := strings.Cut(id, "-")
+	n, _ := strconv.ParseUint(seq, 10, 64)
+	return n
 }
 
 // mayHaveExpired tells whether a topic stream that is gone (it expires
@@ -713,5 +865,6 @@ var (
 	_ push.Roster           = (*store)(nil)
 	_ push.Inspector        = (*store)(nil)
 	_ push.IdempotentBroker = (*store)(nil)
+	_ push.MatchReplayer    = (*store)(nil)
 	_ caddyfile.Unmarshaler = (*Broker)(nil)
 )
