@@ -1,9 +1,11 @@
 package push
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -185,7 +187,7 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 			return Published{}, err
 		}
 		h.stats.published.Add(1)
-		return Published{ID: ev.ID}, nil
+		return Published{ID: ev.PublicID()}, nil
 	}
 	b, ok := h.broker.(IdempotentBroker)
 	if !ok {
@@ -206,10 +208,11 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 		return Published{}, err
 	case first != "":
 		h.stats.replays.Add(1)
-		return Published{ID: first, Replayed: true}, nil
+		// the first message had the same fingerprint, and so the same id
+		return Published{ID: cmp.Or(m.CustomID, first), Replayed: true}, nil
 	}
 	h.stats.published.Add(1)
-	return Published{ID: ev.ID}, nil
+	return Published{ID: ev.PublicID()}, nil
 }
 
 // Validate reports why m may not be published on this hub, as PublishAs
@@ -316,9 +319,11 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 }
 
 // Subscribe registers a subscription to topics and reads its backlog after
-// lastEventID. Live events are registered first and the backlog read
-// second, so nothing falls between them; the subscription drops live
-// events the backlog already holds. The caller must Close it.
+// lastEventID: an id a client saw (the hub's, "#<hub id>", or a
+// publisher's own), EarliestID for the whole history, or "" for none.
+// Live events are registered first and the backlog read second, so
+// nothing falls between them; the subscription drops live events the
+// backlog already holds. The caller must Close it.
 func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string, transport string) (*Subscription, error) {
 	return h.subscribe(ctx, topics, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()}, nil, false)
 }
@@ -364,7 +369,7 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 		}
 	}
 
-	b, err := h.broker.Replay(ctx, topics, lastEventID)
+	b, err := h.replay(ctx, topics, lastEventID)
 	if err != nil {
 		s.Close()
 		return nil, err
@@ -381,6 +386,41 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, lastEventID string
 		h.announce(s, "push.join")
 	}
 	return s, nil
+}
+
+// replay is the broker's Replay from a client's last event id, whichever
+// kind it is: the hub's id, "#<hub id>" (Mercure's spelling of the hub's
+// ids), EarliestID, or a publisher's own id (Message.CustomID), which
+// resumes after the earliest event in history that has it. Anything else
+// is a reset.
+func (h *Hub) replay(ctx context.Context, topics []string, lastEventID string) (Backlog, error) {
+	from, known, err := h.resumePoint(ctx, lastEventID)
+	switch {
+	case err != nil:
+		return Backlog{}, err
+	case !known:
+		b, err := h.broker.Replay(ctx, topics, "") // the head, for the reset
+		b.Reset = "unknown event id"
+		return b, err
+	}
+	return h.broker.Replay(ctx, topics, from)
+}
+
+// resumePoint turns a client's last event id into one Replay reads: a
+// hub id, "" or EarliestID. known is false for an id of neither kind.
+func (h *Hub) resumePoint(ctx context.Context, id string) (from string, known bool, err error) {
+	if _, _, ok := ParseID(id); ok || id == "" {
+		return id, true, nil // the common case, at no cost
+	}
+	id = strings.TrimPrefix(id, "#")
+	if _, _, ok := ParseID(id); ok || id == EarliestID {
+		return id, true, nil
+	}
+	r, ok := h.broker.(IDResolver)
+	if !ok || ValidateCustomID(id) != nil {
+		return "", false, nil
+	}
+	return r.ResolveID(ctx, id)
 }
 
 func (h *Hub) unsubscribe(s *Subscription) {
