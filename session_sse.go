@@ -2,6 +2,7 @@ package push
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -45,17 +46,26 @@ func (s *sseSession) open(sw *sseWriter, lastEventID string) bool {
 // (its first reconnect resumes from there, not from nothing), and a
 // client that resumed with ?lastEventId (a new EventSource, which knows no
 // id yet) from that id, so a pause listener reading e.lastEventId gets it.
-// After a reset, the push.reset event carries the head instead.
+// After a reset, the push.reset event carries the head instead; after
+// EarliestID, the backlog's events carry their ids, and a client with
+// none still wants the earliest.
 func startID(b Backlog, lastEventID string) string {
 	switch {
-	case b.Reset != "":
+	case b.Reset != "" || lastEventID == EarliestID:
 		return ""
 	case lastEventID == "":
 		return b.Head
 	}
 	// canonical, and so safe to echo: ParseID accepts no line breaks
-	epoch, seq, _ := ParseID(lastEventID)
-	return FormatID(epoch, seq)
+	if epoch, seq, ok := ParseID(strings.TrimPrefix(lastEventID, "#")); ok {
+		return FormatID(epoch, seq)
+	}
+	// a publisher's id, which has none either, or it would not have
+	// resumed
+	if ValidateCustomID(lastEventID) == nil {
+		return lastEventID
+	}
+	return ""
 }
 
 // ended ends the stream the way the hub's reason for ending the

@@ -14,8 +14,9 @@ func (e *Event) SSE() []byte {
 		// "\n" per line, and at most 41 bytes of field names, the retry's
 		// digits and line ends besides
 		lines := 1 + strings.Count(e.Data, "\n") + strings.Count(e.Data, "\r")
-		b := make([]byte, 0, len(e.ID)+len(e.Type)+len(e.Data)+7*lines+41)
-		e.sse = appendSSE(b, e.ID, e.Type, e.Data, e.Retry)
+		id := e.PublicID()
+		b := make([]byte, 0, len(id)+len(e.Type)+len(e.Data)+7*lines+41)
+		e.sse = appendSSE(b, id, e.Type, e.Data, e.Retry)
 	})
 	return e.sse
 }
