@@ -200,6 +200,10 @@ type Event struct {
 
 	sseOnce sync.Once
 	sse     []byte
+	// the same with the hub's id as a fragment, "#<id>" (push_mercure),
+	// made only for events that have a hub id to show
+	hashOnce sync.Once
+	hashSSE  []byte
 
 	// WebSocket messages by format and topic, read without a lock by
 	// every connection: the first one made (most events need no other),

@@ -75,3 +75,17 @@ func (s *Subscription) appendPresence(b []byte) []byte {
 	s.presence = nil
 	return b
 }
+
+// sseFor is SSE, or with hashIDs the encoding push_mercure sends: the
+// hub's id as a fragment, "#<id>", which the Mercure protocol allows for
+// ids a hub makes (a publisher's own id, which may not start with "#",
+// is sent as it is, and so is an event without an id).
+func (e *Event) sseFor(hashIDs bool) []byte {
+	if !hashIDs || e.ID == "" || e.PublicID() != e.ID {
+		return e.SSE()
+	}
+	e.hashOnce.Do(func() {
+		e.hashSSE = appendSSE(make([]byte, 0, len(e.SSE())+1), "#"+e.ID, e.Type, e.Data, e.Retry)
+	})
+	return e.hashSSE
+}
