@@ -239,7 +239,10 @@ type admission struct {
 	Grant *Grant
 	// opened, when set, adds response headers once the subscription is
 	// made (push_mercure's Last-Event-ID)
-	opened  func(http.Header, *Subscription)
+	opened func(http.Header, *Subscription)
+	// mercure, when set, is the connection's tracked Mercure
+	// subscriptions (push_mercure with subscriptions)
+	mercure *MercureSubscriber
 	release func()
 }
 

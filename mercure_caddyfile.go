@@ -28,7 +28,6 @@ var mercureNoMeaning = map[string]string{
 	"demo":                           "nothing: there is no demo mode",
 	"public_urls":                    "nothing: the hub's URL is taken from each request",
 	"issuer":                         "publisher_jwt and subscriber_jwt (or their jwks_url forms) with jwt_issuer",
-	"subscriptions":                  "nothing yet: the active-subscriptions API is not in this release (presence on push_sse and push_ws tells who is connected)",
 }
 
 // UnmarshalCaddyfile sets up the Mercure hub from Caddyfile tokens. Its
@@ -42,6 +41,8 @@ var mercureNoMeaning = map[string]string{
 //		jwt_audience           <aud>    (Mercure's resource_identifier)
 //		jwt_issuer             <iss>
 //		anonymous
+//		subscriptions
+//		discover
 //		cors_origins           <origin...>
 //		publish_origins        <origin...>
 //		cookie_name            <name>
@@ -76,6 +77,12 @@ func (h *MercureHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, parseString(d, &h.JWTIssuer)
 		case "anonymous":
 			h.Anonymous = true
+			return true, noArgs(d)
+		case "subscriptions":
+			h.Subscriptions = true
+			return true, noArgs(d)
+		case "discover":
+			h.Discover = true
 			return true, noArgs(d)
 		case "cors_origins":
 			return true, parseList(d, &h.CORSOrigins)

@@ -1,6 +1,8 @@
 package push
 
 import (
+	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
@@ -63,6 +65,17 @@ type MercureHandler struct {
 	// Whether subscribers without a token are served (public updates
 	// only). Default: false (a token is required).
 	Anonymous bool `json:"anonymous,omitempty"`
+
+	// Whether subscriptions are tracked: each one's creation and end is
+	// published as a private update of type "mercure", and the active
+	// subscriptions API under the hub lists them, cluster-wide on Redis.
+	// Default: false.
+	Subscriptions bool `json:"subscriptions,omitempty"`
+
+	// Whether the requests the handler passes on get the discovery
+	// header, Link: <hub URL>; rel="mercure", on their responses.
+	// Default: false.
+	Discover bool `json:"discover,omitempty"`
 
 	// Origins whose pages may subscribe from another origin (CORS), with
 	// their cookies; "*" allows every origin, without cookies. Default: none.
@@ -206,10 +219,23 @@ func (h *MercureHandler) Cleanup() error { return h.sse.Cleanup() }
 // ServeHTTP serves the hub URL and passes every other request on.
 func (h *MercureHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, next caddyhttp.Handler) error {
 	p := r.URL.Path
+	if p == mercureMetadataPrefix+h.Path {
+		return h.serveMetadata(w, r)
+	}
 	if p != h.Path && !strings.HasPrefix(p, h.Path+"/") {
+		if h.Discover {
+			w.Header().Add("Link", "<"+h.baseURL(r)+`>; rel="mercure"`)
+		}
 		return next.ServeHTTP(w, r)
 	}
 	preflight := h.cors(w, r)
+	if h.Subscriptions && (p == h.Path+"/subscriptions" || strings.HasPrefix(p, h.Path+"/subscriptions/")) {
+		if preflight {
+			w.WriteHeader(http.StatusNoContent)
+			return nil
+		}
+		return h.serveSubscriptions(w, r)
+	}
 	if p != h.Path {
 		return writeError(w, r, http.StatusNotFound, fmt.Errorf("no such resource under the hub: %s", p))
 	}
@@ -249,7 +275,7 @@ func (h *MercureHandler) cors(w http.ResponseWriter, r *http.Request) bool {
 		return false
 	}
 	if r.Method != http.MethodOptions || r.Header.Get("Access-Control-Request-Method") == "" {
-		hdr.Set("Access-Control-Expose-Headers", "Last-Event-ID, Mercure-Last-Event-ID, WWW-Authenticate")
+		hdr.Set("Access-Control-Expose-Headers", "Last-Event-ID, Mercure-Last-Event-ID, Link, WWW-Authenticate")
 		return false
 	}
 	hdr.Set("Access-Control-Allow-Methods", "GET, HEAD, QUERY, POST")
@@ -262,9 +288,9 @@ func (h *MercureHandler) cors(w http.ResponseWriter, r *http.Request) bool {
 // challenge (error="invalid_token", or none when no token was sent), or
 // 403 with error="insufficient_scope".
 func (h *MercureHandler) authError(w http.ResponseWriter, r *http.Request, status int, code string, err error) error {
-	challenge := "Bearer"
+	challenge := `Bearer resource_metadata="` + h.metadataURL(r) + `"`
 	if code != "" {
-		challenge += ` error="` + code + `"`
+		challenge += `, error="` + code + `"`
 	}
 	w.Header().Set("WWW-Authenticate", challenge)
 	return writeError(w, r, status, err)
@@ -340,3 +366,46 @@ var (
 	_ caddy.CleanerUpper          = (*MercureHandler)(nil)
 	_ caddyhttp.MiddlewareHandler = (*MercureHandler)(nil)
 )
+
+// mercureMetadataPrefix is where RFC 9728 puts a protected resource's
+// metadata: this, then the resource's path.
+const mercureMetadataPrefix = "/.well-known/oauth-protected-resource"
+
+// metadataURL is where the hub's protected resource metadata is.
+func (h *MercureHandler) metadataURL(r *http.Request) string {
+	scheme := "http"
+	if r.TLS != nil {
+		scheme = "https"
+	}
+	return scheme + "://" + r.Host + mercureMetadataPrefix + h.Path
+}
+
+// serveMetadata answers the hub's OAuth 2.0 protected resource metadata
+// (RFC 9728), as the draft describes it: the resource identifier (the
+// audience tokens must name, jwt_audience, or else the hub's URL), the
+// authorization detail type, how tokens are presented, the cookie, the
+// matcher types and whether subscriptions are tracked.
+func (h *MercureHandler) serveMetadata(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet && r.Method != http.MethodHead {
+		w.Header().Set("Allow", "GET, HEAD")
+		return writeError(w, r, http.StatusMethodNotAllowed, errors.New("the metadata is read with GET"))
+	}
+	md := map[string]any{
+		"resource":                              cmp.Or(caddy.NewReplacer().ReplaceKnown(h.JWTAudience, ""), h.baseURL(r)),
+		"authorization_details_types_supported": []string{mercureDetailType},
+		"bearer_methods_supported":              []string{"header"},
+		"mercure_cookie":                        h.CookieName,
+		"mercure_matcher_types_supported":       mercureTypes,
+	}
+	if h.Subscriptions {
+		md["mercure_subscriptions"] = true
+	}
+	data, _ := json.Marshal(md)
+	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Cache-Control", "max-age=3600")
+	w.WriteHeader(http.StatusOK)
+	if r.Method == http.MethodGet {
+		_, _ = w.Write(data)
+	}
+	return nil
+}

@@ -26,7 +26,7 @@ func (h *MercureHandler) subscribe(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return h.authError(w, r, status, code, err)
 	}
-	topics, patterns, err := h.selectors(base, query, body)
+	sels, err := h.selectors(base, query, body)
 	if err != nil {
 		return writeError(w, r, http.StatusBadRequest, err)
 	}
@@ -41,9 +41,31 @@ func (h *MercureHandler) subscribe(w http.ResponseWriter, r *http.Request) error
 	}
 	// the header first, then the draft's name, then v0.21's
 	lastID := cmp.Or(r.Header.Get("Last-Event-ID"), get("last_event_id"), get("lastEventID"))
-	a := &admission{Topics: topics, Patterns: patterns, LastEventID: lastID, Grant: grant, release: release}
-	if lastID != "" {
-		a.opened = func(hdr http.Header, sub *Subscription) {
+	a := &admission{LastEventID: lastID, Grant: grant, release: release}
+	for _, sel := range sels {
+		if sel.Trivial() && !sel.all && ValidateTopic(sel.String()) == nil {
+			a.Topics = append(a.Topics, sel.String()) // an index lookup
+		} else {
+			a.Patterns = append(a.Patterns, sel)
+		}
+	}
+	if h.Subscriptions {
+		var claims *mercureClaims
+		if grant != nil {
+			claims = grant.mercure
+		}
+		a.mercure = h.newMercureSubscriber(sels, claims)
+		for _, s := range a.mercure.Subscriptions {
+			a.Topics = append(a.Topics, s.Key)
+		}
+	}
+	slices.Sort(a.Topics)
+	a.Topics = slices.Compact(a.Topics)
+	a.opened = func(hdr http.Header, sub *Subscription) {
+		if a.mercure != nil {
+			h.sse.hub.mercureSubscriptionEvents(a.mercure, true)
+		}
+		if lastID != "" {
 			// the event before the first one sent: the one asked for,
 			// or "earliest" when the hub has nothing before what it sends
 			at := lastID
@@ -113,8 +135,10 @@ func (h *MercureHandler) authenticateSubscriber(r *http.Request, get func(string
 // event's topics (once per pattern and topic, cached). A name in the
 // reserved match namespace that names no matcher type, a malformed or
 // over-long value, too many selectors, or none at all is an error (400).
-func (h *MercureHandler) selectors(base string, parts ...url.Values) (topics []string, patterns []*mercureSelector, err error) {
+// A selector given twice counts once.
+func (h *MercureHandler) selectors(base string, parts ...url.Values) ([]*mercureSelector, error) {
 	n := 0
+	var sels []*mercureSelector
 	seen := make(map[string]bool)
 	for _, part := range parts {
 		names := make([]string, 0, len(part))
@@ -125,37 +149,34 @@ func (h *MercureHandler) selectors(base string, parts ...url.Values) (topics []s
 		for _, name := range names {
 			kind, ok, err := mercureParamKind(name, true, true)
 			if err != nil {
-				return nil, nil, fmt.Errorf("%v: use match, match_exact, match_urlpattern or match_uritemplate", err)
+				return nil, fmt.Errorf("%v: use match, match_exact, match_urlpattern or match_uritemplate", err)
 			}
 			if !ok {
 				continue
 			}
 			for _, v := range part[name] {
 				if n++; n > h.MaxSelectors {
-					return nil, nil, fmt.Errorf("too many topic selectors: more than %d", h.MaxSelectors)
+					return nil, fmt.Errorf("too many topic selectors: more than %d", h.MaxSelectors)
 				}
 				if len(v) > mercureMaxSelectorLen {
-					return nil, nil, fmt.Errorf("%s selector %.40q... is longer than %d bytes", kind, v, mercureMaxSelectorLen)
+					return nil, fmt.Errorf("%s selector %.40q... is longer than %d bytes", kind, v, mercureMaxSelectorLen)
 				}
 				if v == "" {
-					return nil, nil, fmt.Errorf("empty %s selector", name)
+					return nil, fmt.Errorf("empty %s selector", name)
 				}
 				sel, err := newMercureSelector(kind, v, base)
 				if err != nil {
-					return nil, nil, err
+					return nil, err
 				}
-				if sel.Trivial() && !sel.all && ValidateTopic(v) == nil {
-					topics = append(topics, v)
-				} else if !seen[sel.key] {
+				if !seen[sel.key] {
 					seen[sel.key] = true
-					patterns = append(patterns, sel)
+					sels = append(sels, sel)
 				}
 			}
 		}
 	}
 	if n == 0 {
-		return nil, nil, errors.New("no topic selector: add match=<topic> (or topic=<selector>, as v0.21 clients do)")
+		return nil, errors.New("no topic selector: add match=<topic> (or topic=<selector>, as v0.21 clients do)")
 	}
-	slices.Sort(topics)
-	return slices.Compact(topics), patterns, nil
+	return sels, nil
 }

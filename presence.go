@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -35,6 +36,9 @@ type Member struct {
 	Announced []string `json:"announced,omitempty"`
 	// Node is the node that holds the connection, in a cluster's answers.
 	Node string `json:"node,omitempty"`
+	// Mercure is a push_mercure connection's subscriptions, when its
+	// handler tracks them (the subscriptions option).
+	Mercure *MercureSubscriber `json:"mercure,omitempty"`
 }
 
 // announcedOn reports whether m is announced to topic and listed in its
@@ -56,7 +60,10 @@ func (m Member) announcedTopics(topics []string) []string {
 
 // member is who the admitted request is, on transport.
 func (a *admission) member(r *http.Request, transport string) Member {
-	m := Member{Connection: connectionID(), Transport: transport, RemoteAddr: clientIP(r), Since: time.Now()}
+	m := Member{Connection: connectionID(), Transport: transport, RemoteAddr: clientIP(r), Since: time.Now(), Mercure: a.mercure}
+	if a.mercure != nil {
+		m.Connection = strings.TrimPrefix(a.mercure.ID, "urn:uuid:")
+	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
 	if user, _ := repl.GetString("http.auth.user.id"); user != "" {
 		m.User = user

@@ -324,5 +324,8 @@ func (s *Subscription) Close() {
 		if s.who.Presence {
 			s.hub.announce(s, "push.leave")
 		}
+		if s.who.Mercure != nil {
+			s.hub.mercureSubscriptionEvents(s.who.Mercure, false)
+		}
 	}
 }
