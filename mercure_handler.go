@@ -118,6 +118,7 @@ type MercureHandler struct {
 	publisherJWT   JWT
 	subscriberJWT  *JWT // nil: anonymous only
 	matches        *mercureMatchCache
+	compiled       *selectorCache
 	corsAll        bool
 	publishAllowed func(origin string) bool
 }
@@ -188,6 +189,7 @@ func (h *MercureHandler) Provision(ctx caddy.Context) error {
 		h.subscriberJWT = &j
 	}
 	h.matches = newMercureMatchCache(1 << 16)
+	h.compiled = new(selectorCache)
 	h.sse = SSEHandler{
 		Endpoint: Endpoint{
 			Hub:                 h.Hub,

@@ -99,13 +99,13 @@ func TestMercurePublishAndSubscribe(t *testing.T) {
 	other := subscribe(t, c.mercureURL("match_urlpattern", "https://example.com/authors/:id"), nil)
 	plain := subscribe(t, c.URL+"/sse?topic="+url.QueryEscape("https://example.com/books/1"), nil)
 
-	status, id, hdr := c.mercurePublish(pub, url.Values{"topic": {"https://example.com/books/1"}, "data": {`{"title":"Dune"}`}, "type": {"book"}})
+	status, id, hdr := c.mercurePublish(pub, url.Values{"topic": {"https://example.com/books/1"}, "data": {`{"title":"Dune"}`}, "type": {"book"}, "retry": {"2500"}})
 	if status != 200 || !strings.HasPrefix(id, "#") || hdr.Get("Content-Type") != "text/plain; charset=utf-8" {
 		t.Fatalf("publish: %d %q %q", status, id, hdr.Get("Content-Type"))
 	}
 	for name, s := range map[string]*sseClient{"match": exact, "match_urlpattern": pattern, "match_uritemplate": template, "topic": legacy, "*": all} {
 		ev := s.nextEvent(2 * time.Second)
-		if ev.ID != id || ev.Data != `{"title":"Dune"}` || ev.Type != "book" {
+		if ev.ID != id || ev.Data != `{"title":"Dune"}` || ev.Type != "book" || ev.Retry != 2500 {
 			t.Errorf("%s: got %+v, want id %s", name, ev, id)
 		}
 	}
@@ -380,23 +380,27 @@ func TestMercureIDsAndReconciliation(t *testing.T) {
 // too.
 func TestMercureQueryMethod(t *testing.T) {
 	c := startCaddy(t, mercureSite)
-	form := url.Values{"match": {"q2"}}.Encode()
-	req, _ := http.NewRequest("QUERY", c.mercureURL("match", "q1"), strings.NewReader(form))
+	pub := mercurePublisherToken(t, "*")
+	if st, body, _ := c.mercurePublish(pub, url.Values{"topic": {"q0"}, "id": {"urn:uuid:k"}}); st != 200 {
+		t.Fatalf("publish: %d %s", st, body)
+	}
+	form := url.Values{"match": {"q2"}, "last_event_id": {"earliest"}}.Encode()
+	req, _ := http.NewRequest("QUERY", c.mercureURL("match", "q1", "last_event_id", "urn:uuid:k"), strings.NewReader(form))
 	req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
 	resp, err := testClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if resp.StatusCode != 200 {
-		t.Fatalf("QUERY: %d", resp.StatusCode)
+	// last_event_id is in both parts: the query's counts
+	if resp.StatusCode != 200 || resp.Header.Get("Mercure-Last-Event-ID") != "urn:uuid:k" {
+		t.Fatalf("QUERY: %d %q", resp.StatusCode, resp.Header.Get("Mercure-Last-Event-ID"))
 	}
 	items := make(chan sseItem, 100)
 	go func() {
 		_ = parseSSE(resp.Body, func(it sseItem) bool { items <- it; return true })
 		close(items)
 	}()
-	pub := mercurePublisherToken(t, "*")
 	for _, topic := range []string{"q1", "q2", "q3"} {
 		if st, body, _ := c.mercurePublish(pub, url.Values{"topic": {topic}, "data": {topic}}); st != 200 {
 			t.Fatalf("publish: %d %s", st, body)
@@ -480,4 +484,46 @@ func TestMercureCaddyfile(t *testing.T) {
 			t.Errorf("%s: %v, want an error naming %q", opt, err, want)
 		}
 	}
+}
+
+// A token is taken from the Authorization header before the cookie a
+// browser sends by itself; a draft token needs exp; a stream admitted on a
+// token ends at its exp; replayed private updates are checked against the
+// token as live ones are.
+func TestMercureTokenRules(t *testing.T) {
+	c := startCaddy(t, mercureSite)
+	good := hs256(t, jwt.MapClaims{"mercure": map[string]any{"subscribe": []string{"a"}}})
+	req := mustRequest(t, "GET", c.mercureURL("match", "a"))
+	req.Header.Set("Authorization", "Bearer bogus")
+	req.Header.Set("Cookie", DefaultMercureCookie+"="+good)
+	if st, _ := do(t, req); st != 401 {
+		t.Errorf("a bad header token with a good cookie: %d, want 401 (the header wins)", st)
+	}
+	tok := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"authorization_details": []any{map[string]any{
+		"type": mercureDetailType, "actions": []any{"subscribe"}, "topics": []any{map[string]any{"match": "a"}}}}})
+	tok.Header["typ"] = "at+jwt"
+	noExp, _ := tok.SignedString([]byte(testSecret))
+	if st, _ := do(t, mustRequest(t, "GET", c.mercureURL("match", "a", "authorization", noExp))); st != 401 {
+		t.Errorf("a draft token without exp: %d, want 401", st)
+	}
+
+	pub := mercurePublisherToken(t, "*")
+	for _, f := range []url.Values{
+		{"topic": {"a"}, "data": {"secret"}, "private": {"on"}},
+		{"topic": {"a"}, "data": {"public"}},
+	} {
+		if st, body, _ := c.mercurePublish(pub, f); st != 200 {
+			t.Fatalf("publish: %d %s", st, body)
+		}
+	}
+	anonymous := subscribe(t, c.mercureURL("match", "a", "last_event_id", "earliest"), nil)
+	if got := datas2(anonymous.events(1, 2*time.Second)); got[0] != "public" {
+		t.Errorf("anonymous replay: %v, want only the public update", got)
+	}
+	short := hs256(t, jwt.MapClaims{"exp": time.Now().Add(1500 * time.Millisecond).Unix(), "mercure": map[string]any{"subscribe": []string{"a"}}})
+	s := subscribe(t, c.mercureURL("match", "a", "last_event_id", "earliest"), header("Authorization", "Bearer "+short))
+	if got := strings.Join(datas2(s.events(2, 2*time.Second)), ","); got != "secret,public" {
+		t.Errorf("replay with a token that may read a: %s", got)
+	}
+	s.ended(5 * time.Second) // at its exp
 }

@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"slices"
 	"sort"
+	"sync"
 )
 
 // subscribe serves a Mercure subscription: GET (EventSource), HEAD (the
@@ -164,7 +165,7 @@ func (h *MercureHandler) selectors(base string, parts ...url.Values) ([]*mercure
 				if v == "" {
 					return nil, fmt.Errorf("empty %s selector", name)
 				}
-				sel, err := newMercureSelector(kind, v, base)
+				sel, err := h.compiled.get(kind, v, base)
 				if err != nil {
 					return nil, err
 				}
@@ -179,4 +180,36 @@ func (h *MercureHandler) selectors(base string, parts ...url.Values) ([]*mercure
 		return nil, errors.New("no topic selector: add match=<topic> (or topic=<selector>, as v0.21 clients do)")
 	}
 	return sels, nil
+}
+
+// selectorCache keeps compiled selectors, which are immutable, so that
+// the many subscribers of one pattern share one compiled pattern (a URL
+// pattern is several regexps) instead of compiling and holding their own.
+// It holds at most maxSelectorCache; when full it starts again.
+type selectorCache struct {
+	mu   sync.Mutex
+	sels map[string]*mercureSelector
+}
+
+const maxSelectorCache = 10_000
+
+func (c *selectorCache) get(kind mercureSelectorKind, raw, base string) (*mercureSelector, error) {
+	k := string(rune('0'+kind)) + base + "\x00" + raw
+	c.mu.Lock()
+	sel := c.sels[k]
+	c.mu.Unlock()
+	if sel != nil {
+		return sel, nil
+	}
+	sel, err := newMercureSelector(kind, raw, base)
+	if err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	if c.sels == nil || len(c.sels) >= maxSelectorCache {
+		c.sels = make(map[string]*mercureSelector)
+	}
+	c.sels[k] = sel
+	c.mu.Unlock()
+	return sel, nil
 }
