@@ -3,6 +3,7 @@ package push
 import (
 	"bytes"
 	"fmt"
+	"net/http"
 	"net/url"
 	"reflect"
 	"slices"
@@ -199,4 +200,43 @@ func parseFormReference(body []byte) (Message, error) {
 		}
 	}
 	return m, nil
+}
+
+// FuzzMercureRequest: no subscribe query or publish form may panic the
+// Mercure hub's parsers; a selector list it accepts is within its bounds,
+// and an update it accepts validates, with no topic in the hub's
+// namespace and none that is "*".
+func FuzzMercureRequest(f *testing.F) {
+	for _, s := range []string{
+		"match=a&match_urlpattern=https://x/:id&topic=https://x/{id}", "match_uritemplate={", "MATCH=a", "match=*",
+		"topic=a&data=x&private=&id=urn:uuid:1&retry=10", "topic=/.well-known/%6Dercure/x", "topic=*", "retry=1e3",
+		"match_urlpattern=(((a)*)*)*", "topic=a&type=mercure", "%zz", "match=%ff",
+	} {
+		f.Add(s)
+	}
+	h := &MercureHandler{Path: DefaultMercurePath, MaxSelectors: DefaultMercureSelectors, MaxBody: DefaultMaxBody, compiled: new(selectorCache)}
+	h.sse.hub = newHub("fuzz")
+	f.Fuzz(func(t *testing.T, s string) {
+		q, err := url.ParseQuery(s)
+		if err != nil {
+			return
+		}
+		if sels, err := h.selectors(mercureDefaultBaseURL, q); err == nil && (len(sels) == 0 || len(sels) > h.MaxSelectors) {
+			t.Fatalf("%q: %d selectors accepted", s, len(sels))
+		}
+		r, _ := http.NewRequest("POST", "http://x"+DefaultMercurePath, strings.NewReader(s))
+		r.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		m, _, err := h.readUpdate(r, mercureDefaultBaseURL)
+		if err != nil {
+			return
+		}
+		if err := h.sse.hub.Validate(m); err != nil {
+			t.Fatalf("%q: accepted an update that does not validate: %v", s, err)
+		}
+		for _, topic := range m.Topics {
+			if topic == "*" || mercureReservedTopic(topic, mercureDefaultBaseURL, DefaultMercurePath) {
+				t.Fatalf("%q: accepted topic %q", s, topic)
+			}
+		}
+	})
 }
