@@ -222,10 +222,9 @@ func (j *JWT) authenticate(r *http.Request) (*Grant, error) {
 	if token == "" {
 		return nil, errNoToken
 	}
-	claims := jwt.MapClaims{}
-	_, err := jwt.ParseWithClaims(token, claims, j.keyFor, append(j.options, jwt.WithValidMethods(j.methods))...)
+	_, claims, err := j.verify(token)
 	if err != nil {
-		return nil, fmt.Errorf("invalid token: %v", err)
+		return nil, err
 	}
 	g := &Grant{Claims: claims, FromCookie: fromCookie}
 	if exp, err := claims.GetExpirationTime(); err == nil && exp != nil {
@@ -240,6 +239,17 @@ func (j *JWT) authenticate(r *http.Request) (*Grant, error) {
 		g.Subscribe = append(g.Subscribe, tc.Subscribe...)
 	}
 	return g, nil
+}
+
+// verify checks a token's signature, algorithm, time claims and, when
+// configured, audience and issuer.
+func (j *JWT) verify(token string) (*jwt.Token, jwt.MapClaims, error) {
+	claims := jwt.MapClaims{}
+	t, err := jwt.ParseWithClaims(token, claims, j.keyFor, append(j.options, jwt.WithValidMethods(j.methods))...)
+	if err != nil {
+		return nil, nil, fmt.Errorf("invalid token: %v", err)
+	}
+	return t, claims, nil
 }
 
 func (j *JWT) findToken(r *http.Request) (token string, fromCookie bool) {

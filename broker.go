@@ -17,11 +17,21 @@ type Broker interface {
 	Publish(ctx context.Context, ev *Event) error
 	// Replay returns the retained events of topics after lastEventID, in
 	// id order, and the id of the newest event of the hub (the head).
+	// lastEventID "" reads only the head, and EarliestID every retained
+	// event of topics; one that is no id of the hub's gets a Reset.
 	Replay(ctx context.Context, topics []string, lastEventID string) (Backlog, error)
 	// SetHistory applies new history limits (after a config reload).
 	SetHistory(HistoryLimits)
 	// Close stops the broker's goroutines and releases its connections.
 	Close() error
+}
+
+// IDResolver is implemented by brokers that keep publishers' own event ids
+// (Message.CustomID), so that a client may resume from one.
+type IDResolver interface {
+	// ResolveID returns the hub id of the earliest event in history
+	// published with custom id, ok false when none is.
+	ResolveID(ctx context.Context, custom string) (hubID string, ok bool, err error)
 }
 
 // Broadcaster is implemented by brokers that span several nodes: a command
@@ -50,10 +60,6 @@ type MatchReplayer interface {
 	// broker's locks, and from any goroutine.
 	ReplayMatching(ctx context.Context, match func(topic string) bool, lastEventID string) (Backlog, error)
 }
-
-// earliestID is the last event id that asks for every retained event,
-// with no reset for what history no longer holds.
-const earliestID = "earliest"
 
 // Inspector is implemented by brokers that can describe what they keep,
 // for the admin API.

@@ -76,6 +76,10 @@ type memoryStore struct {
 	// keys are the idempotency keys remembered; their bytes count in
 	// bytes, and they may take half of MaxBytes at most
 	keys keyTable
+	// ids has the seqs of the retained events that have each publisher's
+	// id (CustomID), oldest first: one that leaves history leaves it
+	// too. Their entries count in the events' size.
+	ids map[string][]uint64
 }
 
 // forgottenBuckets is how many buckets of forgotten topics a hub keeps
@@ -141,6 +145,12 @@ func (m *memoryStore) store(ev *Event) {
 		}
 		th.events = append(th.events, ev)
 	}
+	if ev.CustomID != "" {
+		if m.ids == nil {
+			m.ids = make(map[string][]uint64)
+		}
+		m.ids[ev.CustomID] = append(m.ids[ev.CustomID], ev.Seq)
+	}
 	ev.refs = len(ev.Topics)
 	ev.size = eventSize(ev)
 	m.bytes += ev.size
@@ -182,7 +192,35 @@ func (m *memoryStore) release(th *topicHistory, ev *Event) {
 	if ev.refs--; ev.refs == 0 {
 		m.bytes -= ev.size
 		m.live--
+		if ev.CustomID != "" {
+			m.unindex(ev)
+		}
 	}
+}
+
+// unindex removes ev, which left history, from the events that have its
+// CustomID. It is not always the oldest of them: topics trim apart.
+func (m *memoryStore) unindex(ev *Event) {
+	seqs := m.ids[ev.CustomID]
+	if i := slices.Index(seqs, ev.Seq); i >= 0 {
+		seqs = slices.Delete(seqs, i, i+1)
+	}
+	if len(seqs) == 0 {
+		delete(m.ids, ev.CustomID)
+	} else {
+		m.ids[ev.CustomID] = seqs
+	}
+}
+
+// ResolveID finds the oldest retained event published with custom.
+func (m *memoryStore) ResolveID(_ context.Context, custom string) (string, bool, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	seqs := m.ids[custom]
+	if len(seqs) == 0 {
+		return "", false, nil
+	}
+	return FormatID(m.epoch, seqs[0]), true, nil
 }
 
 // forget removes topic t, which holds no events, keeping only, in its
@@ -248,15 +286,25 @@ func (m *memoryStore) compact() {
 // buffer grows by doubling) and as a frame for the engine; plus about
 // 1 KiB for the event, its id and the encodings' maps and structs. A
 // WebSocket json-format subscriber of another of the event's topics adds
-// an encoding this does not count.
+// an encoding this does not count. A publisher's id is in the event and
+// its encodings, and has an entry in the index of ids (idEntrySize).
 func eventSize(ev *Event) int64 {
 	d := len(ev.Data)
 	n := 1024 + 5*d + d/4 + 3*len(ev.ID) + 2*len(ev.Type)
 	for _, t := range ev.Topics {
 		n += 32 + len(t)
 	}
+	if ev.CustomID != "" {
+		n += idEntrySize + 3*len(ev.CustomID)
+	}
 	return int64(n)
 }
+
+// idEntrySize estimates an event's share of the index of publishers' ids:
+// a map slot (the string and slice headers, and the map's spare room) and
+// a seq in the slice, with its spare room. It errs high, as most ids name
+// one event.
+const idEntrySize = 96
 
 func (m *memoryStore) Replay(_ context.Context, topics []string, lastEventID string) (Backlog, error) {
 	m.mu.Lock()
@@ -265,10 +313,16 @@ func (m *memoryStore) Replay(_ context.Context, topics []string, lastEventID str
 	if lastEventID == "" {
 		return b, nil
 	}
-	after, reset := m.resumePoint(lastEventID)
-	if reset != "" {
-		b.Reset = reset
-		return b, nil
+	// a client that asks for the earliest asks for what is left: what
+	// history dropped is no gap in it
+	earliest := lastEventID == EarliestID
+	var after uint64
+	if !earliest {
+		var reset string
+		if after, reset = m.resumePoint(lastEventID); reset != "" {
+			b.Reset = reset
+			return b, nil
+		}
 	}
 	now := time.Now()
 	for _, t := range topics {
@@ -277,14 +331,14 @@ func (m *memoryStore) Replay(_ context.Context, topics []string, lastEventID str
 			m.trim(t, th, now)
 		}
 		if th == nil || len(th.events) == 0 {
-			if *m.bucket(t) > after {
+			if !earliest && *m.bucket(t) > after {
 				b.Reset = "events after this id are no longer in history"
 				b.Events = nil
 				return b, nil
 			}
 			continue
 		}
-		if th.dropped > after {
+		if !earliest && th.dropped > after {
 			b.Reset = "events after this id are no longer in history"
 			b.Events = nil
 			return b, nil
@@ -325,7 +379,7 @@ func (m *memoryStore) ReplayMatching(_ context.Context, match func(topic string)
 	if lastEventID == "" {
 		return b, nil
 	}
-	earliest := lastEventID == earliestID
+	earliest := lastEventID == EarliestID
 	var after uint64
 	if !earliest {
 		if after, b.Reset = m.resumePoint(lastEventID); b.Reset != "" {
@@ -520,4 +574,5 @@ var (
 	_ Inspector        = (*memoryStore)(nil)
 	_ IdempotentBroker = (*memoryStore)(nil)
 	_ MatchReplayer    = (*memoryStore)(nil)
+	_ IDResolver       = (*memoryStore)(nil)
 )

@@ -236,7 +236,10 @@ type admission struct {
 	Patterns    []*mercureSelector
 	LastEventID string
 	// Grant is the client's verified JWT, if it sent one.
-	Grant   *Grant
+	Grant *Grant
+	// opened, when set, adds response headers once the subscription is
+	// made (push_mercure's Last-Event-ID)
+	opened  func(http.Header, *Subscription)
 	release func()
 }
 

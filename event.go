@@ -18,6 +18,15 @@ const MaxTopicLength = 256
 // maxIDLength bounds what we parse from a client's Last-Event-ID.
 const maxIDLength = 128
 
+// MaxCustomIDLength is the longest id a publisher may give an event
+// (Message.CustomID), in bytes.
+const MaxCustomIDLength = 256
+
+// EarliestID, as a client's last event id, asks for every event in the
+// history of its topics, as Mercure's "earliest" does: a client that has
+// seen none of them yet, but wants what the hub still has.
+const EarliestID = "earliest"
+
 // MaxRetry is the longest reconnection delay a publisher may ask of
 // clients, in milliseconds: a day.
 const MaxRetry = 86_400_000
@@ -65,6 +74,12 @@ type Message struct {
 	// with a verified JWT whose subscribe claims allow at least one of
 	// its topics; anonymous subscribers never get it, live or replayed.
 	Private bool `json:"private,omitempty"`
+	// CustomID is the event's id as its publisher chose it (Mercure's
+	// id): clients see it instead of the hub's id, in SSE's id field
+	// and WebSocket's "id", and may resume from it; the hub still orders
+	// events by its own id. Empty leaves the hub's id. ValidateCustomID
+	// has its rules.
+	CustomID string `json:"custom_id,omitempty"`
 	// IdempotencyKey, when set, makes the publish happen once: a repeat
 	// with the same key and message, from the same publisher, within the
 	// hub's idempotency_window, stores nothing and returns the first
@@ -103,12 +118,51 @@ func (m Message) Validate() error {
 	if m.Retry > MaxRetry {
 		return invalidf("retry %d is longer than a day (%d ms)", m.Retry, MaxRetry)
 	}
+	if m.CustomID != "" {
+		if err := ValidateCustomID(m.CustomID); err != nil {
+			return invalidMessage{err}
+		}
+	}
 	if m.IdempotencyKey != "" {
 		if err := ValidateIdempotencyKey(m.IdempotencyKey); err != nil {
 			return invalidMessage{err}
 		}
 	}
 	return nil
+}
+
+// ValidateCustomID checks an id a publisher gives its event against
+// Mercure's rules: at most 256 bytes of UTF-8, with no control characters
+// (C0, DEL, C1) or format characters (Unicode's Cf, such as U+200B, which
+// hide in a copied id), not starting with # and not "earliest"
+// (EarliestID); and against the hub's own: not of the form of the hub's
+// ids (<epoch>-<n>), so that an id a client resumes from is never taken
+// for one of the other kind.
+func ValidateCustomID(id string) error {
+	switch {
+	case id == "":
+		return errors.New("empty id")
+	case len(id) > MaxCustomIDLength:
+		return fmt.Errorf("id %.40q... is longer than %d bytes", id, MaxCustomIDLength)
+	case !utf8.ValidString(id):
+		return fmt.Errorf("id %q is not valid UTF-8", id)
+	case strings.IndexFunc(id, hiddenRune) >= 0:
+		return fmt.Errorf("id %q has control or format characters", id)
+	case id[0] == '#':
+		return fmt.Errorf("id %q starts with #, which Mercure keeps for the hub's own ids", id)
+	case id == EarliestID:
+		return fmt.Errorf("id %q is reserved: a client resuming from it asks for the whole history", id)
+	}
+	if _, _, ok := ParseID(id); ok {
+		return fmt.Errorf("id %q has the form of the hub's own ids (<epoch>-<n>); choose another, such as a URN or UUID", id)
+	}
+	return nil
+}
+
+// hiddenRune reports a control character (C0, DEL, C1) or a format
+// character (Cf): either would break an id's line or hide in it.
+func hiddenRune(r rune) bool {
+	return unicode.IsControl(r) || unicode.Is(unicode.Cf, r)
 }
 
 // ValidateTopic checks SPEC's rule: a non-empty UTF-8 string of at most
@@ -131,7 +185,8 @@ func ValidateTopic(t string) error {
 // are shared, read-only, by every subscriber that receives them.
 type Event struct {
 	Message
-	// ID is opaque to clients and strictly increasing per hub.
+	// ID is the hub's id: opaque to clients and strictly increasing per
+	// hub. Clients see CustomID instead when it is set (PublicID).
 	ID string `json:"id"`
 	// Seq orders the events of one hub epoch; it is the number inside ID.
 	Seq uint64 `json:"-"`
@@ -145,6 +200,10 @@ type Event struct {
 
 	sseOnce sync.Once
 	sse     []byte
+	// the same with the hub's id as a fragment, "#<id>" (push_mercure),
+	// made only for events that have a hub id to show
+	hashOnce sync.Once
+	hashSSE  []byte
 
 	// WebSocket messages by format and topic, read without a lock by
 	// every connection: the first one made (most events need no other),
@@ -159,6 +218,15 @@ type Event struct {
 	// histories hold the event, and its estimated size
 	refs int
 	size int64
+}
+
+// PublicID is the id clients see: the publisher's own (CustomID), or
+// else the hub's (ID).
+func (e *Event) PublicID() string {
+	if e.CustomID != "" {
+		return e.CustomID
+	}
+	return e.ID
 }
 
 // FormatID builds an event id from a hub epoch and a sequence number.

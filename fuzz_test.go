@@ -25,6 +25,7 @@ func FuzzPublishBody(f *testing.F) {
 		"topic=a&data=hello", "topic=a&topic=b&type=x&retry=100", "topic=%ff", "data=%zz",
 		`{"topic":"a","data":"x"}`, `{"topics":["a","b"],"event":"e","data":{"k":[1,2]}}`,
 		`{"topic":"a","retry":-1}`, `{"data":null}`, `[]`, `{"topic":"a"}{}`, "\xff\xfe",
+		"topic=a&id=urn:uuid:1&data=x", `{"topic":"a","id":"x\u2028y\u0085"}`,
 	} {
 		f.Add([]byte(s), s[0] == '{' || s[0] == '[')
 	}
@@ -43,7 +44,7 @@ func FuzzPublishBody(f *testing.F) {
 		_ = parseSSE(strings.NewReader(string(ev.SSE())), func(it sseItem) bool {
 			if it.Event != nil {
 				count++
-				if it.Event.Data != wantData || it.Event.ID != "e-1" {
+				if it.Event.Data != wantData || it.Event.ID != ev.PublicID() {
 					t.Fatalf("event %+v from message %+v", it.Event, m)
 				}
 			}
@@ -138,7 +139,7 @@ func FuzzFormParse(f *testing.F) {
 	for _, s := range []string{
 		"topic=a&data=hello", "topic=a&topic=b&type=x&retry=100", "topic=%ff", "data=%zz", "data=%4", "data=%",
 		"to%70ic=a&d%61ta=x+y%20z", "topic=a;b", "topic=a&&data=b&", "=x", "topic", "data=1&data=2",
-		"topic=a&colour=red&data=%zz", "topic=a&id=1", "retry=-1&topic=a", "topic=a&data=%E2%80%A8+%0a",
+		"topic=a&colour=red&data=%zz", "topic=a&id=1", "topic=a&id=1&id=2", "i%64=urn:x&topic=a", "retry=-1&topic=a", "topic=a&data=%E2%80%A8+%0a",
 		"topic=a&private", "topic=a&private=&private=on",
 	} {
 		f.Add([]byte(s))
@@ -185,6 +186,8 @@ func parseFormReference(body []byte) (Message, error) {
 			m.Data = values[0]
 		case "type":
 			m.Type = values[0]
+		case "id":
+			m.CustomID = values[0]
 		case "retry":
 			if m.Retry, err = strconv.ParseInt(values[0], 10, 64); err != nil || m.Retry < 0 {
 				return Message{}, fmt.Errorf("retry %q is not a number of milliseconds", values[0])

@@ -1,9 +1,11 @@
 package push
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -206,7 +208,7 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 			return Published{}, err
 		}
 		h.stats.published.Add(1)
-		return Published{ID: ev.ID}, nil
+		return Published{ID: ev.PublicID()}, nil
 	}
 	b, ok := h.broker.(IdempotentBroker)
 	if !ok {
@@ -227,10 +229,11 @@ func (h *Hub) PublishAs(ctx context.Context, m Message, publisher string) (Publi
 		return Published{}, err
 	case first != "":
 		h.stats.replays.Add(1)
-		return Published{ID: first, Replayed: true}, nil
+		// the first message had the same fingerprint, and so the same id
+		return Published{ID: cmp.Or(m.CustomID, first), Replayed: true}, nil
 	}
 	h.stats.published.Add(1)
-	return Published{ID: ev.ID}, nil
+	return Published{ID: ev.PublicID()}, nil
 }
 
 // Validate reports why m may not be published on this hub, as PublishAs
@@ -357,9 +360,11 @@ func (out *laneOut) offer(s *Subscription, ev *Event) {
 }
 
 // Subscribe registers a subscription to topics and reads its backlog after
-// lastEventID. Live events are registered first and the backlog read
-// second, so nothing falls between them; the subscription drops live
-// events the backlog already holds. The caller must Close it.
+// lastEventID: an id a client saw (the hub's, "#<hub id>", or a
+// publisher's own), EarliestID for the whole history, or "" for none.
+// Live events are registered first and the backlog read second, so
+// nothing falls between them; the subscription drops live events the
+// backlog already holds. The caller must Close it.
 func (h *Hub) Subscribe(ctx context.Context, topics []string, lastEventID string, transport string) (*Subscription, error) {
 	return h.subscribe(ctx, topics, nil, lastEventID, Member{Connection: connectionID(), Transport: transport, Since: time.Now()}, nil, false)
 }
@@ -435,17 +440,30 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, patterns []*mercur
 	return s, nil
 }
 
-// replay reads the backlog of a subscription to topics and patterns after
-// lastEventID: the broker's Replay without patterns, its ReplayMatching
-// with them. A broker that cannot match resumes no pattern subscription.
+// replay reads the backlog of a subscription to topics and patterns from
+// a client's last event id, whichever kind it is: the hub's id, "#<hub
+// id>" (Mercure's spelling of the hub's ids), EarliestID, or a
+// publisher's own id (Message.CustomID), which resumes after the earliest
+// event in history that has it; anything else is a reset. Without
+// patterns it is the broker's Replay, with them its ReplayMatching; a
+// broker that cannot match resumes no pattern subscription.
 func (h *Hub) replay(ctx context.Context, topics []string, patterns []*mercureSelector, lastEventID string) (Backlog, error) {
+	from, known, err := h.resumePoint(ctx, lastEventID)
+	switch {
+	case err != nil:
+		return Backlog{}, err
+	case !known:
+		b, err := h.broker.Replay(ctx, topics, "") // the head, for the reset
+		b.Reset = "unknown event id"
+		return b, err
+	}
 	if len(patterns) == 0 {
-		return h.broker.Replay(ctx, topics, lastEventID)
+		return h.broker.Replay(ctx, topics, from)
 	}
 	mr, ok := h.broker.(MatchReplayer)
 	if !ok {
 		b, err := h.broker.Replay(ctx, nil, "") // the head
-		if err == nil && lastEventID != "" {
+		if err == nil && from != "" {
 			b.Reset = "this hub's broker cannot replay pattern subscriptions"
 		}
 		return b, err
@@ -459,7 +477,24 @@ func (h *Hub) replay(ctx context.Context, topics []string, patterns []*mercureSe
 			return true
 		}
 		return slices.ContainsFunc(patterns, func(p *mercureSelector) bool { return h.matches.Match(p, topic) })
-	}, lastEventID)
+	}, from)
+}
+
+// resumePoint turns a client's last event id into one Replay reads: a
+// hub id, "" or EarliestID. known is false for an id of neither kind.
+func (h *Hub) resumePoint(ctx context.Context, id string) (from string, known bool, err error) {
+	if _, _, ok := ParseID(id); ok || id == "" {
+		return id, true, nil // the common case, at no cost
+	}
+	id = strings.TrimPrefix(id, "#")
+	if _, _, ok := ParseID(id); ok || id == EarliestID {
+		return id, true, nil
+	}
+	r, ok := h.broker.(IDResolver)
+	if !ok || ValidateCustomID(id) != nil {
+		return "", false, nil
+	}
+	return r.ResolveID(ctx, id)
 }
 
 func (h *Hub) unsubscribe(s *Subscription) {

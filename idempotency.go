@@ -55,8 +55,8 @@ type IdempotencyKey struct {
 	// ID names the key within the hub: a hash of the publisher's scope
 	// and the key, so neither is stored and publishers stay apart.
 	ID [16]byte
-	// Fingerprint is a hash of the message (topics, type, data, retry);
-	// a repeat must have the same.
+	// Fingerprint is a hash of the message (topics, type, data, retry,
+	// private, custom id); a repeat must have the same.
 	Fingerprint [16]byte
 	// Window is how long the key is remembered from the first publish.
 	Window time.Duration
@@ -76,8 +76,9 @@ type IdempotentBroker interface {
 
 // Published is the outcome of a publish.
 type Published struct {
-	// ID is the event's id; for a replay, the id of the event published
-	// first with the same key.
+	// ID is the event's id as clients see it (the publisher's own, when
+	// it gave one); for a replay, the id of the event published first
+	// with the same key.
 	ID string
 	// Replayed is set when an earlier publish with the same idempotency
 	// key and message stored the event: nothing was published now.
@@ -115,6 +116,12 @@ func fingerprint(m Message) [16]byte {
 		// a public message hashes as it did before private events, so a
 		// key stored by an older node still matches
 		h.Write([]byte{1})
+	}
+	if m.CustomID != "" {
+		// likewise for a message without an id; the mark keeps it apart
+		// from private's
+		h.Write([]byte{2})
+		writeField(h, m.CustomID)
 	}
 	var fp [16]byte
 	copy(fp[:], h.Sum(nil))

@@ -160,7 +160,7 @@ func TestPatternSubscriptionReplay(t *testing.T) {
 	mustPublish(t, h, "5", book2)
 	wantDatas(t, "live after the backlog", s.Take(nil), "5")
 
-	e := subscribePatterns(t, h, earliestID, nil, nil, urlPattern(t, bookPattern))
+	e := subscribePatterns(t, h, EarliestID, nil, nil, urlPattern(t, bookPattern))
 	wantDatas(t, "from earliest", e.Backlog.Events, "1", "3", "5")
 	if fresh := subscribePatterns(t, h, "", nil, nil, urlPattern(t, bookPattern)); len(fresh.Backlog.Events) != 0 || fresh.Backlog.HeadSeq != 5 {
 		t.Fatalf("without an id: %+v", fresh.Backlog)
@@ -201,7 +201,7 @@ func TestPatternSubscriptionReplayReset(t *testing.T) {
 	if s := subscribePatterns(t, h, last, nil, nil, pattern); s.Backlog.Reset != "" {
 		t.Fatalf("reset from the newest id: %+v", s.Backlog)
 	}
-	if s := subscribePatterns(t, h, earliestID, nil, nil, pattern); s.Backlog.Reset != "" || len(s.Backlog.Events) != 0 {
+	if s := subscribePatterns(t, h, EarliestID, nil, nil, pattern); s.Backlog.Reset != "" || len(s.Backlog.Events) != 0 {
 		t.Fatalf("from earliest with nothing kept: %+v", s.Backlog)
 	}
 }

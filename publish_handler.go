@@ -111,7 +111,8 @@ func (h *PublishHandler) Provision(ctx caddy.Context) error {
 	return err
 }
 
-// ServeHTTP publishes one event and answers with its id. With an
+// ServeHTTP publishes one event and answers with its id (the publisher's,
+// when it gave one). With an
 // Idempotency-Key header, a repeat of a publish is answered with the first
 // event's id and Idempotent-Replayed: true, and publishes nothing.
 func (h *PublishHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
@@ -329,7 +330,7 @@ const maxFormFields = 10000
 var errSemicolon = errors.New("invalid semicolon separator in query")
 
 // parseFormMessage reads Mercure's publish fields: topic (repeatable),
-// data, type, retry and private. It reads the form as url.ParseQuery
+// data, type, retry, id and private. It reads the form as url.ParseQuery
 // does, and in body order, but straight from the body's bytes and with
 // no map: a malformed form (a bad escape, a semicolon) is reported
 // before any field's problem, and otherwise the first field's problem is.
@@ -340,7 +341,7 @@ func parseFormMessage(body []byte) (Message, error) {
 	var (
 		m                  Message
 		malformed, invalid error
-		given              [3]bool // data, type, retry
+		given              [4]bool // data, type, retry, id
 	)
 	for q := body; len(q) > 0; {
 		var part []byte
@@ -390,6 +391,8 @@ func formField(b []byte) (string, error) {
 		return "type", nil
 	case "retry":
 		return "retry", nil
+	case "id":
+		return "id", nil
 	}
 	return unescapeForm(b)
 }
@@ -445,7 +448,7 @@ func unHex(c byte) byte {
 
 // setFormField sets one field of a form body on m; given tracks the
 // fields that may appear only once.
-func (m *Message) setFormField(field, value string, given *[3]bool) error {
+func (m *Message) setFormField(field, value string, given *[4]bool) error {
 	once := func(i int) error {
 		if given[i] {
 			return fmt.Errorf("field %q is given more than once", field)
@@ -472,7 +475,9 @@ func (m *Message) setFormField(field, value string, given *[3]bool) error {
 			}
 		}
 	case "id":
-		err = errors.New("field \"id\" is not supported: the hub assigns event ids")
+		if err = once(3); err == nil {
+			m.CustomID = value
+		}
 	case "private":
 		// as Mercure has it: present at all, with any value, even empty
 		m.Private = true
@@ -489,11 +494,12 @@ type jsonMessage struct {
 	Event   string          `json:"event"`
 	Data    json.RawMessage `json:"data"`
 	Retry   int64           `json:"retry"`
+	ID      string          `json:"id"`
 	Private bool            `json:"private"`
 }
 
 // parseJSONMessage reads
-// {"topics":[...],"event":"...","data":...,"retry":N,"private":true};
+// {"topics":[...],"event":"...","data":...,"retry":N,"id":"...","private":true};
 // "topic" may name a single topic, and data that is not a string is sent
 // as compact JSON.
 func parseJSONMessage(body []byte) (Message, error) {
@@ -510,7 +516,7 @@ func parseJSONMessage(body []byte) (Message, error) {
 	if dec.More() {
 		return Message{}, errors.New("invalid JSON body: more than one value")
 	}
-	m := Message{Topics: j.Topics, Type: j.Event, Retry: j.Retry, Private: j.Private}
+	m := Message{Topics: j.Topics, Type: j.Event, Retry: j.Retry, CustomID: j.ID, Private: j.Private}
 	if j.Topic != "" {
 		m.Topics = append(m.Topics, j.Topic)
 	}

@@ -59,7 +59,7 @@ func TestPublishErrors(t *testing.T) {
 		{"retry negative", "POST", "/publish", auth, form, "topic=a&retry=-1", 400, "retry"},
 		{"data twice", "POST", "/publish", auth, form, "topic=a&data=1&data=2", 400, "more than once"},
 		{"unknown field", "POST", "/publish", auth, form, "topic=a&colour=red", 400, "unknown field"},
-		{"id field", "POST", "/publish", auth, form, "topic=a&id=7", 400, "assigns event ids"},
+		{"id of the hub's form", "POST", "/publish", auth, form, "topic=a&id=abc-7", 400, "form of the hub's own ids"},
 		{"bad escape", "POST", "/publish", auth, form, "topic=a&data=%zz", 400, "malformed form"},
 		{"semicolon", "POST", "/publish", auth, form, "topic=a;data=x", 400, "malformed form body: invalid semicolon"},
 		{"malformed before a bad field", "POST", "/publish", auth, form, "colour=red&data=%zz", 400, `malformed form body: invalid URL escape "%zz"`},

@@ -2,6 +2,7 @@ package push
 
 import (
 	"strconv"
+	"strings"
 	"time"
 
 	"go.uber.org/zap"
@@ -29,13 +30,13 @@ func (s *sseSession) open(sw *sseWriter, lastEventID string) bool {
 	open = append(open, '\n')
 	if id := startID(b, lastEventID); id != "" {
 		open = append(open, "id: "...)
-		open = append(open, id...)
+		open = append(open, s.showID(id)...)
 		open = append(open, '\n')
 	}
 	open = append(open, ": ok\n\n"...)
 	open = s.sub.appendPresence(open)
 	if b.Reset != "" {
-		open = appendSSE(open, b.Head, "push.reset", b.Reset, 0)
+		open = appendSSE(open, s.showID(b.Head), "push.reset", b.Reset, 0)
 	}
 	return sw.write(open) && sw.writeEvents(s.sub, b.Events)
 }
@@ -45,17 +46,36 @@ func (s *sseSession) open(sw *sseWriter, lastEventID string) bool {
 // (its first reconnect resumes from there, not from nothing), and a
 // client that resumed with ?lastEventId (a new EventSource, which knows no
 // id yet) from that id, so a pause listener reading e.lastEventId gets it.
-// After a reset, the push.reset event carries the head instead.
+// After a reset, the push.reset event carries the head instead. After
+// EarliestID too the stream starts at the head, before the backlog's
+// events (which carry their ids): a client that got none comes back from
+// the head, not for the whole history again.
 func startID(b Backlog, lastEventID string) string {
 	switch {
 	case b.Reset != "":
 		return ""
-	case lastEventID == "":
+	case lastEventID == "" || lastEventID == EarliestID:
 		return b.Head
 	}
 	// canonical, and so safe to echo: ParseID accepts no line breaks
-	epoch, seq, _ := ParseID(lastEventID)
-	return FormatID(epoch, seq)
+	if epoch, seq, ok := ParseID(strings.TrimPrefix(lastEventID, "#")); ok {
+		return FormatID(epoch, seq)
+	}
+	// a publisher's own id, found in history (else the backlog would be a
+	// reset): one the hub checked at publish, so with no line breaks
+	if ValidateCustomID(lastEventID) == nil {
+		return lastEventID
+	}
+	return ""
+}
+
+// showID is how the stream shows an id of the hub: as a fragment on
+// push_mercure.
+func (s *sseSession) showID(id string) string {
+	if s.h.hashIDs {
+		return hashID(id)
+	}
+	return id
 }
 
 // ended ends the stream the way the hub's reason for ending the

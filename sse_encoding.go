@@ -14,8 +14,9 @@ func (e *Event) SSE() []byte {
 		// "\n" per line, and at most 41 bytes of field names, the retry's
 		// digits and line ends besides
 		lines := 1 + strings.Count(e.Data, "\n") + strings.Count(e.Data, "\r")
-		b := make([]byte, 0, len(e.ID)+len(e.Type)+len(e.Data)+7*lines+41)
-		e.sse = appendSSE(b, e.ID, e.Type, e.Data, e.Retry)
+		id := e.PublicID()
+		b := make([]byte, 0, len(id)+len(e.Type)+len(e.Data)+7*lines+41)
+		e.sse = appendSSE(b, id, e.Type, e.Data, e.Retry)
 	})
 	return e.sse
 }
@@ -73,4 +74,18 @@ func (s *Subscription) appendPresence(b []byte) []byte {
 	}
 	s.presence = nil
 	return b
+}
+
+// sseFor is SSE, or with hashIDs the encoding push_mercure sends: the
+// hub's id as a fragment, "#<id>", which the Mercure protocol allows for
+// ids a hub makes (a publisher's own id, which may not start with "#",
+// is sent as it is, and so is an event without an id).
+func (e *Event) sseFor(hashIDs bool) []byte {
+	if !hashIDs || e.ID == "" || e.PublicID() != e.ID {
+		return e.SSE()
+	}
+	e.hashOnce.Do(func() {
+		e.hashSSE = appendSSE(make([]byte, 0, len(e.SSE())+1), "#"+e.ID, e.Type, e.Data, e.Retry)
+	})
+	return e.hashSSE
 }

@@ -54,12 +54,12 @@ type sseStream struct {
 // Deliver writes a live event; a failed write ends the connection, and
 // closed then ends the stream.
 func (st *sseStream) Deliver(ev *Event) bool {
-	return st.conn.Write(ev.SSE()) == nil
+	return st.conn.Write(ev.sseFor(st.session.h.hashIDs)) == nil
 }
 
 // DeliverInto is Deliver as part of the fan-out's batch of writes.
 func (st *sseStream) DeliverInto(b *engine.Batch, ev *Event, count *uint64) {
-	b.Add(st.conn, ev.SSE(), count)
+	b.Add(st.conn, ev.sseFor(st.session.h.hashIDs), count)
 }
 
 // Ended ends the stream the way the hub's reason asks.

@@ -49,6 +49,10 @@ type SSEHandler struct {
 	Keepalive caddy.Duration `json:"keepalive,omitempty"`
 
 	engines *handlerEngine
+	// hashIDs shows the hub's own event ids as "#<id>", a fragment, as
+	// the Mercure protocol has them (push_mercure); publishers' ids as
+	// they are
+	hashIDs bool
 }
 
 // CaddyModule returns the Caddy module information.
@@ -91,6 +95,12 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 	if a == nil {
 		return err
 	}
+	return h.serve(w, r, a)
+}
+
+// serve subscribes an admitted client and streams its events until it
+// leaves, the stream reaches max_duration, or the server shuts down.
+func (h *SSEHandler) serve(w http.ResponseWriter, r *http.Request, a *admission) error {
 	sub, err := h.subscribe(r.Context(), a, a.member(r, TransportSSE))
 	if err != nil {
 		a.Release()
@@ -98,6 +108,9 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 			return h.pauseOverLimit(w, r, http.StatusServiceUnavailable, err)
 		}
 		return subscribeError(w, r, err)
+	}
+	if a.opened != nil {
+		a.opened(w.Header(), sub)
 	}
 	handOff := engineServes(r, false)
 	if handOff {
@@ -159,7 +172,7 @@ func (h *SSEHandler) openStream(w http.ResponseWriter) *sseWriter {
 	hdr.Set("X-Accel-Buffering", "no")
 	hdr.Del("Content-Length")
 	w.WriteHeader(http.StatusOK)
-	return &sseWriter{w: w, rc: http.NewResponseController(w)}
+	return &sseWriter{w: w, rc: http.NewResponseController(w), hashIDs: h.hashIDs}
 }
 
 // stream writes live events on this goroutine, after the opening, where
@@ -249,6 +262,8 @@ type sseWriter struct {
 	w     http.ResponseWriter
 	rc    *http.ResponseController
 	until time.Time // the deadline set; zero when none is
+	// hashIDs writes the hub's ids as "#<id>" (push_mercure)
+	hashIDs bool
 }
 
 // underIdleTimeout moves the stream's writes, once its opening is out,
@@ -326,7 +341,7 @@ func (sw *sseWriter) writeEvents(sub *Subscription, events []*Event) bool {
 	}
 	sw.arm()
 	for _, ev := range events {
-		if _, err := sw.w.Write(ev.SSE()); err != nil {
+		if _, err := sw.w.Write(ev.sseFor(sw.hashIDs)); err != nil {
 			return writeFailed(sub, err)
 		}
 	}

@@ -167,7 +167,7 @@ func (e *Event) encodeWS(key wsKey) *wsEncoding {
 		return &wsEncoding{wsKey: key, frame: frame, data: frame[len(frame)-n:]}
 	}
 	bp := wsScratch.Get().(*[]byte)
-	payload := appendFrameJSON((*bp)[:0], wsFrame{ID: e.ID, Topic: key.topic, Event: e.Type, Data: e.Data})
+	payload := appendFrameJSON((*bp)[:0], wsFrame{ID: e.PublicID(), Topic: key.topic, Event: e.Type, Data: e.Data})
 	n := len(payload)
 	frame := appendServerFrame(make([]byte, 0, frameHeaderLen(n)+n), opText, payload)
 	if cap(payload) <= 64<<10 { // a rare large one is left to the collector

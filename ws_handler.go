@@ -595,11 +595,12 @@ type wsFrame struct {
 	Data  string `json:"data"`
 }
 
-// clientFrame is a client message: {"topic","event","data","key"}.
+// clientFrame is a client message: {"topic","event","data","id","key"}.
 type clientFrame struct {
 	Topic string          `json:"topic"`
 	Event string          `json:"event"`
 	Data  json.RawMessage `json:"data"`
+	ID    string          `json:"id"`
 	Key   *string         `json:"key"`
 }
 
@@ -626,7 +627,7 @@ func parseClientFrame(frame []byte, allowed []string) (Message, error) {
 	if err != nil {
 		return Message{}, err
 	}
-	m := Message{Topics: []string{f.Topic}, Type: f.Event, Data: data}
+	m := Message{Topics: []string{f.Topic}, Type: f.Event, Data: data, CustomID: f.ID}
 	if f.Key != nil {
 		if err := ValidateIdempotencyKey(*f.Key); err != nil {
 			return Message{}, err

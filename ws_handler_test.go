@@ -311,6 +311,7 @@ func TestWSClientErrors(t *testing.T) {
 		{multi, `{"topic":"c","data":"x"}`, `topic \"c\"`},
 		{multi, `{"topic":"a","data":"x","extra":1}`, "must be"},
 		{multi, `{"topic":"a","event":"x\ny","data":"z"}`, "event type"},
+		{multi, `{"topic":"a","id":"#1","data":"z"}`, "starts with #"},
 		{multi, `{"topic":"a","data":"\ud800"}`, ""},
 	} {
 		tc.c.send(tc.frame)
@@ -328,9 +329,9 @@ func TestWSClientErrors(t *testing.T) {
 	if raw := string(multi.next(time.Second)); !strings.Contains(raw, "binary") {
 		t.Fatalf("binary frame: %s", raw)
 	}
-	multi.send(`{"topic":"b","data":"ok"}`)
-	if f := multi.nextFrame(time.Second); f.Topic != "b" || f.Data != "ok" {
-		t.Fatalf("still open? %+v", f)
+	multi.send(`{"topic":"b","data":"ok","id":"urn:ok"}`)
+	if f := multi.nextFrame(time.Second); f.Topic != "b" || f.Data != "ok" || f.ID != "urn:ok" {
+		t.Fatalf("still open? %+v (with the publisher's id?)", f)
 	}
 }
 

@@ -250,8 +250,10 @@ type store struct {
 // trimmed away from it), both expiring history_ttl after the topic's
 // last event; all (the hub-wide stream, for catching up), key:<hex id>
 // (an idempotency key: "<fingerprint> <epoch> <seq>" of its event,
-// expiring with the window), the events channel and the control channel
-// (commands such as pause, for every node). Versions before tr:<topic>
+// expiring with the window), id:<custom id> (a publisher's own event id:
+// "<epoch> <seq>" of the earliest event published with it, see
+// idIndexTTL), the events channel and the control channel (commands such
+// as pause, for every node). Versions before tr:<topic>
 // kept the trimmed seqs in one hash, trimmed, which is still read.
 func (s *store) key(name string) string { return s.prefix + name }
 
@@ -270,7 +272,10 @@ func (s *store) key(name string) string { return s.prefix + name }
 // replay still writes the key again (its value and expiry unchanged), so
 // that a WAIT after it covers the first attempt's event. ARGV[11] is "1"
 // for a private event (field x of the stored event, left out of a public
-// one, so public events read as they did); the topics follow.
+// one, so public events read as they did). ARGV[12] is the publisher's
+// id of the event, or "" (field i, left out when empty), indexed in
+// id:<id> unless an earlier event has it, for history_ttl or ARGV[13] ms
+// (idIndexTTL); the topics follow.
 var publishScript = goredis.NewScript(epochLua + `
 local p, hist, ttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 local ikey = ARGV[8] ~= '' and p .. 'key:' .. ARGV[8]
@@ -288,8 +293,9 @@ local seq = redis.call('INCR', p..'seq')
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local topics = {}
-for i = 12, #ARGV do topics[#topics + 1] = ARGV[i] end
-local ev = cjson.encode({p = epoch, s = seq, t = now, k = topics, e = ARGV[4], d = ARGV[5], r = tonumber(ARGV[6]), x = ARGV[11] == '1' or nil})
+for i = 14, #ARGV do topics[#topics + 1] = ARGV[i] end
+local custom = ARGV[12] ~= '' and ARGV[12] or nil
+local ev = cjson.encode({p = epoch, s = seq, t = now, k = topics, e = ARGV[4], d = ARGV[5], r = tonumber(ARGV[6]), x = ARGV[11] == '1' or nil, i = custom})
 local id = seq .. '-1'
 local function mark(topic, trimmed)
   if ttl > 0 then
@@ -331,6 +337,9 @@ redis.call('PUBLISH', p .. 'events', ev)
 if ikey then
   redis.call('SET', ikey, ARGV[9] .. ' ' .. epoch .. ' ' .. seq, 'PX', ARGV[10])
 end
+if custom then
+  redis.call('SET', p .. 'id:' .. custom, epoch .. ' ' .. seq, 'NX', 'PX', ttl > 0 and ttl or ARGV[13])
+end
 return {seq, epoch}
 `)
 
@@ -346,7 +355,18 @@ type wireEvent struct {
 	// Private is absent from public events, which older nodes stored
 	// without it.
 	Private bool `json:"x,omitempty"`
+	// CustomID is the publisher's id of the event, absent when it gave
+	// none (as from older nodes).
+	CustomID string `json:"i,omitempty"`
 }
+
+// idIndexTTL is how long the index of publishers' ids (id:<custom id>)
+// keeps an id when history_ttl is 0: events then leave history by count
+// alone, which Redis cannot expire a key by, so the entry of an id whose
+// events are gone lives on this long (a resume from it is then one from
+// its event's hub id: a reset if events after it left history too). With
+// history_ttl, the entry expires with the event it names.
+const idIndexTTL = 24 * time.Hour
 
 // newEpoch is a candidate epoch for a hub Redis has none for; the
 // scripts keep the first one set.
@@ -384,8 +404,9 @@ func (s *store) publish(ctx context.Context, ev *push.Event, k *push.Idempotency
 	if ev.Private {
 		private = "1"
 	}
-	args := make([]any, 0, 11+len(ev.Topics))
-	args = append(args, s.prefix, l.Events, l.TTL.Milliseconds(), ev.Type, ev.Data, ev.Retry, newEpoch(), id, fp, window, private)
+	args := make([]any, 0, 13+len(ev.Topics))
+	args = append(args, s.prefix, l.Events, l.TTL.Milliseconds(), ev.Type, ev.Data, ev.Retry, newEpoch(), id, fp, window, private,
+		ev.CustomID, idIndexTTL.Milliseconds())
 	for _, t := range ev.Topics {
 		args = append(args, t)
 	}
@@ -528,13 +549,20 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 	if lastEventID == "" {
 		return b, nil
 	}
-	after, reset, err := s.resumePoint(ctx, epoch, head, lastEventID)
-	if err != nil {
-		return push.Backlog{}, err
-	}
-	if reset != "" {
-		b.Reset = reset
-		return b, nil
+	// a client that asks for the earliest asks for what is left: what
+	// history dropped is no gap in it
+	earliest := lastEventID == push.EarliestID
+	var after uint64
+	if !earliest {
+		var reset string
+		after, reset, err = s.resumePoint(ctx, epoch, head, lastEventID)
+		if err != nil {
+			return push.Backlog{}, err
+		}
+		if reset != "" {
+			b.Reset = reset
+			return b, nil
+		}
 	}
 	s.mu.Lock()
 	ttl := s.limits.TTL
@@ -559,7 +587,7 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 		trimmed = append(trimmed, m.Val())
 	}
 	for _, v := range trimmed {
-		if markSeq(v) > after {
+		if !earliest && markSeq(v) > after {
 			b.Reset = "events after this id are no longer in history"
 			return b, nil
 		}
@@ -579,12 +607,15 @@ func (s *store) Replay(ctx context.Context, topics []string, lastEventID string)
 			}
 			// a topic nobody published to since is trimmed by age here
 			if ttl > 0 && time.Since(ev.Time) > ttl {
+				if earliest {
+					continue
+				}
 				return push.Backlog{Head: b.Head, HeadSeq: head, Reset: "events after this id are no longer in history"}, nil
 			}
 			b.Events = append(b.Events, ev)
 		}
 	}
-	if expired && ttl > 0 {
+	if expired && ttl > 0 && !earliest {
 		gone, err := s.mayHaveExpired(ctx, after, ttl)
 		if err != nil {
 			return push.Backlog{}, unavailable(err)
@@ -625,10 +656,6 @@ func markSeq(v any) uint64 {
 	return n
 }
 
-// earliestID is the last event id that asks for every retained event,
-// with no reset for what history no longer holds.
-const earliestID = "earliest"
-
 // ReplayMatching reads the hub-wide stream, which holds the newest events
 // of every topic (at least 10,000, or ten times history), from after the
 // id to the head, and applies Replay's rules to the matching events: one
@@ -645,7 +672,7 @@ func (s *store) ReplayMatching(ctx context.Context, match func(topic string) boo
 	if lastEventID == "" {
 		return b, nil
 	}
-	earliest := lastEventID == earliestID
+	earliest := lastEventID == push.EarliestID
 	var after uint64
 	if !earliest {
 		var reset string
@@ -785,7 +812,7 @@ func decode(v any) (*push.Event, error) {
 		return nil, err
 	}
 	return &push.Event{
-		Message: push.Message{Topics: w.Topics, Type: w.Type, Data: w.Data, Retry: w.Retry, Private: w.Private},
+		Message: push.Message{Topics: w.Topics, Type: w.Type, Data: w.Data, Retry: w.Retry, Private: w.Private, CustomID: w.CustomID},
 		ID:      push.FormatID(w.Epoch, w.Seq),
 		Seq:     w.Seq,
 		Time:    time.UnixMilli(w.Time),
@@ -843,6 +870,26 @@ func (s *store) SetHistory(l push.HistoryLimits) {
 	s.mu.Unlock()
 }
 
+// ResolveID reads the index of publishers' ids, which names the earliest
+// event published with custom (until the entry expires, see idIndexTTL).
+func (s *store) ResolveID(ctx context.Context, custom string) (string, bool, error) {
+	v, err := s.client.Get(ctx, s.key("id:"+custom)).Result()
+	if errors.Is(err, goredis.Nil) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, unavailable(err)
+	}
+	// its own epoch, so that Replay finds it in the lineage, or resets
+	// for an event Redis lost
+	epoch, seq, _ := strings.Cut(v, " ")
+	n, err := strconv.ParseUint(seq, 10, 64)
+	if err != nil {
+		return "", false, nil
+	}
+	return push.FormatID(epoch, n), true, nil
+}
+
 // Close stops the listener. go-redis's Receive does not return when its
 // context ends, so closing the subscription is what unblocks it.
 func (s *store) Close() error {
@@ -866,5 +913,6 @@ var (
 	_ push.Inspector        = (*store)(nil)
 	_ push.IdempotentBroker = (*store)(nil)
 	_ push.MatchReplayer    = (*store)(nil)
+	_ push.IDResolver       = (*store)(nil)
 	_ caddyfile.Unmarshaler = (*Broker)(nil)
 )

@@ -3,6 +3,8 @@ package redis
 import (
 	"context"
 	"fmt"
+	"net/http"
+	"net/url"
 	"strings"
 	"testing"
 	"time"
@@ -54,6 +56,16 @@ func TestCluster(t *testing.T) {
 	}
 	if ev := subscribe(t, b.base, "c", ids[0]).next(t, 3*time.Second); ev.ID != ids[1] {
 		t.Fatalf("resumed with %+v, want %s", ev, ids[1])
+	}
+	// a publisher's id is indexed under the hash tag too, for every node
+	resp, err := http.PostForm(a.base+"/publish", url.Values{"topic": {"c"}, "data": {"3"}, "id": {"urn:c:3"}})
+	if err != nil || resp.StatusCode != 200 {
+		t.Fatalf("publish with an id: %v %v", resp, err)
+	}
+	resp.Body.Close()
+	_, last := a.publish("c", "4")
+	if ev := subscribe(t, b.base, "c", "urn:c:3").next(t, 3*time.Second); ev.ID != last {
+		t.Fatalf("resumed from urn:c:3 with %+v, want %s", ev, last)
 	}
 	keys, err := r.client(t).Keys(context.Background(), "*").Result()
 	if err != nil {
