@@ -242,6 +242,26 @@ func TestRunAgainstMercure(t *testing.T) {
 	}
 }
 
+// Against caddy-push's push_mercure (bench/Caddyfile's site for it), as
+// against Mercure's hub.
+func TestRunAgainstPushMercure(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts a server and runs loads for seconds")
+	}
+	_, _, addr := startCaddySites(t)
+	// the Caddyfile's key: MERCURE_PUBLISHER_JWT_KEY's when set
+	c := testConfig(t, addr, "-target", "caddy-push-mercure", "-pattern-share", "0.5", "-churn", "50", "-churn-hold", "20ms")
+	var progress bytes.Buffer
+	r, err := run(t.Context(), c, &progress)
+	if err != nil {
+		t.Fatalf("%v\n%s", err, progress.String())
+	}
+	checkComplete(t, r)
+	if r.Churn == nil || r.Churn.Opened != int64(r.Churn.Attempted) {
+		t.Errorf("churn %+v", r.Churn)
+	}
+}
+
 // Mercure's hub is compared with push_mercure, the other targets with
 // caddy-push.
 func TestComparisonMercure(t *testing.T) {
