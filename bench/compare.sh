@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# caddy-push against nchan and Centrifugo on this machine, on loopback only.
+# caddy-push against nchan, Centrifugo and Mercure on this machine, on
+# loopback only.
 #
 # For each scenario and transport, starts a fresh caddy-push (bench/Caddyfile)
 # and runs bench/pushbench against it, then the same against a fresh nchan
@@ -20,6 +21,18 @@
 # is over http and https-h1 only. The table names these runs fanout-h2 and
 # so on.
 #
+# Two more targets speak the Mercure protocol, SSE over http only (Mercure
+# has no WebSocket): mercure, Mercure's own hub (a Caddy build of
+# github.com/dunglas/mercure/caddy from bench/mercure, its own module, with
+# bench/mercure/Caddyfile), and caddy-push-mercure, caddy-push's
+# push_mercure (bench/Caddyfile's site for it). Both get the same topics
+# (IRIs), the same publishes (a form with a Bearer JWT) and, with
+# PATTERN_SHARE, the same share of subscribers on URI templates that match
+# their topic alone; the table has the ratios caddy-push-mercure / mercure.
+# They are not in the default TARGETS:
+#
+#   TARGETS="caddy-push-mercure mercure" TRANSPORTS=sse bench/compare.sh
+#
 #   bench/compare.sh                                # the issue's scenarios, ~3.5 min a target here
 #   SCALE=0.1 TIME_SCALE=0.2 bench/compare.sh       # a quick look, ~1 min a target
 #   PROTOCOLS="http h2" SCENARIOS="idle fanout" TRANSPORTS=sse bench/compare.sh
@@ -28,7 +41,10 @@
 #   SCALE       multiplies connection counts and the churn rate [1]
 #   TIME_SCALE  multiplies durations [1]
 #   SCENARIOS   [idle fanout broadcast churn]    TRANSPORTS [sse ws]
-#   TARGETS     [caddy-push nchan centrifugo]
+#   TARGETS     [caddy-push nchan centrifugo]; also mercure and
+#               caddy-push-mercure, the Mercure protocol (above)
+#   PATTERN_SHARE  the share of the Mercure targets' subscribers that
+#               subscribe by URI template (pushbench -pattern-share) [0.1]
 #   PROTOCOLS   [http]: any of http https-h1 h2 h3
 #   PUBLISH     [http]: any of http ws; ws publishes over a WebSocket per
 #               topic (pushbench -pub-ws; caddy-push and nchan only), and
@@ -37,6 +53,9 @@
 #   OUT         results directory [bench/out]    PLOT [bench/latency.png]
 #   CADDY_PORT [8090]  NCHAN_PORT [8091]  CENTRIFUGO_PORT [8092]
 #   CADDY_TLS_PORT [8443]  NCHAN_TLS_PORT [8444]: HTTPS (and caddy-push's HTTP/3)
+#   MERCURE_PORT [8093]  CADDY_MERCURE_PORT [8094]: Mercure's hub, push_mercure
+#   MERCURE_PUBLISHER_JWT_KEY  the Mercure targets' publisher key [Mercure's
+#               development key, as bench/Caddyfile and bench/mercure/Caddyfile have it]
 #   CENTRIFUGO  the centrifugo binary [go install's: $(go env GOPATH)/bin/centrifugo]
 #   TIME_LIMIT  seconds; no run starts after this [3600]
 #   TLS_CONNECT_RATE  connects per second over HTTPS [500]
@@ -45,7 +64,9 @@
 # packages when they are missing (as root, or with sudo), and Centrifugo
 # with go install from the Go module proxy when CENTRIFUGO is not
 # Centrifugo v6.9.1 (a build of a few minutes). HTTPS runs against nchan
-# need openssl for the certificate.
+# need openssl for the certificate. The mercure target builds Mercure's hub
+# from the Go module proxy (GOWORK=off, bench/mercure's go.mod; a minute or
+# more the first time).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -54,6 +75,7 @@ TIME_SCALE=${TIME_SCALE:-1}
 SCENARIOS=${SCENARIOS:-idle fanout broadcast churn}
 TRANSPORTS=${TRANSPORTS:-sse ws}
 TARGETS=${TARGETS:-caddy-push nchan centrifugo}
+PATTERN_SHARE=${PATTERN_SHARE:-0.1}
 PROTOCOLS=${PROTOCOLS:-http}
 PUBLISH=${PUBLISH:-http}
 RUNS=${RUNS:-1}
@@ -64,11 +86,14 @@ NCHAN_PORT=${NCHAN_PORT:-8091}
 CENTRIFUGO_PORT=${CENTRIFUGO_PORT:-8092}
 CADDY_TLS_PORT=${CADDY_TLS_PORT:-8443}
 NCHAN_TLS_PORT=${NCHAN_TLS_PORT:-8444}
+MERCURE_PORT=${MERCURE_PORT:-8093}
+CADDY_MERCURE_PORT=${CADDY_MERCURE_PORT:-8094}
 TIME_LIMIT=${TIME_LIMIT:-3600}
 TLS_CONNECT_RATE=${TLS_CONNECT_RATE:-500}
 NCHAN_MODULE=/usr/lib/nginx/modules/ngx_nchan_module.so
 CENTRIFUGO_MODULE=github.com/centrifugal/centrifugo/v6
 CENTRIFUGO_VERSION=v6.9.1
+MERCURE_MODULE=github.com/dunglas/mercure
 
 log() { echo "compare: $*" >&2; }
 die() { log "$*"; exit 1; }
@@ -161,17 +186,19 @@ make_cert() {
 # start_server TARGET PROTOCOL: starts it, sets SERVER_PID, PORT, TLS_PORT
 # and PIDS (the processes whose memory and CPU count: nginx's master and
 # workers). Over http, nchan has no TLS listener; caddy-push always has
-# its HTTPS site.
+# its HTTPS site, and its Mercure hub's site (caddy-push-mercure's PORT).
 start_server() {
 	local proto=${2:-http}
 	case $1 in
-	caddy-push)
+	caddy-push | caddy-push-mercure)
 		PORT=$CADDY_PORT TLS_PORT=$CADDY_TLS_PORT
+		[ "$1" = caddy-push ] || PORT=$CADDY_MERCURE_PORT
 		# Caddy's data (its local CA, the certificates) in the work directory
-		PUSH_BENCH_PORT=$PORT PUSH_BENCH_TLS_PORT=$TLS_PORT XDG_DATA_HOME="$WORK/caddy-data" XDG_CONFIG_HOME="$WORK/caddy-config" \
+		PUSH_BENCH_PORT=$CADDY_PORT PUSH_BENCH_TLS_PORT=$CADDY_TLS_PORT PUSH_BENCH_MERCURE_PORT=$CADDY_MERCURE_PORT \
+			XDG_DATA_HOME="$WORK/caddy-data" XDG_CONFIG_HOME="$WORK/caddy-config" \
 			"$WORK/caddy" run --config bench/Caddyfile --adapter caddyfile >>"$WORK/caddy.log" 2>&1 &
 		SERVER_PID=$!
-		wait_port "$PORT" || { tail -20 "$WORK/caddy.log" >&2; die "caddy-push did not start"; }
+		wait_port "$PORT" || { tail -20 "$WORK/caddy.log" >&2; die "$1 did not start"; }
 		if [ "$proto" != http ]; then
 			wait_tls "$TLS_PORT" || { tail -20 "$WORK/caddy.log" >&2; die "caddy-push's HTTPS did not start"; }
 		fi
@@ -209,6 +236,14 @@ start_server() {
 		wait_port "$PORT" || { tail -20 "$WORK/centrifugo.log" >&2; die "centrifugo did not start"; }
 		PIDS=$SERVER_PID
 		;;
+	mercure)
+		PORT=$MERCURE_PORT TLS_PORT=""
+		MERCURE_PORT=$PORT XDG_DATA_HOME="$WORK/mercure-data" XDG_CONFIG_HOME="$WORK/mercure-config" \
+			"$WORK/mercure" run --config bench/mercure/Caddyfile --adapter caddyfile >>"$WORK/mercure.log" 2>&1 &
+		SERVER_PID=$!
+		wait_port "$PORT" || { tail -20 "$WORK/mercure.log" >&2; die "mercure did not start"; }
+		PIDS=$SERVER_PID
+		;;
 	esac
 }
 
@@ -231,8 +266,14 @@ skip_reason() {
 	case $5/$4/$1 in
 	ws/idle/*) echo "idle publishes nothing"; return ;;
 	ws/*/centrifugo) echo "Centrifugo publishes over HTTP here"; return ;;
+	ws/*/mercure | ws/*/caddy-push-mercure) echo "the Mercure protocol publishes over HTTP"; return ;;
+	esac
+	case $1/$3 in
+	mercure/ws | caddy-push-mercure/ws) echo "the Mercure protocol has no WebSocket"; return ;;
 	esac
 	case $1/$2/$3 in
+	mercure/http/* | caddy-push-mercure/http/*) ;;
+	mercure/* | caddy-push-mercure/*) echo "the Mercure targets run over http only here" ;;
 	*/http/* | caddy-push/https-h1/* | nchan/https-h1/*) ;;
 	*/h2/ws | */h3/ws) echo "WebSocket is over http and https-h1 only" ;;
 	nchan/h3/*) echo "Debian's nginx has no QUIC" ;;
@@ -282,6 +323,9 @@ bench() {
 	https-h1) addr=(-tls -addr "127.0.0.1:$TLS_PORT" -pub-addr "127.0.0.1:$PORT") ;;
 	h2 | h3) addr=("-$proto" -addr "127.0.0.1:$TLS_PORT" -pub-addr "127.0.0.1:$PORT") ;;
 	esac
+	case $target in
+	mercure | caddy-push-mercure) args+=(-pattern-share "$PATTERN_SHARE") ;;
+	esac
 	log "$name: ${addr[*]} ${args[*]}"
 	# pushbench bounds its own phases; this bounds the run whatever happens
 	if timeout --signal=INT --kill-after=10 300 "$WORK/pushbench" -target "$target" "${addr[@]}" \
@@ -303,8 +347,8 @@ for over in $PUBLISH; do
 done
 for target in $TARGETS; do
 	case $target in
-	caddy-push | nchan | centrifugo) ;;
-	*) die "unknown target $target in TARGETS: caddy-push, nchan or centrifugo" ;;
+	caddy-push | nchan | centrifugo | mercure | caddy-push-mercure) ;;
+	*) die "unknown target $target in TARGETS: caddy-push, nchan, centrifugo, mercure or caddy-push-mercure" ;;
 	esac
 done
 has_target() { [[ " $TARGETS " == *" $1 "* ]]; }
@@ -327,6 +371,10 @@ ulimit -n "$(ulimit -Hn)" # the servers need as many files as the connections
 log "building caddy-push and pushbench"
 go build -o "$WORK/caddy" ./cmd/caddy
 go build -o "$WORK/pushbench" ./bench/pushbench
+if has_target mercure; then
+	log "building Mercure's hub (bench/mercure, a module outside go.work)"
+	(cd bench/mercure && GOWORK=off go build -o "$WORK/mercure" .)
+fi
 mkdir -p "$OUT"
 rm -f "$OUT"/*.json "$OUT"/*.log
 
@@ -339,6 +387,12 @@ rm -f "$OUT"/*.json "$OUT"/*.log
 	fi
 	if has_target centrifugo; then
 		echo "centrifugo: $(centrifugo_version "$CENTRIFUGO"), $(go version -m "$CENTRIFUGO" | head -1 | cut -d' ' -f2)"
+	fi
+	if has_target mercure; then
+		echo "mercure: $(go version -m "$WORK/mercure" | awk -v m="$MERCURE_MODULE" '$1 == "dep" && $2 == m { print $3 }'), $(go version -m "$WORK/mercure" | awk '$1 == "dep" && $2 == "github.com/caddyserver/caddy/v2" { print "Caddy " $3 }')"
+	fi
+	if has_target mercure || has_target caddy-push-mercure; then
+		echo "Mercure protocol runs: PATTERN_SHARE=$PATTERN_SHARE of the subscribers on URI templates"
 	fi
 	echo "open-file limit: $(ulimit -n); SCALE=$SCALE TIME_SCALE=$TIME_SCALE RUNS=$RUNS"
 	if [ -n "$secure" ]; then

@@ -4,9 +4,10 @@
 // connect failures, and the server's memory and CPU time.
 //
 // It speaks to caddy-push and nchan (SSE or WebSocket), Centrifugo (its
-// unidirectional SSE and WebSocket transports) and Mercure over raw
-// HTTP/1.1, so that the client costs little next to the server it
-// measures on the same machine. With -tls the subscribers speak the same
+// unidirectional SSE and WebSocket transports) and the Mercure protocol
+// (Mercure's own hub, and caddy-push's push_mercure) over raw HTTP/1.1,
+// so that the client costs little next to the server it measures on the
+// same machine. With -tls the subscribers speak the same
 // over TLS; with -h2 and -h3 they are SSE streams over HTTP/2 and HTTP/3,
 // each on a connection of its own, as each browser has its own. The
 // publisher stays on HTTP/1.1 (over TLS too unless -pub-addr names a
@@ -17,12 +18,14 @@
 //	pushbench -h2 -addr 127.0.0.1:8443 -pub-addr 127.0.0.1:8090 -scenario fanout
 //	pushbench -target nchan -addr 127.0.0.1:8091 -n 2000 -topics 20 -rate 200 -json > nchan.json
 //	pushbench -target centrifugo -addr 127.0.0.1:8092 -transport ws -n 2000 -topics 20
+//	pushbench -target mercure -addr 127.0.0.1:8093 -scenario fanout -pattern-share 0.1
 //	pushbench -scenario fanout -transport ws -pub-ws
 //	pushbench -compare caddy.json nchan.json       # a table of medians and ratios
 //	pushbench -plot latency.png caddy.json nchan.json
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -50,6 +53,9 @@ type config struct {
 	pubWS       bool
 	allowRemote bool
 	label       string
+
+	jwtKey       string  // the Mercure publisher JWT's HS256 key
+	patternShare float64 // the share of Mercure subscribers that subscribe by URI template
 
 	scenario    string
 	n           int
@@ -96,7 +102,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 	c := &config{}
 	fs := flag.NewFlagSet("pushbench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	fs.StringVar(&c.target, "target", "caddy-push", "server under test: caddy-push, nchan, centrifugo or mercure")
+	fs.StringVar(&c.target, "target", "caddy-push", "server under test: caddy-push, nchan, centrifugo, "+
+		"mercure (Mercure's hub) or caddy-push-mercure (caddy-push's push_mercure), the last two over the Mercure protocol")
 	fs.StringVar(&c.transport, "transport", "sse", "subscriber transport: sse or ws")
 	fs.StringVar(&c.addr, "addr", "127.0.0.1:8090", "host:port of the server, put into the URL templates as {addr}")
 	fs.StringVar(&c.pubAddr, "pub-addr", "", "host:port to publish to over plain HTTP/1.1, the publish URL's {addr} "+
@@ -113,6 +120,11 @@ func parseFlags(args []string, stderr io.Writer) (*config, []string, error) {
 		"(caddy-push: a push_ws route with publish {query.topic}, /ws-publish as bench/Caddyfile has it; "+
 		"nchan: its WebSocket publisher on the publish location); -pub-url is then a ws:// template")
 	fs.BoolVar(&c.allowRemote, "allow-remote", false, "allow URLs that are not on loopback")
+	fs.StringVar(&c.jwtKey, "jwt-key", cmp.Or(os.Getenv("MERCURE_PUBLISHER_JWT_KEY"), mercureDefaultKey),
+		"Mercure targets: the HS256 key of the publisher's JWT; $MERCURE_PUBLISHER_JWT_KEY sets the default, "+
+			"else it is Mercure's development key, as in bench/Caddyfile and bench/mercure/Caddyfile")
+	fs.Float64Var(&c.patternShare, "pattern-share", 0, "Mercure targets: this share of the subscribers subscribe with a URI template "+
+		"that matches their topic alone (https://example.com/rooms/<name>/{x}) instead of the topic itself")
 	fs.StringVar(&c.label, "label", "", "name of the run in tables and plots (default: target transport scenario)")
 	fs.StringVar(&c.scenario, "scenario", "", "preset: idle, fanout, broadcast or churn (flags given still win)")
 	fs.IntVar(&c.n, "n", 100, "subscribers")
@@ -203,6 +215,10 @@ func (c *config) check(files bool) error {
 		return errors.New("-pub-conns must be ≥ 1")
 	case c.sources < 0 || c.sources > 250:
 		return errors.New("-sources: 0 to 250")
+	case c.patternShare < 0 || c.patternShare > 1:
+		return errors.New("-pattern-share: 0 to 1")
+	case c.patternShare > 0 && !isMercure(c.target):
+		return fmt.Errorf("-pattern-share: Mercure targets only, not %s", c.target)
 	}
 	return nil
 }

@@ -6,8 +6,8 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/http"
 	"net/url"
@@ -159,6 +159,7 @@ type pubConn struct {
 	conn      net.Conn
 	br        *bufio.Reader
 	req, body []byte
+	answer    bytes.Buffer
 }
 
 // publish sends job j over c, dialling first if c is nil, and returns the
@@ -175,7 +176,7 @@ func (p *publisher) publish(c *pubConn, j job) (*pubConn, error) {
 	start := time.Now()
 	c.request(p.t, ep, p.topics[j.topic], j.seq, start.UnixNano(), p.size)
 	_ = c.conn.SetDeadline(start.Add(publishTimeout))
-	keep, err := c.roundTrip()
+	keep, err := c.roundTrip(p.t.mercure)
 	if err != nil || !keep {
 		c.conn.Close()
 		c = nil
@@ -321,9 +322,13 @@ func (c *pubConn) request(t *target, ep endpoint, topic string, seq uint64, nano
 	c.req = append(b, c.body...)
 }
 
+// errNoID is a Mercure publish answered 2xx without the event's id.
+var errNoID = errors.New("publish answered no id")
+
 // roundTrip writes the request and reads the answer; keep is whether the
-// connection may carry the next one.
-func (c *pubConn) roundTrip() (keep bool, err error) {
+// connection may carry the next one. With needID, a 2xx answer must have
+// the event's id as its body, as a Mercure hub's does.
+func (c *pubConn) roundTrip(needID bool) (keep bool, err error) {
 	if _, err := c.conn.Write(c.req); err != nil {
 		return false, err
 	}
@@ -331,13 +336,17 @@ func (c *pubConn) roundTrip() (keep bool, err error) {
 	if err != nil {
 		return false, err
 	}
-	_, err = io.Copy(io.Discard, resp.Body)
+	c.answer.Reset()
+	_, err = c.answer.ReadFrom(resp.Body)
 	resp.Body.Close()
 	if err != nil {
 		return false, err
 	}
 	if resp.StatusCode/100 != 2 {
 		return !resp.Close, statusError(resp.StatusCode)
+	}
+	if needID && len(bytes.TrimSpace(c.answer.Bytes())) == 0 {
+		return !resp.Close, errNoID
 	}
 	return !resp.Close, nil
 }

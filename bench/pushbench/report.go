@@ -166,9 +166,52 @@ func count(m map[string]int) int {
 	return n
 }
 
+// ours is the caddy-push target that another is compared with: over the
+// Mercure protocol, caddy-push's push_mercure with Mercure's hub; over
+// their own protocols, caddy-push with nchan and Centrifugo.
+func ours(target string) string {
+	if target == "mercure" {
+		return "caddy-push-mercure"
+	}
+	return "caddy-push"
+}
+
+// ratioPair is a ratio column: ours to theirs, as indexes of the targets.
+type ratioPair struct{ ours, theirs int }
+
+// ratioPairs are the ratio columns: each target that is not caddy-push's
+// against its caddy-push counterpart, when that ran too.
+func ratioPairs(targets []string) []ratioPair {
+	var pairs []ratioPair
+	for i, t := range targets {
+		if t == "caddy-push" || t == "caddy-push-mercure" {
+			continue
+		}
+		if j := slices.Index(targets, ours(t)); j >= 0 {
+			pairs = append(pairs, ratioPair{j, i})
+		}
+	}
+	return pairs
+}
+
+// caddyPushFirst orders caddy-push, then caddy-push-mercure, before the
+// other targets, which keep their order.
+func caddyPushFirst(a, b string) int {
+	rank := func(t string) int {
+		switch t {
+		case "caddy-push":
+			return 0
+		case "caddy-push-mercure":
+			return 1
+		}
+		return 2
+	}
+	return rank(a) - rank(b)
+}
+
 // printComparison writes one row per scenario, transport and metric, a
-// column per target with the median of its runs, and the ratio of
-// caddy-push to each other target.
+// column per target with the median of its runs, and the ratios of
+// caddy-push's targets to the others (ratioPairs).
 func printComparison(w io.Writer, results []*result) {
 	type key struct{ scenario, protocol, transport, over string }
 	var keys []key
@@ -185,27 +228,16 @@ func printComparison(w io.Writer, results []*result) {
 			targets = append(targets, r.Target)
 		}
 	}
-	// caddy-push first: the ratios are of it to the others
-	slices.SortStableFunc(targets, func(a, b string) int {
-		switch {
-		case a == b:
-			return 0
-		case a == "caddy-push":
-			return -1
-		case b == "caddy-push":
-			return 1
-		}
-		return 0
-	})
+	// caddy-push's first: the ratios are of them to the others
+	slices.SortStableFunc(targets, caddyPushFirst)
+	pairs := ratioPairs(targets)
 	tw := tabwriter.NewWriter(w, 0, 8, 2, ' ', tabwriter.AlignRight)
 	header := "scenario\ttransport\tmetric\t"
 	for _, t := range targets {
 		header += t + "\t"
 	}
-	if targets[0] == "caddy-push" {
-		for _, t := range targets[1:] {
-			header += "caddy-push/" + t + "\t"
-		}
+	for _, p := range pairs {
+		header += targets[p.ours] + "/" + targets[p.theirs] + "\t"
 	}
 	fmt.Fprintln(tw, header)
 	for _, k := range keys {
@@ -243,10 +275,8 @@ func printComparison(w io.Writer, results []*result) {
 			if !shown {
 				continue
 			}
-			if targets[0] == "caddy-push" {
-				for i := 1; i < len(targets); i++ {
-					line += ratio(vals[0], vals[i], have[0] && have[i]) + "\t"
-				}
+			for _, p := range pairs {
+				line += ratio(vals[p.ours], vals[p.theirs], have[p.ours] && have[p.theirs]) + "\t"
 			}
 			fmt.Fprintln(tw, line)
 		}

@@ -22,6 +22,9 @@ type result struct {
 	Rate        float64 `json:"rate"` // publishes per second asked for (the first step's, with a ramp)
 	Size        int     `json:"size"`
 	DurationS   float64 `json:"duration_s"`
+	// PatternShare is the share of subscribers that followed their topic
+	// through a URI template (Mercure targets).
+	PatternShare float64 `json:"pattern_share,omitempty"`
 
 	Connected       int            `json:"connected"`
 	ConnectSeconds  float64        `json:"connect_s"`
@@ -142,7 +145,11 @@ func run(ctx context.Context, c *config, progress io.Writer) (*result, error) {
 	if err != nil {
 		return nil, err
 	}
-	r := &runner{ctx: ctx, c: c, progress: progress, t: t, topics: topicNames(c.topics), res: newResult(c, t.proto)}
+	topics := topicNames(c.topics)
+	if t.mercure {
+		topics = mercureTopics(topics)
+	}
+	r := &runner{ctx: ctx, c: c, progress: progress, t: t, topics: topics, res: newResult(c, t.proto)}
 	res := r.res
 
 	var srv *serverResult
@@ -371,7 +378,7 @@ func newResult(c *config, proto string) *result {
 	return &result{
 		Label: label, Target: c.target, Transport: c.transport, Protocol: proto, Scenario: c.scenario,
 		Subscribers: c.n, Topics: c.topics, Rate: c.rate, Size: c.size, DurationS: c.duration.Seconds(),
-		PublishOver: over,
+		PatternShare: c.patternShare, PublishOver: over,
 	}
 }
 
@@ -395,7 +402,7 @@ func churn(ctx context.Context, d *dialer, t *target, c *config, topics []string
 	var failures reasons
 	res.Attempted = pace(ctx, c.churnRate, int(c.churnRate*c.duration.Seconds()), func(i int) {
 		wg.Go(func() {
-			conn, _, err := open(ctx, d, t, c.transport, topics[i%len(topics)])
+			conn, _, err := open(ctx, d, t, c.transport, selector(topics, i, c.patternShare))
 			if err != nil {
 				failures.add(err)
 				return

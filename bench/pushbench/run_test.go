@@ -37,7 +37,15 @@ func freePort(t *testing.T, udp bool) string { return testport.Free(t, udp) }
 // (HTTP/1.1, HTTP/2 and HTTP/3) with a certificate from Caddy's local CA.
 func startCaddy(t *testing.T) (plain, secure string) {
 	t.Helper()
-	port, tlsPort := freePort(t, false), freePort(t, true)
+	plain, secure, _ = startCaddySites(t)
+	return plain, secure
+}
+
+// startCaddySites is startCaddy, with the address of the Mercure hub's
+// site (push_mercure) too.
+func startCaddySites(t *testing.T) (plain, secure, mercure string) {
+	t.Helper()
+	port, tlsPort, mercurePort := freePort(t, false), freePort(t, true), freePort(t, false)
 	site, err := os.ReadFile("../../bench/Caddyfile")
 	if err != nil {
 		t.Fatal(err)
@@ -46,6 +54,7 @@ func startCaddy(t *testing.T) (plain, secure string) {
 	// certificates in a directory of the test's, and no waiting on stop
 	cf := strings.ReplaceAll(string(site), "{$PUSH_BENCH_PORT:8090}", port)
 	cf = strings.ReplaceAll(cf, "{$PUSH_BENCH_TLS_PORT:8443}", tlsPort)
+	cf = strings.ReplaceAll(cf, "{$PUSH_BENCH_MERCURE_PORT:8094}", mercurePort)
 	cf = strings.Replace(cf, "grace_period 1s", "grace_period 1ns", 1)
 	cf = strings.Replace(cf, "persist_config off", "persist_config off\n\tstorage file_system "+strconv.Quote(t.TempDir()), 1)
 	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
@@ -60,14 +69,14 @@ func startCaddy(t *testing.T) (plain, secure string) {
 			t.Errorf("stopping caddy: %v", err)
 		}
 	})
-	plain, secure = "127.0.0.1:"+port, "127.0.0.1:"+tlsPort
+	plain, secure, mercure = "127.0.0.1:"+port, "127.0.0.1:"+tlsPort, "127.0.0.1:"+mercurePort
 	// the certificate is issued in the background: wait for it
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		conn, err := tls.DialWithDialer(&net.Dialer{Timeout: time.Second}, "tcp", secure, &tls.Config{InsecureSkipVerify: true})
 		if err == nil {
 			conn.Close()
-			return plain, secure
+			return plain, secure, mercure
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no TLS on %s: %v", secure, err)

@@ -127,8 +127,9 @@ type pool struct {
 	rec      recorder
 }
 
-// connect opens n subscribers, subscriber i to topic i mod topics, at rate
-// per second, and returns once every one is open or has failed.
+// connect opens n subscribers, subscriber i to topic i mod topics (for a
+// -pattern-share of them, through a URI template), at rate per second, and
+// returns once every one is open or has failed.
 func connect(ctx context.Context, d *dialer, t *target, c *config, topics []string) *pool {
 	p := &pool{subs: make([]*subscriber, c.n)}
 	var opened sync.WaitGroup
@@ -138,7 +139,7 @@ func connect(ctx context.Context, d *dialer, t *target, c *config, topics []stri
 		go func() {
 			defer p.readers.Done()
 			s := &subscriber{topic: i % len(topics)}
-			conn, src, err := open(ctx, d, t, c.transport, topics[s.topic])
+			conn, src, err := open(ctx, d, t, c.transport, selector(topics, i, c.patternShare))
 			if err != nil {
 				p.failures.add(err)
 				opened.Done()

@@ -20,6 +20,7 @@ type target struct {
 	wrap    wrapKind // how a pushed message wraps the payload
 	header  string   // extra publish header lines, CRLF between them, none at the end
 	bearer  string   // publish credentials
+	mercure bool     // the Mercure protocol: topics are IRIs, a publish answers the event's id
 	proto   string   // how subscribers speak: protoHTTP, protoTLS, protoH2 or protoH3
 	subTLS  *tls.Config
 }
@@ -83,17 +84,19 @@ func newTarget(c *config) (*target, error) {
 		if key := os.Getenv("CENTRIFUGO_API_KEY"); key != "" {
 			t.header += "\r\nX-API-Key: " + key
 		}
-	case "mercure":
+	case "mercure", "caddy-push-mercure":
+		// Mercure's hub and caddy-push's push_mercure, the same protocol
 		if ws {
-			return nil, fmt.Errorf("mercure has no WebSocket transport: use -transport sse")
+			return nil, fmt.Errorf("-target %s: the Mercure protocol has no WebSocket transport: use -transport sse", c.target)
 		}
 		t.subURL, t.pubURL, t.pubBody = "http://{addr}/.well-known/mercure?topic={topic}", "http://{addr}/.well-known/mercure", bodyForm
-		t.bearer = os.Getenv("MERCURE_PUBLISHER_JWT")
-		if t.bearer == "" {
-			return nil, fmt.Errorf("mercure publishes with a JWT: set MERCURE_PUBLISHER_JWT")
+		t.mercure = true
+		var err error
+		if t.bearer, err = mercureToken(c.jwtKey); err != nil {
+			return nil, err
 		}
 	default:
-		return nil, fmt.Errorf("unknown -target %q: caddy-push, nchan, centrifugo or mercure", c.target)
+		return nil, fmt.Errorf("unknown -target %q: caddy-push, nchan, centrifugo, mercure or caddy-push-mercure", c.target)
 	}
 	if c.pubWS {
 		// a WebSocket per topic, each text message an event: the topic
