@@ -451,7 +451,9 @@ func TestMercureCORS(t *testing.T) {
 		t.Errorf("preflight from another origin allowed: %v", resp.Header)
 	}
 	s := subscribe(t, c.mercureURL("match", "a"), header("Origin", "https://app.example"))
-	if s.Resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" {
+	if s.Resp.Header.Get("Access-Control-Allow-Origin") != "https://app.example" ||
+		!strings.Contains(s.Resp.Header.Get("Access-Control-Expose-Headers"), "Link") ||
+		!strings.Contains(s.Resp.Header.Get("Access-Control-Expose-Headers"), "Mercure-Last-Event-ID") {
 		t.Errorf("stream without CORS headers: %v", s.Resp.Header)
 	}
 
