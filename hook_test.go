@@ -24,17 +24,11 @@ func TestHookFailover(t *testing.T) {
 		w.WriteHeader(http.StatusServiceUnavailable)
 	}))
 	defer busy.Close()
-	calls := 0
-	app := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		calls++
-		body, _ := io.ReadAll(r.Body)
-		if r.Header.Get("Content-Type") != "application/json" || r.Header.Get("Cookie") != "a=b" || string(body) != `{"x":1}` {
-			t.Errorf("the app got %v %s", r.Header, body)
-		}
+	app := startTestApp(t)
+	app.handle("/authorize", func(w http.ResponseWriter, r *http.Request) {
 		w.WriteHeader(http.StatusForbidden)
 		_, _ = io.WriteString(w, `{"reason":"not   you"}`)
-	}))
-	defer app.Close()
+	})
 	slow := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		select {
 		case <-r.Context().Done():
@@ -45,7 +39,7 @@ func TestHookFailover(t *testing.T) {
 
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
-	h := &Hook{URLs: []string{down.URL, busy.URL, app.URL}}
+	h := &Hook{URLs: []string{down.URL, busy.URL, app.URL + "/authorize"}}
 	if err := h.provision(ctx, "authorize"); err != nil {
 		t.Fatal(err)
 	}
@@ -55,8 +49,12 @@ func TestHookFailover(t *testing.T) {
 			t.Fatalf("got %+v %v", a, err)
 		}
 	}
-	if calls != 2 {
-		t.Errorf("the app got %d calls, want 2", calls)
+	got := app.requests("/authorize")
+	if len(got) != 2 {
+		t.Fatalf("the app got %d calls, want 2", len(got))
+	}
+	if r := got[0]; r.Header.Get("Content-Type") != "application/json" || r.Header.Get("Cookie") != "a=b" || string(r.Body) != `{"x":1}` {
+		t.Errorf("the app got %v %s", r.Header, r.Body)
 	}
 	h = &Hook{URLs: []string{slow.URL}, Timeout: caddy.Duration(100 * time.Millisecond)}
 	if err := h.provision(ctx, "authorize"); err != nil {
@@ -85,7 +83,7 @@ func TestHookCaddyfile(t *testing.T) {
 		return false, nil
 	})
 	if err != nil || len(h.URLs) != 2 || h.Timeout != caddy.Duration(3*time.Second) || cache != caddy.Duration(10*time.Second) {
-		t.Fatalf("got %+v %v %v", h, cache, err)
+		t.Fatalf("got %v %v %v %v", h.URLs, h.Timeout, cache, err)
 	}
 	for input, want := range map[string]string{
 		"authorize":                       "needs the app's URL",
