@@ -84,6 +84,18 @@ type Grant struct {
 	mercure *mercureClaims
 }
 
+// expired reports whether the token's exp has passed. Verification
+// allows a few seconds of clock skew, which suits a publish; a subscriber
+// is refused from exp on, or a stream that its expiry ends would be let
+// back in, and ended again, for those seconds.
+func (g *Grant) expired() bool {
+	return !g.Expires.IsZero() && !time.Now().Before(g.Expires)
+}
+
+// errTokenExpired refuses a subscriber whose token has expired: it must
+// come back with a fresh one.
+var errTokenExpired = errors.New("token expired: send a fresh one")
+
 // topicClaims is the claim shape of caddy-push ("push") and Mercure
 // ("mercure").
 type topicClaims struct {

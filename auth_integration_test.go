@@ -337,6 +337,14 @@ http://127.0.0.1:PORT {
 	}
 	lasting.quiet(200 * time.Millisecond)
 	anonymous.quiet(10 * time.Millisecond)
+	// a token that has just expired, within the clock leeway a publish
+	// gets, is refused: let in, its stream would end at once, again and
+	// again until the leeway passed
+	req := mustRequest(t, "GET", c.URL+"/events?topic=user/alice")
+	req.Header = auth(-2 * time.Second)
+	if st, body := do(t, req); st != 401 || !strings.Contains(body, "token expired") {
+		t.Errorf("an expired token: %d %q, want 401", st, body)
+	}
 	hub, _ := LookupHub("default")
 	for _, tr := range []string{TransportSSE, TransportWS} {
 		if n := hub.stats.of(tr).expired.Load(); n != 1 {

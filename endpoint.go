@@ -291,6 +291,8 @@ func (e *Endpoint) authenticateSubscriber(r *http.Request) (*Grant, int, error) 
 		return nil, 0, nil
 	case err != nil:
 		return nil, http.StatusUnauthorized, err
+	case g.expired():
+		return nil, http.StatusUnauthorized, errTokenExpired
 	case g.FromCookie && !cookieRequestAllowed(r):
 		return nil, http.StatusForbidden, errors.New("a token from a cookie needs a same-origin request")
 	}

@@ -528,4 +528,8 @@ func TestMercureTokenRules(t *testing.T) {
 		t.Errorf("replay with a token that may read a: %s", got)
 	}
 	s.ended(5 * time.Second) // at its exp
+	expired := hs256(t, jwt.MapClaims{"exp": time.Now().Add(-2 * time.Second).Unix(), "mercure": map[string]any{"subscribe": []string{"a"}}})
+	if st, _ := do(t, mustRequest(t, "GET", c.mercureURL("match", "a", "authorization", expired))); st != 401 {
+		t.Errorf("a token that has just expired: %d, want 401", st)
+	}
 }

@@ -122,6 +122,9 @@ func (h *MercureHandler) authenticateSubscriber(r *http.Request, get func(string
 		return nil, 0, "", nil
 	}
 	g, err := h.verify(h.subscriberJWT, token, base)
+	if err == nil && g.expired() {
+		err = errTokenExpired
+	}
 	if err != nil {
 		return nil, http.StatusUnauthorized, "invalid_token", err
 	}
