@@ -47,7 +47,7 @@ var mercureNoMeaning = map[string]string{
 //		publish_origins        <origin...>
 //		cookie_name            <name>
 //		heartbeat              <duration>
-//		write_timeout          <duration>
+//		write_timeout          <duration>   (or max_duration)
 //		max_request_body_size  <size>   (or max_body)
 //		hub                    <name>   (or Mercure's name)
 //		path                   <path>
@@ -92,7 +92,7 @@ func (h *MercureHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, parseString(d, &h.CookieName)
 		case "heartbeat":
 			return true, parseDuration(d, &h.Heartbeat)
-		case "write_timeout":
+		case "write_timeout", "max_duration":
 			return true, parseDuration(d, &h.WriteTimeout)
 		case "max_request_body_size", "max_body":
 			return true, parseSize(d, &h.MaxBody)

@@ -474,6 +474,12 @@ func TestMercureCORS(t *testing.T) {
 }
 
 func TestMercureCaddyfile(t *testing.T) {
+	cf := "http://127.0.0.1:9 {\n\tpush_mercure {\n\t\tpublisher_jwt k\n\t\tname books\n\t\tmax_duration 10m\n\t\tresource_identifier https://hub.example\n\t}\n}\n"
+	cfg, _, err := caddyconfig.GetAdapter("caddyfile").Adapt([]byte(cf), nil)
+	if err != nil || !strings.Contains(string(cfg), `"hub":"books"`) || !strings.Contains(string(cfg), `"write_timeout":600000000000`) ||
+		!strings.Contains(string(cfg), `"jwt_audience":"https://hub.example"`) {
+		t.Errorf("Mercure's names for our options: %s %v", cfg, err)
+	}
 	for opt, want := range map[string]string{
 		"transport bolt":           "broker",
 		"dispatch_timeout 5s":      "never waits",
