@@ -2,6 +2,7 @@ package push
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -555,8 +556,7 @@ func (s *socket) reply(frame []byte) bool {
 }
 
 // publishFrame publishes a client's message to one of the topics it may
-// publish to, on behalf of the subscription's user (or of its address,
-// for a client without one), who scopes its idempotency key.
+// publish to.
 func publishFrame(ctx context.Context, sub *Subscription, allowed []string, frame []byte) error {
 	if len(allowed) == 0 {
 		return errors.New(replyNoPublish)
@@ -565,12 +565,19 @@ func publishFrame(ctx context.Context, sub *Subscription, allowed []string, fram
 	if err != nil {
 		return err
 	}
+	return publishMessage(ctx, sub, m)
+}
+
+// publishMessage publishes a client's message, checked, on behalf of the
+// subscription's user (or of its address, for a client without one), who
+// scopes its idempotency key.
+func publishMessage(ctx context.Context, sub *Subscription, m Message) error {
 	who := sub.Member()
 	publisher := anonymousPublisher(who.RemoteAddr)
 	if who.User != "" {
 		publisher = "user:" + who.User
 	}
-	_, err = sub.hub.PublishAs(ctx, m, publisher)
+	_, err := sub.hub.PublishAs(ctx, m, publisher)
 	switch {
 	case errors.Is(err, ErrIdempotencyConflict):
 		return fmt.Errorf("key %q was already used for a different message: use a new key for a new message", m.IdempotencyKey)
@@ -598,10 +605,10 @@ type wsFrame struct {
 // clientFrame is a client message: {"topic","event","data","id","key"}.
 type clientFrame struct {
 	Topic string          `json:"topic"`
-	Event string          `json:"event"`
+	Event string          `json:"event,omitempty"`
 	Data  json.RawMessage `json:"data"`
-	ID    string          `json:"id"`
-	Key   *string         `json:"key"`
+	ID    string          `json:"id,omitempty"`
+	Key   *string         `json:"key,omitempty"`
 }
 
 // parseClientFrame reads a client message. An object with only the
@@ -609,14 +616,31 @@ type clientFrame struct {
 // text is the data. The topic must be one the client may publish to.
 func parseClientFrame(frame []byte, allowed []string) (Message, error) {
 	var f clientFrame
-	dec := json.NewDecoder(strings.NewReader(string(frame)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil || dec.More() {
+	if err := decodeStrict(frame, &f); err != nil {
 		if len(allowed) == 1 {
 			return Message{Topics: allowed, Data: string(frame)}, nil
 		}
 		return Message{}, errors.New(`a message must be {"topic":"...","event":"...","data":...}`)
 	}
+	return f.message(allowed)
+}
+
+// decodeStrict decodes one JSON value that has no fields v does not know.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("more than one JSON value")
+	}
+	return nil
+}
+
+// message is the envelope as a message, checked: the topic must be one
+// the client may publish to (the only one, when it names none).
+func (f clientFrame) message(allowed []string) (Message, error) {
 	if f.Topic == "" && len(allowed) == 1 {
 		f.Topic = allowed[0]
 	}
