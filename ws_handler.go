@@ -92,6 +92,14 @@ type WSHandler struct {
 	// Default: 40.
 	PublishBurst int `json:"publish_burst,omitempty"`
 
+	// The app's endpoint that confirms each client message before it is
+	// published: it gets the client's envelope with the connection's id
+	// and user, and answers 200 with the envelope to publish (edited or
+	// not), 204 to publish nothing, or a 4xx whose reason the client gets
+	// in an error frame; no answer in time publishes nothing. Needs
+	// publish. Default: none (client messages are published as sent).
+	PublishProxy *Hook `json:"publish_proxy,omitempty"`
+
 	upgrader websocket.Upgrader
 	open     *openSockets
 	engines  *handlerEngine
@@ -129,6 +137,9 @@ func (h *WSHandler) Provision(ctx caddy.Context) error {
 		if err := ValidateTopic(t); err != nil {
 			return fmt.Errorf("publish template: %v", err)
 		}
+	}
+	if err := h.provisionPublishProxy(ctx); err != nil {
+		return err
 	}
 	if slices.Contains(h.Origins, "*") {
 		logger.Warn("websocket accepts any origin: pages on other sites can connect with their visitors' cookies")
@@ -386,14 +397,18 @@ func (s *socket) run() {
 	}()
 	s.write()
 	s.finish()
+	s.closed()
 }
 
-// close decides the close frame; the writer sends it once it stops.
+// close decides the close frame; the writer sends it once it stops. The
+// reader stops at once, and with it the writer, whoever calls close (the
+// reader, the writer, or the session's calls to the app).
 func (s *socket) close(code int, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closing {
 		s.closing, s.closeCode, s.closeReason = true, code, reason
+		_ = s.conn.NetConn().SetReadDeadline(time.Now())
 	}
 }
 
