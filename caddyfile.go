@@ -232,6 +232,9 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		compression
 //		publish_rate           <per second>
 //		publish_burst          <count>
+//		publish_proxy          <url...> {
+//			timeout <duration>
+//		}
 //		max_duration           <duration>
 //		pause_for              <duration>
 //		max_connections        <count>
@@ -286,6 +289,9 @@ func (h *WSHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, nil
 		case "publish_burst":
 			return true, parseInt(d, &h.PublishBurst)
+		case "publish_proxy":
+			h.PublishProxy = new(Hook)
+			return true, unmarshalHook(d, h.PublishProxy, nil)
 		}
 		return false, nil
 	})

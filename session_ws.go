@@ -15,11 +15,13 @@ type wsSession struct {
 	sub     *Subscription
 	publish []string // the topics the client may publish to
 	limit   *rateLimit
+	toApp   *proxyQueue // messages on their way to publish_proxy; nil without it
 	t       wsTransport
 }
 
 func newWSSession(h *WSHandler, sub *Subscription, publish []string, t wsTransport) wsSession {
-	return wsSession{h: h, sub: sub, publish: publish, limit: newRateLimit(h.PublishRate, h.PublishBurst), t: t}
+	return wsSession{h: h, sub: sub, publish: publish, limit: newRateLimit(h.PublishRate, h.PublishBurst),
+		toApp: newProxyQueue(h, publish), t: t}
 }
 
 // open sends the presence snapshot, then the reset or the backlog, which
@@ -54,8 +56,10 @@ func (s *wsSession) message(text bool, payload []byte) bool {
 			s.t.close(websocket.ClosePolicyViolation, reasonRateAbused)
 			return false
 		default:
-			// under the module's context: the request's has ended
-			if err := publishFrame(s.h.ctx, s.sub, s.publish, payload); err != nil {
+			if s.toApp != nil {
+				problem = s.proxy(payload)
+			} else if err := publishFrame(s.h.ctx, s.sub, s.publish, payload); err != nil {
+				// under the module's context: the request's has ended
 				problem = err.Error()
 			}
 		}
@@ -66,6 +70,9 @@ func (s *wsSession) message(text bool, payload []byte) bool {
 	}
 	return true
 }
+
+// closed ends what the session still does once its connection has ended.
+func (s *wsSession) closed() { s.toApp.stop() }
 
 func errorFrame(msg string) []byte {
 	frame, _ := json.Marshal(map[string]string{"error": msg})

@@ -44,7 +44,7 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 	st.session = newWSSession(h, sub, h.publishTopics(r, a.Grant), st)
 	st.in.max = h.MaxMessageSize
 	st.added.Add(1)
-	c, err := eng.Add(conn.NetConn().(*batchConn).Conn, engine.Handlers{OnInput: st.input, OnClose: st.closed})
+	c, err := eng.Add(conn.NetConn().(*batchConn).Conn, engine.Handlers{OnInput: st.input, OnClose: st.finished})
 	if err != nil {
 		return false
 	}
@@ -82,6 +82,13 @@ func (st *wsStream) Deliver(ev *Event) bool {
 // slow consumer is cut off once its close frame is sent (closed).
 func (st *wsStream) DeliverInto(b *engine.Batch, ev *Event, count *uint64) {
 	b.Add(st.conn, ev.wsFrame(st.session.h.Format, st.sub.Topics), count)
+}
+
+// finished runs once the connection has ended: the session's work ends
+// before the subscription is given back.
+func (st *wsStream) finished(why error) {
+	st.session.closed()
+	st.closed(why)
 }
 
 // Ended closes with the code the hub's reason asks for.

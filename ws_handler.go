@@ -2,6 +2,7 @@ package push
 
 import (
 	"bufio"
+	"bytes"
 	"cmp"
 	"context"
 	"crypto/rand"
@@ -91,6 +92,14 @@ type WSHandler struct {
 	// Default: 40.
 	PublishBurst int `json:"publish_burst,omitempty"`
 
+	// The app's endpoint that confirms each client message before it is
+	// published: it gets the client's envelope with the connection's id
+	// and user, and answers 200 with the envelope to publish (edited or
+	// not), 204 to publish nothing, or a 4xx whose reason the client gets
+	// in an error frame; no answer in time publishes nothing. Needs
+	// publish. Default: none (client messages are published as sent).
+	PublishProxy *Hook `json:"publish_proxy,omitempty"`
+
 	upgrader websocket.Upgrader
 	open     *openSockets
 	engines  *handlerEngine
@@ -128,6 +137,9 @@ func (h *WSHandler) Provision(ctx caddy.Context) error {
 		if err := ValidateTopic(t); err != nil {
 			return fmt.Errorf("publish template: %v", err)
 		}
+	}
+	if err := h.provisionPublishProxy(ctx); err != nil {
+		return err
 	}
 	if slices.Contains(h.Origins, "*") {
 		logger.Warn("websocket accepts any origin: pages on other sites can connect with their visitors' cookies")
@@ -385,14 +397,18 @@ func (s *socket) run() {
 	}()
 	s.write()
 	s.finish()
+	s.closed()
 }
 
-// close decides the close frame; the writer sends it once it stops.
+// close decides the close frame; the writer sends it once it stops. The
+// reader stops at once, and with it the writer, whoever calls close (the
+// reader, the writer, or the session's calls to the app).
 func (s *socket) close(code int, reason string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if !s.closing {
 		s.closing, s.closeCode, s.closeReason = true, code, reason
+		_ = s.conn.NetConn().SetReadDeadline(time.Now())
 	}
 }
 
@@ -555,8 +571,7 @@ func (s *socket) reply(frame []byte) bool {
 }
 
 // publishFrame publishes a client's message to one of the topics it may
-// publish to, on behalf of the subscription's user (or of its address,
-// for a client without one), who scopes its idempotency key.
+// publish to.
 func publishFrame(ctx context.Context, sub *Subscription, allowed []string, frame []byte) error {
 	if len(allowed) == 0 {
 		return errors.New(replyNoPublish)
@@ -565,12 +580,19 @@ func publishFrame(ctx context.Context, sub *Subscription, allowed []string, fram
 	if err != nil {
 		return err
 	}
+	return publishMessage(ctx, sub, m)
+}
+
+// publishMessage publishes a client's message, checked, on behalf of the
+// subscription's user (or of its address, for a client without one), who
+// scopes its idempotency key.
+func publishMessage(ctx context.Context, sub *Subscription, m Message) error {
 	who := sub.Member()
 	publisher := anonymousPublisher(who.RemoteAddr)
 	if who.User != "" {
 		publisher = "user:" + who.User
 	}
-	_, err = sub.hub.PublishAs(ctx, m, publisher)
+	_, err := sub.hub.PublishAs(ctx, m, publisher)
 	switch {
 	case errors.Is(err, ErrIdempotencyConflict):
 		return fmt.Errorf("key %q was already used for a different message: use a new key for a new message", m.IdempotencyKey)
@@ -598,10 +620,10 @@ type wsFrame struct {
 // clientFrame is a client message: {"topic","event","data","id","key"}.
 type clientFrame struct {
 	Topic string          `json:"topic"`
-	Event string          `json:"event"`
+	Event string          `json:"event,omitempty"`
 	Data  json.RawMessage `json:"data"`
-	ID    string          `json:"id"`
-	Key   *string         `json:"key"`
+	ID    string          `json:"id,omitempty"`
+	Key   *string         `json:"key,omitempty"`
 }
 
 // parseClientFrame reads a client message. An object with only the
@@ -609,14 +631,31 @@ type clientFrame struct {
 // text is the data. The topic must be one the client may publish to.
 func parseClientFrame(frame []byte, allowed []string) (Message, error) {
 	var f clientFrame
-	dec := json.NewDecoder(strings.NewReader(string(frame)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&f); err != nil || dec.More() {
+	if err := decodeStrict(frame, &f); err != nil {
 		if len(allowed) == 1 {
 			return Message{Topics: allowed, Data: string(frame)}, nil
 		}
 		return Message{}, errors.New(`a message must be {"topic":"...","event":"...","data":...}`)
 	}
+	return f.message(allowed)
+}
+
+// decodeStrict decodes one JSON value that has no fields v does not know.
+func decodeStrict(b []byte, v any) error {
+	dec := json.NewDecoder(bytes.NewReader(b))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return err
+	}
+	if dec.More() {
+		return errors.New("more than one JSON value")
+	}
+	return nil
+}
+
+// message is the envelope as a message, checked: the topic must be one
+// the client may publish to (the only one, when it names none).
+func (f clientFrame) message(allowed []string) (Message, error) {
 	if f.Topic == "" && len(allowed) == 1 {
 		f.Topic = allowed[0]
 	}
