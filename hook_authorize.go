@@ -29,6 +29,10 @@ import (
 // only).
 const DefaultAuthorizeCache = 10 * time.Second
 
+// transportMercure is how the app is told a push_mercure subscriber
+// asks.
+const transportMercure = "mercure"
+
 // Bounds of what the app's answer may hold: the user and meta live as long
 // as the connection, in presence and (on Redis) in its roster.
 const (

@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"net/url"
 	"reflect"
 	"slices"
 	"strings"
@@ -105,18 +106,23 @@ func TestAuthorizeCaddyfile(t *testing.T) {
 		{name: "headers without names", input: "authorize http://a {\n\t\theaders\n\t}", err: "wrong argument count"},
 		{name: "bad cache", input: "authorize http://a {\n\t\tcache soon\n\t}", err: "invalid cache 'soon'"},
 	} {
-		for _, directive := range []string{"push_sse", "push_ws"} {
+		for _, directive := range []string{"push_sse", "push_ws", "push_mercure"} {
 			t.Run(directive+" "+tc.name, func(t *testing.T) {
 				input := directive + " {\n\t" + tc.input + "\n}"
 				d := caddyfile.NewTestDispenser(input)
 				var got *AuthorizeHook
 				var err error
-				if directive == "push_sse" {
+				switch directive {
+				case "push_sse":
 					var h SSEHandler
 					err = h.UnmarshalCaddyfile(d)
 					got = h.Authorize
-				} else {
+				case "push_ws":
 					var h WSHandler
+					err = h.UnmarshalCaddyfile(d)
+					got = h.Authorize
+				default:
+					var h MercureHandler
 					err = h.UnmarshalCaddyfile(d)
 					got = h.Authorize
 				}
@@ -532,5 +538,41 @@ func TestAuthorizeWebSocket(t *testing.T) {
 	ws, err = dialWS(t, c.URL+"/ws", header("Cookie", "session=eve"))
 	if err == nil || ws.Resp == nil || ws.Resp.StatusCode != 503 || ws.Resp.Header.Get("Retry-After") != "5" {
 		t.Fatalf("app unavailable: %v %+v", err, ws.Resp)
+	}
+}
+
+// push_mercure asks the app about a subscription's selectors, exact topics
+// and patterns alike, as text; those it leaves out are not followed.
+func TestAuthorizeMercure(t *testing.T) {
+	app := startTestApp(t)
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_mercure {
+		publisher_jwt `+testSecret+`
+		anonymous
+		authorize `+app.URL+`/mercure
+	}
+}`)
+	book, author := "https://example.com/books/1", "https://example.com/authors/{id}"
+	app.handle("/mercure", appSays(200, `{"topics":["`+book+`"],"user":"reader"}`))
+	s := subscribe(t, c.mercureURL("match", book, "match_uritemplate", author), header("Cookie", "session=reader"))
+	if s.Resp.StatusCode != 200 {
+		t.Fatalf("subscribe: %d", s.Resp.StatusCode)
+	}
+	got := authorizeAsked(t, app.requests("/mercure"))
+	if len(got) != 1 || got[0].Transport != "mercure" || !slices.Equal(got[0].Topics, []string{author, book}) || got[0].Path != DefaultMercurePath {
+		t.Fatalf("the app got %+v", got)
+	}
+	pub := mercurePublisherToken(t, "*")
+	c.mercurePublish(pub, url.Values{"topic": {"https://example.com/authors/7"}, "data": {"not followed"}})
+	_, id, _ := c.mercurePublish(pub, url.Values{"topic": {book}, "data": {"followed"}})
+	if ev := s.nextEvent(2 * time.Second); ev.ID != id {
+		t.Fatalf("got %+v, want %s", ev, id)
+	}
+
+	app.handle("/mercure", appSays(403, "no books for you"))
+	st, body := do(t, mustRequest(t, "GET", c.mercureURL("match", book)))
+	if st != 403 || strings.TrimSpace(body) != "no books for you" {
+		t.Errorf("refused: %d %q", st, body)
 	}
 }
