@@ -229,6 +229,9 @@ func (e *Endpoint) Cleanup() error {
 	if e.conns != nil {
 		e.conns.shutdown()
 	}
+	if e.Authorize != nil {
+		e.Authorize.cleanup()
+	}
 	return nil
 }
 

@@ -65,9 +65,16 @@ type AuthorizeHook struct {
 	Headers []string `json:"headers,omitempty"`
 
 	ttl    time.Duration
-	cache  authorizeCache
+	cache  *authorizeCache
+	pooled string // the cache's key in authorizeCaches, once taken
 	logger *zap.Logger
 }
+
+// authorizeCaches holds the hooks' caches, keyed by the app's URLs and the
+// headers passed on, so that answers outlive a reload: the reconnect
+// storm a reload brings then finds them, as the new config provisions
+// before the old one cleans up.
+var authorizeCaches = caddy.NewUsagePool()
 
 // authorizeRequest is the body the app gets.
 type authorizeRequest struct {
@@ -120,7 +127,24 @@ func (h *AuthorizeHook) provision(ctx caddy.Context, logger *zap.Logger) error {
 		h.Headers[i] = http.CanonicalHeaderKey(name)
 	}
 	h.logger = logger
+	if h.ttl == 0 {
+		return nil
+	}
+	name := strings.Join(h.URLs, " ") + "\x00" + strings.Join(h.Headers, " ")
+	c, _, err := authorizeCaches.LoadOrNew(name, func() (caddy.Destructor, error) { return new(authorizeCache), nil })
+	if err != nil {
+		return err
+	}
+	h.cache, h.pooled = c.(*authorizeCache), name
 	return nil
+}
+
+// cleanup lets go of the cache.
+func (h *AuthorizeHook) cleanup() {
+	if h.pooled != "" {
+		_, _ = authorizeCaches.Delete(h.pooled)
+		h.pooled = ""
+	}
 }
 
 // ask is the app's word on r subscribing to topics (sorted) over
@@ -271,6 +295,9 @@ type authorizeCache struct {
 	answers map[[sha256.Size]byte]cachedAuthorization
 	calls   map[[sha256.Size]byte]*authorizeCall
 }
+
+// Destruct has nothing to release: the answers go with the cache.
+func (*authorizeCache) Destruct() error { return nil }
 
 type cachedAuthorization struct {
 	authorization

@@ -140,6 +140,7 @@ func TestAuthorizeCaddyfile(t *testing.T) {
 	if err := h.provision(ctx, zap.NewNop()); err != nil || h.ttl != DefaultAuthorizeCache || h.Timeout != caddy.Duration(DefaultHookTimeout) || !slices.Equal(h.Headers, []string{"X-Api-Key"}) {
 		t.Errorf("defaults: %v %v %v %v", h.ttl, h.Timeout, h.Headers, err)
 	}
+	h.cleanup()
 	h = &AuthorizeHook{Hook: Hook{URLs: []string{"http://app"}}, Cache: durPtr(0)}
 	if err := h.provision(ctx, zap.NewNop()); err != nil || h.ttl != 0 || !slices.Equal(h.Headers, []string{"Cookie", "Authorization"}) {
 		t.Errorf("cache 0, default headers: %v %v %v", h.ttl, h.Headers, err)
@@ -351,6 +352,7 @@ func TestAuthorizeAnswers(t *testing.T) {
 	if err := h.provision(ctx, zap.New(core)); err != nil {
 		t.Fatal(err)
 	}
+	defer h.cleanup()
 	r := httptest.NewRequest("GET", "/events?topic=a", nil)
 	if _, err := h.ask(r, TransportSSE, []string{"a"}); err == nil {
 		t.Fatal("an HTML 200 admitted")
@@ -386,6 +388,11 @@ func TestAuthorizeCache(t *testing.T) {
 	}
 	if n := calls(); n != 1 {
 		t.Fatalf("5 connects with one cookie: %d calls, want 1", n)
+	}
+	// a reload keeps the answers, for the clients it sends back
+	c.Load(strings.ReplaceAll(authorizeSite, "APP", app.URL))
+	if s := subscribe(t, c.URL+"/events?topic=a", header("Cookie", "session=alice")); s.Resp.StatusCode != 200 || calls() != 1 {
+		t.Fatalf("after a reload: %d, %d calls, want 200 and still 1", s.Resp.StatusCode, calls())
 	}
 	subscribe(t, c.URL+"/events?topic=a", header("Cookie", "session=bob")).Close()
 	subscribe(t, c.URL+"/events?topic=b", header("Cookie", "session=alice")).Close()
