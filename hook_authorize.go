@@ -149,8 +149,9 @@ func (h *AuthorizeHook) cleanup() {
 
 // ask is the app's word on r subscribing to topics (sorted) over
 // transport: from the cache, or from the app. The error wraps
-// errHookUnavailable when the app did not answer in time, or answered a
-// status other than 200 and 4xx; otherwise its 200 could not be read.
+// errHookUnavailable when the app did not answer in time; otherwise it
+// answered a status other than 200 and 4xx, or a 200 that cannot be
+// read.
 func (h *AuthorizeHook) ask(r *http.Request, transport string, topics []string) (authorization, error) {
 	header := make(http.Header, len(h.Headers))
 	for _, name := range h.Headers {
@@ -185,7 +186,7 @@ func (h *AuthorizeHook) ask(r *http.Request, transport string, topics []string) 
 
 // logFailure says why a client got 503.
 func (h *AuthorizeHook) logFailure(r *http.Request, err error) {
-	msg := "authorize: the app's answer is not valid; clients get 503"
+	msg := "authorize: the app's answer is not one authorize takes; clients get 503"
 	if errors.Is(err, errHookUnavailable) {
 		msg = "authorize: the app did not answer; clients get 503"
 	}
@@ -209,7 +210,7 @@ func (h *AuthorizeHook) call(ctx context.Context, body []byte, header http.Heade
 		}
 		return az, nil
 	}
-	return authorization{}, fmt.Errorf("%w: it answered %d", errHookUnavailable, a.Status)
+	return authorization{}, fmt.Errorf("the app answered %d: want 200 or a 4xx", a.Status)
 }
 
 // readAuthorization reads the body of the app's 200: topics narrow those

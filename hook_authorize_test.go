@@ -365,7 +365,7 @@ func TestAuthorizeAnswers(t *testing.T) {
 	for _, e := range logs.All() {
 		msgs = append(msgs, e.Message+" "+e.ContextMap()["error"].(string))
 	}
-	if len(msgs) != 2 || !strings.Contains(msgs[0], "answer is not valid") || !strings.Contains(msgs[0], `"<html>"`) || !strings.Contains(msgs[1], "did not answer") {
+	if len(msgs) != 2 || !strings.Contains(msgs[0], "answer is not one authorize takes") || !strings.Contains(msgs[0], `"<html>"`) || !strings.Contains(msgs[1], "did not answer") {
 		t.Errorf("logged %q", msgs)
 	}
 }
