@@ -200,6 +200,11 @@ func parseHandler[T any, P handlerPtr[T]](h httpcaddyfile.Helper) (caddyhttp.Mid
 //		jwt_audience           <aud>
 //		jwt_issuer             <iss>
 //		cookie_name            <name>
+//		authorize              <url...> {
+//			timeout <duration>
+//			cache   <duration>
+//			headers <name...>
+//		}
 //	}
 func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return unmarshalBlock(d, "push_sse", func(opt string) (bool, error) {
@@ -248,6 +253,11 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		jwt_audience           <aud>
 //		jwt_issuer             <iss>
 //		cookie_name            <name>
+//		authorize              <url...> {
+//			timeout <duration>
+//			cache   <duration>
+//			headers <name...>
+//		}
 //	}
 func (h *WSHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return unmarshalBlock(d, "push_ws", func(opt string) (bool, error) {
@@ -367,6 +377,9 @@ func (e *Endpoint) unmarshalOption(d *caddyfile.Dispenser, opt string) (bool, er
 		return true, nil
 	case "presence_limit":
 		return true, parseInt(d, &e.PresenceLimit)
+	case "authorize":
+		e.Authorize = new(AuthorizeHook)
+		return true, e.Authorize.unmarshalCaddyfile(d)
 	}
 	return e.JWT.unmarshalOption(d, opt)
 }

@@ -2,6 +2,7 @@ package push
 
 import (
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -104,6 +105,12 @@ type Endpoint struct {
 
 	JWT
 
+	// Asks the app, at connect, whether a client may subscribe, to which
+	// of the topics it asks for, and who it is (see AuthorizeHook). It
+	// runs after every check of the handler's own. Default: none (the
+	// handler's checks alone decide).
+	Authorize *AuthorizeHook `json:"authorize,omitempty"`
+
 	hub    *Hub
 	logger *zap.Logger
 	conns  *connections
@@ -185,6 +192,11 @@ func (e *Endpoint) provision(ctx caddy.Context, logger *zap.Logger) error {
 	if err := e.provisionJWT(ctx); err != nil {
 		return err
 	}
+	if e.Authorize != nil {
+		if err := e.Authorize.provision(ctx, logger); err != nil {
+			return err
+		}
+	}
 	if len(e.Private) > 0 && !e.JWT.enabled() {
 		return fmt.Errorf("private topics need jwt_key or jwks_url to verify subscribe claims")
 	}
@@ -217,6 +229,9 @@ func (e *Endpoint) Cleanup() error {
 	if e.conns != nil {
 		e.conns.shutdown()
 	}
+	if e.Authorize != nil {
+		e.Authorize.cleanup()
+	}
 	return nil
 }
 
@@ -237,6 +252,10 @@ type admission struct {
 	LastEventID string
 	// Grant is the client's verified JWT, if it sent one.
 	Grant *Grant
+	// User and Meta are what the app's authorize answer says of the
+	// client, if it named its user or attached metadata.
+	User string
+	Meta json.RawMessage
 	// opened, when set, adds response headers once the subscription is
 	// made (push_mercure's Last-Event-ID)
 	opened func(http.Header, *Subscription)
@@ -249,10 +268,11 @@ type admission struct {
 // Release frees the connection's place under the limits.
 func (a *admission) Release() { a.release() }
 
-// accept runs every check a subscribe request must pass, cheapest and
-// least revealing first. On failure it has written the answer, and the
-// handler returns the error it gives.
-func (e *Endpoint) accept(w http.ResponseWriter, r *http.Request) (*admission, error) {
+// accept runs every check a subscribe request over transport must pass,
+// cheapest and least revealing first, the app's authorize hook last. On
+// failure it has written the answer, and the handler returns the error it
+// gives.
+func (e *Endpoint) accept(w http.ResponseWriter, r *http.Request, transport string) (*admission, error) {
 	query, err := parseQuery(r)
 	if err != nil {
 		return nil, writeError(w, r, http.StatusBadRequest, err)
@@ -268,15 +288,55 @@ func (e *Endpoint) accept(w http.ResponseWriter, r *http.Request) (*admission, e
 	if status, err := e.checkPrivate(topics, grant); err != nil {
 		return nil, writeError(w, r, status, err)
 	}
+	az, ok, err := e.authorize(w, r, transport, topics)
+	if !ok {
+		return nil, err
+	}
 	release, status, err := e.reserve(r)
 	if err != nil {
-		if e.overLimit != nil {
-			return nil, e.overLimit(w, r, status, err)
-		}
-		w.Header().Set("Retry-After", strconv.Itoa(int(limitRetryAfter.Seconds())))
-		return nil, writeError(w, r, status, err)
+		return nil, e.busy(w, r, status, err)
 	}
-	return &admission{Topics: topics, LastEventID: lastEventID(r, query), Grant: grant, release: release}, nil
+	return &admission{Topics: az.Topics, User: az.User, Meta: az.Meta, LastEventID: lastEventID(r, query), Grant: grant, release: release}, nil
+}
+
+// busy answers a request the server cannot take now: status with
+// Retry-After, or the endpoint's own answer (an EventSource's pause).
+func (e *Endpoint) busy(w http.ResponseWriter, r *http.Request, status int, err error) error {
+	if e.overLimit != nil {
+		return e.overLimit(w, r, status, err)
+	}
+	w.Header().Set("Retry-After", strconv.Itoa(int(limitRetryAfter.Seconds())))
+	return writeError(w, r, status, err)
+}
+
+// authorize asks the app, when the endpoint has an authorize hook, whether
+// the client may follow topics, and sets {http.push.user} to the user it
+// names. Admitted, it reports true with the topics the app allows; refused,
+// it has written the answer. A request over a connection limit is refused
+// before the app is asked, and without a place under the limits held
+// while it answers.
+func (e *Endpoint) authorize(w http.ResponseWriter, r *http.Request, transport string, topics []string) (authorization, bool, error) {
+	if e.Authorize == nil {
+		return authorization{Topics: topics}, true, nil
+	}
+	if status, err := e.full(r); err != nil {
+		return authorization{}, false, e.busy(w, r, status, err)
+	}
+	az, err := e.Authorize.ask(r, transport, topics)
+	switch {
+	case err != nil:
+		return az, false, e.busy(w, r, http.StatusServiceUnavailable, errors.New("authorization is unavailable: try again later"))
+	case az.Status != 0:
+		for k, v := range az.Header {
+			w.Header()[k] = slices.Clone(v)
+		}
+		return az, false, writeError(w, r, az.Status, errors.New(az.Reason))
+	}
+	if az.User != "" {
+		repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
+		repl.Set("http.push.user", az.User)
+	}
+	return az, true, nil
 }
 
 // authenticateSubscriber verifies the client's JWT, if it sent one, and
@@ -333,12 +393,37 @@ func (e *Endpoint) checkPrivate(topics []string, g *Grant) (int, error) {
 	return 0, nil
 }
 
+// errTooManyConnections refuses a connection over max_connections.
+var errTooManyConnections = errors.New("too many connections")
+
+// full reports, without taking a place, whether a connection would be over
+// max_connections or max_connections_per_ip now.
+func (e *Endpoint) full(r *http.Request) (int, error) {
+	c := e.conns
+	if e.MaxConnections > 0 && c.open.Load() >= int64(e.MaxConnections) {
+		return http.StatusServiceUnavailable, errTooManyConnections
+	}
+	if e.MaxConnectionsPerIP == 0 {
+		return 0, nil
+	}
+	ip := ipKey(clientIP(r), e.IPv6Prefix)
+	c.mu.Lock()
+	n := c.perIP[ip]
+	c.mu.Unlock()
+	if n >= e.MaxConnectionsPerIP {
+		return http.StatusTooManyRequests, tooManyFrom(ip)
+	}
+	return 0, nil
+}
+
+func tooManyFrom(ip string) error { return fmt.Errorf("too many connections from %s", ip) }
+
 // reserve takes a place under max_connections and max_connections_per_ip.
 func (e *Endpoint) reserve(r *http.Request) (func(), int, error) {
 	c := e.conns
 	if n := c.open.Add(1); e.MaxConnections > 0 && n > int64(e.MaxConnections) {
 		c.open.Add(-1)
-		return nil, http.StatusServiceUnavailable, errors.New("too many connections")
+		return nil, http.StatusServiceUnavailable, errTooManyConnections
 	}
 	if e.MaxConnectionsPerIP == 0 {
 		return func() { c.open.Add(-1) }, 0, nil
@@ -348,7 +433,7 @@ func (e *Endpoint) reserve(r *http.Request) (func(), int, error) {
 	defer c.mu.Unlock()
 	if c.perIP[ip] >= e.MaxConnectionsPerIP {
 		c.open.Add(-1)
-		return nil, http.StatusTooManyRequests, fmt.Errorf("too many connections from %s", ip)
+		return nil, http.StatusTooManyRequests, tooManyFrom(ip)
 	}
 	c.perIP[ip]++
 	return func() {

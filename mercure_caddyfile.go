@@ -56,6 +56,11 @@ var mercureNoMeaning = map[string]string{
 //		max_connections        <count>
 //		max_connections_per_ip <count>
 //		max_selectors          <count>
+//		authorize              <url...> {
+//			timeout <duration>
+//			cache   <duration>
+//			headers <name...>
+//		}
 //	}
 func (h *MercureHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return unmarshalBlock(d, "push_mercure", func(opt string) (bool, error) {
@@ -110,6 +115,9 @@ func (h *MercureHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			return true, parseInt(d, &h.MaxConnectionsPerIP)
 		case "max_selectors":
 			return true, parseInt(d, &h.MaxSelectors)
+		case "authorize":
+			h.Authorize = new(AuthorizeHook)
+			return true, h.Authorize.unmarshalCaddyfile(d)
 		}
 		return false, nil
 	})

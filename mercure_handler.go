@@ -114,6 +114,12 @@ type MercureHandler struct {
 	// Default: 1MiB.
 	MaxBody int64 `json:"max_body,omitempty"`
 
+	// Asks the app, when a subscriber connects, whether it may subscribe,
+	// with which of its selectors (their text, as topics), and who it is
+	// (see AuthorizeHook). It runs after the token is verified and the
+	// selectors are read. Default: none.
+	Authorize *AuthorizeHook `json:"authorize,omitempty"`
+
 	sse            SSEHandler
 	publisherJWT   JWT
 	subscriberJWT  *JWT // nil: anonymous only
@@ -198,6 +204,7 @@ func (h *MercureHandler) Provision(ctx caddy.Context) error {
 			MaxDuration:         h.WriteTimeout,
 			PauseFor:            h.PauseFor,
 			MaxTopics:           h.MaxSelectors,
+			Authorize:           h.Authorize,
 		},
 		Retry:     h.Retry,
 		Keepalive: h.Heartbeat,

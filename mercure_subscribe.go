@@ -31,6 +31,13 @@ func (h *MercureHandler) subscribe(w http.ResponseWriter, r *http.Request) error
 	if err != nil {
 		return writeError(w, r, http.StatusBadRequest, err)
 	}
+	az, ok, err := h.authorize(w, r, sels)
+	if !ok {
+		return err
+	}
+	if h.Authorize != nil {
+		sels = slices.DeleteFunc(sels, func(s *mercureSelector) bool { return !slices.Contains(az.Topics, s.String()) })
+	}
 	release, status, err := h.sse.reserve(r)
 	if err != nil {
 		return h.sse.pauseOverLimit(w, r, status, err)
@@ -42,7 +49,7 @@ func (h *MercureHandler) subscribe(w http.ResponseWriter, r *http.Request) error
 	}
 	// the header first, then the draft's name, then v0.21's
 	lastID := cmp.Or(r.Header.Get("Last-Event-ID"), get("last_event_id"), get("lastEventID"))
-	a := &admission{LastEventID: lastID, Grant: grant, release: release}
+	a := &admission{LastEventID: lastID, Grant: grant, User: az.User, Meta: az.Meta, release: release}
 	for _, sel := range sels {
 		if sel.Trivial() && !sel.all && ValidateTopic(sel.String()) == nil {
 			a.Topics = append(a.Topics, sel.String()) // an index lookup
@@ -78,6 +85,18 @@ func (h *MercureHandler) subscribe(w http.ResponseWriter, r *http.Request) error
 		}
 	}
 	return h.sse.serve(w, r, a)
+}
+
+// authorize asks the app's authorize hook, if the hub has one, about a
+// subscription's selectors, each as its text: exact topics and patterns
+// alike. Admitted, it reports true with the texts the app allows.
+func (h *MercureHandler) authorize(w http.ResponseWriter, r *http.Request, sels []*mercureSelector) (authorization, bool, error) {
+	asked := make([]string, len(sels))
+	for i, sel := range sels {
+		asked[i] = sel.String()
+	}
+	slices.Sort(asked)
+	return h.sse.authorize(w, r, transportMercure, slices.Compact(asked))
 }
 
 // subscribeParams reads a subscription's query, and for QUERY its form

@@ -16,10 +16,14 @@ import (
 type Member struct {
 	// Connection is the connection's id, unique in the hub.
 	Connection string `json:"connection"`
-	// User is the authenticated user: Caddy's http.auth.user.id (set by
-	// basic_auth, forward_auth, ...) or else the sub claim of the
-	// client's verified JWT; empty when unknown.
+	// User is the authenticated user: the one the app's authorize
+	// answer names, or else Caddy's http.auth.user.id (set by basic_auth,
+	// forward_auth, ...), or else the sub claim of the client's verified
+	// JWT; empty when unknown.
 	User string `json:"user,omitempty"`
+	// Meta is the JSON object the app's authorize answer attached to the
+	// connection, if any.
+	Meta json.RawMessage `json:"meta,omitempty"`
 	// Transport is sse or ws.
 	Transport string `json:"transport,omitempty"`
 	// RemoteAddr is the client's IP, as Caddy determined it (honouring
@@ -60,12 +64,14 @@ func (m Member) announcedTopics(topics []string) []string {
 
 // member is who the admitted request is, on transport.
 func (a *admission) member(r *http.Request, transport string) Member {
-	m := Member{Connection: connectionID(), Transport: transport, RemoteAddr: clientIP(r), Since: time.Now(), Mercure: a.mercure}
+	m := Member{Connection: connectionID(), Meta: a.Meta, Transport: transport, RemoteAddr: clientIP(r), Since: time.Now(), Mercure: a.mercure}
 	if a.mercure != nil {
 		m.Connection = strings.TrimPrefix(a.mercure.ID, "urn:uuid:")
 	}
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	if user, _ := repl.GetString("http.auth.user.id"); user != "" {
+	if a.User != "" {
+		m.User = a.User
+	} else if user, _ := repl.GetString("http.auth.user.id"); user != "" {
 		m.User = user
 	} else if a.Grant != nil {
 		if sub, ok := a.Grant.Claims["sub"].(string); ok {

@@ -29,13 +29,16 @@ const (
 // SSEHandler serves Server-Sent Events streams (text/event-stream) of a
 // hub's topics, with replay from Last-Event-ID.
 //
-// When a request carries a JWT that verifies (jwt_key or jwks_url), the
-// handler sets these placeholders, which its topics templates (and, for
-// push_ws, its publish templates) may use:
+// When a request carries a JWT that verifies (jwt_key or jwks_url), and
+// when the app's authorize answer names the user, the handler sets these
+// placeholders, which its topics templates (and, for push_ws, its publish
+// templates) may use; {http.push.user} is set after the topics are asked
+// of the app, so only publish templates and log_append (access logs) see it:
 //
 //	Placeholder       | Description
 //	------------------|------------------------------------------------
 //	{http.push.jwt.*} | each string claim of the token: {http.push.jwt.sub}
+//	{http.push.user}  | the user the app's authorize answer names
 type SSEHandler struct {
 	Endpoint
 
@@ -91,7 +94,7 @@ func (h *SSEHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyht
 		w.Header().Set("Allow", http.MethodGet)
 		return writeError(w, r, http.StatusMethodNotAllowed, errors.New("method not allowed: subscribe with GET"))
 	}
-	a, err := h.accept(w, r)
+	a, err := h.accept(w, r, TransportSSE)
 	if a == nil {
 		return err
 	}

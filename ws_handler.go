@@ -46,13 +46,16 @@ const (
 // WSHandler serves WebSocket connections: the server pushes a hub's events,
 // and clients may publish to the topics the handler allows.
 //
-// When a request carries a JWT that verifies (jwt_key or jwks_url), the
-// handler sets these placeholders, which its topics templates (and, for
-// push_ws, its publish templates) may use:
+// When a request carries a JWT that verifies (jwt_key or jwks_url), and
+// when the app's authorize answer names the user, the handler sets these
+// placeholders, which its topics templates (and, for push_ws, its publish
+// templates) may use; {http.push.user} is set after the topics are asked
+// of the app, so only publish templates and log_append (access logs) see it:
 //
 //	Placeholder       | Description
 //	------------------|------------------------------------------------
 //	{http.push.jwt.*} | each string claim of the token: {http.push.jwt.sub}
+//	{http.push.user}  | the user the app's authorize answer names
 type WSHandler struct {
 	Endpoint
 
@@ -184,7 +187,7 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	if !h.originAllowed(r) {
 		return writeError(w, r, http.StatusForbidden, fmt.Errorf("origin %q is not allowed", r.Header.Get("Origin")))
 	}
-	a, err := h.accept(w, r)
+	a, err := h.accept(w, r, TransportWS)
 	if a == nil {
 		return err
 	}
