@@ -116,7 +116,17 @@ type BrokerOptions struct {
 	// connections, for a broker that keeps a cluster's (a Roster).
 	Stats  func() NodeStats
 	Joined func() []Joined
-	Logger *zap.Logger
+	// NodeLost, for a broker that keeps a cluster's roster, is called
+	// with the connections of a node that stopped renewing its entry, on
+	// the one node that removed it (so each is told once in the
+	// cluster); it does not block.
+	NodeLost func(node string, lost []Joined)
+	// Rejoined, for the same broker, is called with this node's
+	// connections when the roster had forgotten the node (taken for dead,
+	// or the backend lost its data) and the node wrote them anew; it does
+	// not block.
+	Rejoined func([]Joined)
+	Logger   *zap.Logger
 }
 
 // HistoryLimits bounds what a broker keeps per topic for replay.

@@ -36,6 +36,13 @@ func init() {
 //			idempotency_window <duration>
 //			max_publish_topics <count>
 //			broker             <name> [<args...>]
+//			events             <url...> {
+//				secret   <key>
+//				interval <duration>
+//				batch    <count>
+//				queue    <count>
+//				timeout  <duration>
+//			}
 //		}
 //	}
 func parseGlobalOption(d *caddyfile.Dispenser, existing any) (any, error) {
@@ -146,6 +153,11 @@ func (hc *HubConfig) unmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 			hc.BrokerRaw = caddyconfig.JSONModuleObject(mod, "broker", name, nil)
+		case "events":
+			hc.Events = new(EventsHook)
+			if err := hc.Events.unmarshalCaddyfile(d); err != nil {
+				return err
+			}
 		default:
 			return d.Errf("unrecognized hub option '%s'", opt)
 		}

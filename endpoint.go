@@ -142,6 +142,7 @@ func jittered(d time.Duration) time.Duration {
 // subscription, and reports true (the connection goes on to end as paused);
 // otherwise it reports false and the connection says goodbye.
 func (e *Endpoint) expire(sub *Subscription) bool {
+	sub.endedFor(hookMaxDuration)
 	if e.PauseFor <= 0 {
 		return false
 	}

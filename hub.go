@@ -37,6 +37,7 @@ type Hub struct {
 	trims      bool   // holds memTrim (a hub of the push app)
 	logger     *zap.Logger
 	stats      hubStats
+	events     *eventSink // the events hook's queue
 
 	// idempotencyWindow is how long keys are remembered (0: ignored);
 	// inFlight has the keys being published by this node.
@@ -108,7 +109,7 @@ const spreadAt = 256
 const matchCacheSize = 64 << 10
 
 func newHub(name string) *Hub {
-	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{newLane()}, matches: newMercureMatchCache(matchCacheSize)}
+	h := &Hub{name: name, logger: zap.NewNop(), lanes: []lane{newLane()}, matches: newMercureMatchCache(matchCacheSize), events: newEventSink()}
 	h.idempotencyWindow.Store(int64(DefaultIdempotencyWindow))
 	h.maxPublishTopics.Store(DefaultMaxPublishTopics)
 	return h

@@ -79,6 +79,8 @@ var (
 		"Publishes with an idempotency key already used for the same message: answered with the first event's id, nothing published.", []string{"hub"}, nil)
 	descIdempotencyConflicts = prometheus.NewDesc("caddy_push_idempotency_conflicts_total",
 		"Publishes refused for their idempotency key: used for a different message (422), or its first publish still in flight (409).", []string{"hub", "reason"}, nil)
+	descEventsDropped = prometheus.NewDesc("caddy_push_hook_events_dropped_total",
+		"Events for the app's events hook dropped: its queue was full, or the hook was removed before the app took them.", []string{"hub"}, nil)
 )
 
 // collector exposes the hubs of one configuration.
@@ -86,7 +88,7 @@ type collector struct{ app *App }
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descConnections, descPublished, descDelivered, descReplayed, descSlow, descPaused, descDisconnected,
-		descExpired, descIdempotentReplays, descIdempotencyConflicts} {
+		descExpired, descIdempotentReplays, descIdempotencyConflicts, descEventsDropped} {
 		ch <- d
 	}
 }
@@ -96,6 +98,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 		s := &hub.stats
 		ch <- prometheus.MustNewConstMetric(descPublished, prometheus.CounterValue, float64(s.published.Load()), name)
 		ch <- prometheus.MustNewConstMetric(descIdempotentReplays, prometheus.CounterValue, float64(s.replays.Load()), name)
+		ch <- prometheus.MustNewConstMetric(descEventsDropped, prometheus.CounterValue, float64(hub.events.dropped.Load()), name)
 		for i, reason := range conflictReasons {
 			ch <- prometheus.MustNewConstMetric(descIdempotencyConflicts, prometheus.CounterValue, float64(s.conflicts[i].Load()), name, reason)
 		}

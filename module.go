@@ -61,7 +61,14 @@ type App struct {
 
 	hubs   map[string]*Hub
 	keys   []string
+	events []hubEvents // the hubs this configuration's events hooks are attached to
 	logger *zap.Logger
+}
+
+// hubEvents is a hub's events hook as one configuration set it.
+type hubEvents struct {
+	hub  *Hub
+	hook *EventsHook
 }
 
 // HubConfig configures one hub.
@@ -96,6 +103,12 @@ type HubConfig struct {
 	// name in the push.brokers namespace: memory or redis. Default:
 	// memory (this process only).
 	BrokerRaw json.RawMessage `json:"broker,omitempty" caddy:"namespace=push.brokers inline_key=broker"`
+
+	// The app's endpoint that is told, in signed JSON batches, of the
+	// hub's connections coming and going (and why they went, a lost
+	// node's included) and of what WebSocket clients publish. Default:
+	// none.
+	Events *EventsHook `json:"events,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -174,6 +187,11 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		return nil, fmt.Errorf("max_publish_topics must not be negative")
 	}
 	maxTopics := cmp.Or(hc.MaxPublishTopics, DefaultMaxPublishTopics)
+	if hc.Events != nil {
+		if err := hc.Events.provision(ctx); err != nil {
+			return nil, err
+		}
+	}
 	brokerConfig := string(hc.BrokerRaw)
 	var factory BrokerFactory = MemoryBroker{}
 	if hc.BrokerRaw != nil {
@@ -194,7 +212,7 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 		hub.logger = logger
 		hub.startLanes(runtime.GOMAXPROCS(0))
 		b, err := factory.OpenBroker(BrokerOptions{Hub: name, History: limits, Deliver: hub.deliver, Resync: hub.resync, Command: hub.command,
-			Stats: hub.nodeStats, Joined: hub.joined, Logger: logger})
+			Stats: hub.nodeStats, Joined: hub.joined, NodeLost: hub.nodeLost, Rejoined: hub.rejoined, Logger: logger})
 		if err != nil {
 			hub.stopLanes()
 			return nil, err
@@ -219,6 +237,10 @@ func (a *App) provisionHub(ctx caddy.Context, name string, hc *HubConfig) (*Hub,
 			zap.Duration("idempotency_window", window), zap.Duration("history_ttl", limits.TTL))
 	}
 	a.keys = append(a.keys, key)
+	if hc.Events != nil {
+		hub.events.attach(hc.Events, logger.Named("events"))
+		a.events = append(a.events, hubEvents{hub: hub, hook: hc.Events})
+	}
 	return hub, nil
 }
 
@@ -247,8 +269,13 @@ func (a *App) Start() error {
 func (a *App) Stop() error { return nil }
 
 // Cleanup drops this configuration's reference to its hubs; a hub closes
-// when no configuration uses it any more.
+// when no configuration uses it any more. A hub's events hook passes to
+// the newer configuration's, or when it has none, sends what is queued
+// for up to two seconds first.
 func (a *App) Cleanup() error {
+	for _, e := range a.events {
+		e.hub.events.detach(e.hook)
+	}
 	for _, key := range a.keys {
 		if _, err := hubs.Delete(key); err != nil {
 			return err

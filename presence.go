@@ -117,6 +117,9 @@ func (e *Endpoint) subscribe(ctx context.Context, a *admission, who Member) (*Su
 		}
 	}
 	sub, err := e.hub.subscribe(ctx, a.Topics, a.Patterns, a.LastEventID, who, a.Grant, announce)
+	if err == nil {
+		sub.connected(e.stopping())
+	}
 	if err == nil && a.Grant != nil {
 		sub.ExpireAt(a.Grant.Expires)
 	}

@@ -53,6 +53,7 @@ func (s *wsSession) message(text bool, payload []byte) bool {
 		case rateExceeded:
 			problem = replyRateExceeded
 		case rateAbused:
+			s.sub.endedFor(hookPolicy)
 			s.t.close(websocket.ClosePolicyViolation, reasonRateAbused)
 			return false
 		default:
@@ -65,6 +66,7 @@ func (s *wsSession) message(text bool, payload []byte) bool {
 		}
 	}
 	if problem != "" && !s.t.reply(errorFrame(problem)) {
+		s.sub.endedFor(hookPolicy)
 		s.t.close(websocket.ClosePolicyViolation, reasonTooManyErrors)
 		return false
 	}

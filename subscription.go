@@ -45,6 +45,13 @@ type Subscription struct {
 	cause      endCause
 	pauseUntil time.Time
 	closed     atomic.Bool
+
+	// the events hook: whether the app was told of the connection (and
+	// is to be told of its end), the endpoint's stopping, and why the
+	// connection ends, once known (the first reason given)
+	reported bool
+	stopping <-chan struct{}
+	why      atomic.Pointer[string]
 }
 
 // endCause is why the hub ended a subscription.
@@ -153,6 +160,7 @@ func (s *Subscription) end(cause endCause, until time.Time) bool {
 	done := false
 	s.endOnce.Do(func() {
 		s.cause, s.pauseUntil = cause, until
+		s.endedFor(endReasons[cause])
 		switch cause {
 		case endSlow:
 			s.hub.stats.of(s.transport).slow.Add(1)
@@ -327,5 +335,6 @@ func (s *Subscription) Close() {
 		if s.who.Mercure != nil {
 			s.hub.mercureSubscriptionEvents(s.who.Mercure, false)
 		}
+		s.disconnected()
 	}
 }

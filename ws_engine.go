@@ -149,6 +149,7 @@ func (st *wsStream) input(c *engine.Conn) {
 			more = st.frame(c, op, payload)
 			return more
 		}); perr != nil {
+			st.sub.endedFor(hookPolicy)
 			closeWith(c, perr.code, perr.reason)
 			return
 		}

@@ -552,6 +552,9 @@ func (s *socket) read() {
 	for {
 		kind, data, err := c.ReadMessage()
 		if err != nil {
+			if errors.Is(err, websocket.ErrReadLimit) {
+				s.sub.endedFor(hookPolicy)
+			}
 			return // gorilla has answered a close, or sent 1009 for a message over the limit
 		}
 		_ = c.SetReadDeadline(deadline())
@@ -595,7 +598,10 @@ func publishMessage(ctx context.Context, sub *Subscription, m Message) error {
 	if who.User != "" {
 		publisher = "user:" + who.User
 	}
-	_, err := sub.hub.PublishAs(ctx, m, publisher)
+	p, err := sub.hub.PublishAs(ctx, m, publisher)
+	if err == nil && !p.Replayed {
+		sub.hub.published(who, m, p.ID)
+	}
 	switch {
 	case errors.Is(err, ErrIdempotencyConflict):
 		return fmt.Errorf("key %q was already used for a different message: use a new key for a new message", m.IdempotencyKey)

@@ -193,6 +193,12 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 	if o.Joined == nil {
 		o.Joined = func() []push.Joined { return nil }
 	}
+	if o.NodeLost == nil {
+		o.NodeLost = func(string, []push.Joined) {}
+	}
+	if o.Rejoined == nil {
+		o.Rejoined = func([]push.Joined) {}
+	}
 	if b.Heartbeat < 0 || b.WaitReplicas < 0 || b.WaitTimeout < 0 {
 		_ = client.Close()
 		return nil, fmt.Errorf("heartbeat, wait_replicas and wait_timeout must not be negative")
@@ -214,7 +220,7 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 		cancel:   cancel,
 		done:     make(chan struct{}),
 		roster: roster{heartbeat: cmp.Or(time.Duration(b.Heartbeat), DefaultHeartbeat), stats: o.Stats, joined: o.Joined,
-			ops: make(chan rosterOp, 4096), asks: make(map[string]chan reply)},
+			nodeLost: o.NodeLost, rejoined: o.Rejoined, ops: make(chan rosterOp, 4096), asks: make(map[string]chan reply)},
 		rosterDone: make(chan struct{}),
 	}
 	go s.listen(ctx)

@@ -32,21 +32,29 @@ const (
 	missedHeartbeats = 3
 )
 
-// forgetLua removes node n's members; the scripts that need it start
-// with it.
+// forgetLua removes node n's members, and returns them: connection,
+// topics (JSON), member (JSON; empty for a connection without topics),
+// and so on. The scripts that need it start with it.
 const forgetLua = `
 local function forget(p, n)
   local conns = redis.call('HGETALL', p..'nm:'..n)
+  local gone = {}
   for i = 1, #conns, 2 do
+    local member = ''
     for _, topic in ipairs(cjson.decode(conns[i+1])) do
       local k = p..'m:'..topic
+      if member == '' then member = redis.call('HGET', k, n..'/'..conns[i]) or '' end
       redis.call('HDEL', k, n..'/'..conns[i])
       if redis.call('HLEN', k) == 0 then redis.call('SREM', p..'mtopics', topic) end
     end
+    gone[#gone + 1] = conns[i]
+    gone[#gone + 1] = conns[i+1]
+    gone[#gone + 1] = member
   end
   redis.call('DEL', p..'nm:'..n)
   redis.call('HDEL', p..'ns', n)
   redis.call('ZREM', p..'nodes', n)
+  return gone
 end
 local function now()
   local t = redis.call('TIME')
@@ -55,19 +63,23 @@ end
 `
 
 // heartbeatScript renews this node (ARGV: prefix, node, ttl ms, its
-// counters), forgets the nodes that expired, and says whether this node
-// was still known: if not, it must write its members anew.
+// counters), forgets the nodes that expired, and returns whether this
+// node was still known (if not, it must write its members anew) and the
+// nodes it forgot, each with its members as forget returns them. Being
+// one script, it hands a dead node's members to one node only.
 var heartbeatScript = goredis.NewScript(forgetLua + `
 local p, node = ARGV[1], ARGV[2]
 local t = now()
 local known = redis.call('ZSCORE', p..'nodes', node)
 redis.call('ZADD', p..'nodes', t + tonumber(ARGV[3]), node)
 redis.call('HSET', p..'ns', node, ARGV[4])
+local lost = {}
 for _, d in ipairs(redis.call('ZRANGEBYSCORE', p..'nodes', '-inf', t, 'LIMIT', 0, 16)) do
-  forget(p, d)
+  lost[#lost + 1] = d
+  lost[#lost + 1] = forget(p, d)
 end
-if known then return 1 end
-return 0
+if known then return {1, lost} end
+return {0, lost}
 `)
 
 // forgetScript forgets a node (ARGV: prefix, node).
@@ -134,6 +146,8 @@ type roster struct {
 	heartbeat time.Duration
 	stats     func() push.NodeStats
 	joined    func() []push.Joined
+	nodeLost  func(node string, lost []push.Joined)
+	rejoined  func([]push.Joined)
 	ops       chan rosterOp
 
 	mu    sync.Mutex
@@ -207,13 +221,13 @@ func (s *store) write(ctx context.Context, op rosterOp) error {
 func (s *store) beat(ctx context.Context) {
 	stats, _ := json.Marshal(s.roster.stats())
 	ttl := s.roster.heartbeat * missedHeartbeats
-	known, err := heartbeatScript.Run(ctx, s.client, s.keys, s.prefix, s.node, ttl.Milliseconds(), string(stats)).Int()
+	known, err := s.renew(ctx, ttl, stats)
 	if err != nil {
 		s.setDirty() // Redis may lose or expire us meanwhile
 		return
 	}
 	s.roster.mu.Lock()
-	rewrite := s.roster.dirty || known == 0
+	rewrite := s.roster.dirty || !known
 	s.roster.dirty = false
 	s.roster.mu.Unlock()
 	if !rewrite {
@@ -224,16 +238,62 @@ func (s *store) beat(ctx context.Context) {
 		return
 	}
 	// forget took the node out of the live set: back in first
-	if err := heartbeatScript.Run(ctx, s.client, s.keys, s.prefix, s.node, ttl.Milliseconds(), string(stats)).Err(); err != nil {
+	if _, err := s.renew(ctx, ttl, stats); err != nil {
 		s.setDirty()
 		return
 	}
-	for _, j := range s.roster.joined() {
+	joined := s.roster.joined()
+	for _, j := range joined {
 		if err := s.write(ctx, rosterOp{join: true, member: j.Member, topics: j.Topics}); err != nil {
 			s.setDirty()
 			return
 		}
 	}
+	if !known && len(joined) > 0 {
+		s.roster.rejoined(joined)
+	}
+}
+
+// renew runs the heartbeat script: it reports whether Redis still knew
+// this node, and tells of the members of the dead nodes it forgot.
+func (s *store) renew(ctx context.Context, ttl time.Duration, stats []byte) (bool, error) {
+	res, err := heartbeatScript.Run(ctx, s.client, s.keys, s.prefix, s.node, ttl.Milliseconds(), string(stats)).Slice()
+	if err != nil {
+		return false, err
+	}
+	if len(res) != 2 {
+		return false, fmt.Errorf("unexpected answer %v", res)
+	}
+	known, _ := res[0].(int64)
+	lost, _ := res[1].([]any)
+	for i := 0; i+1 < len(lost); i += 2 {
+		node, _ := lost[i].(string)
+		members := lostMembers(node, lost[i+1])
+		s.logger.Info("node lost: its entries in the roster expired", zap.String("node", node), zap.Int("connections", len(members)))
+		if len(members) > 0 {
+			s.roster.nodeLost(node, members)
+		}
+	}
+	return known == 1, nil
+}
+
+// lostMembers decodes the members forget returned for node: a
+// connection's member as it joined (all but its id when it had no
+// topics), and its topics.
+func lostMembers(node string, v any) []push.Joined {
+	list, _ := v.([]any)
+	out := make([]push.Joined, 0, len(list)/3)
+	for i := 0; i+2 < len(list); i += 3 {
+		conn, _ := list[i].(string)
+		topics, _ := list[i+1].(string)
+		member, _ := list[i+2].(string)
+		var j push.Joined
+		_ = json.Unmarshal([]byte(member), &j.Member)
+		_ = json.Unmarshal([]byte(topics), &j.Topics) // "{}", cjson's empty list, leaves none
+		j.Member.Connection, j.Member.Node = conn, node
+		out = append(out, j)
+	}
+	return out
 }
 
 // Join records a local connection, after the changes queued before it.
