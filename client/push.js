@@ -315,12 +315,15 @@ export class Presence {
 			const list = old ?? { members: new Map(), count: 0, listed: true };
 			this.lists.set(topic, list);
 			const m = { connection: d.connection, user: d.user ?? '' };
+			// a connection's own join follows the list that has it already
 			if (ev.type === 'push.join') {
-				if (!list.members.has(m.connection)) list.count++;
+				if (list.members.has(m.connection)) return;
 				list.members.set(m.connection, m.user);
+				list.count++;
 				h.onJoin?.(topic, m);
 			} else {
-				if (list.members.delete(m.connection) || !list.listed) list.count = Math.max(0, list.count - 1);
+				if (!list.members.delete(m.connection) && list.listed) return;
+				list.count = Math.max(0, list.count - 1);
 				h.onLeave?.(topic, m);
 			}
 		}
