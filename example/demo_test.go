@@ -246,12 +246,12 @@ func TestBrowserFeedReceivesPublishedEvents(t *testing.T) {
 	ctx := browser(t)
 	run(t, ctx, 10*time.Second,
 		chromedp.Navigate(d.base+"/"),
-		waitJS(`window.pushDemo && window.pushDemo.source.readyState === 1`),
+		waitJS(`window.pushDemo && window.pushDemo.feed.state === 'open'`),
 	)
 	var state string
 	run(t, ctx, 5*time.Second, chromedp.Text("#ready-state", &state))
-	if state != "1 OPEN" {
-		t.Fatalf("readyState shown as %q", state)
+	if state != "open" {
+		t.Fatalf("state shown as %q", state)
 	}
 	d.publish(url.Values{"topic": {"feed"}, "data": {"hello from the test"}})
 	d.publish(url.Values{"topic": {"feed"}, "type": {"like"}, "data": {"a like"}})
@@ -261,7 +261,7 @@ func TestBrowserFeedReceivesPublishedEvents(t *testing.T) {
 	)
 	var got []received
 	run(t, ctx, 5*time.Second, chromedp.Evaluate(`window.pushDemo.received`, &got))
-	want := []received{{Type: "message", Data: "hello from the test", Via: "onmessage"}, {Type: "like", Data: "a like", Via: "like"}}
+	want := []received{{Type: "message", Data: "hello from the test", Via: "message"}, {Type: "like", Data: "a like", Via: "like"}}
 	for i := range want {
 		if got[i].Type != want[i].Type || got[i].Data != want[i].Data || got[i].Via != want[i].Via || got[i].ID == "" {
 			t.Fatalf("received %+v, want %+v", got, want)
@@ -296,7 +296,7 @@ func TestBrowserResumesLosslessly(t *testing.T) {
 	ctx := browser(t)
 	run(t, ctx, 10*time.Second,
 		chromedp.Navigate(d.base+"/"),
-		waitJS(`window.pushDemo && window.pushDemo.source.readyState === 1`),
+		waitJS(`window.pushDemo && window.pushDemo.feed.state === 'open'`),
 	)
 	const n = 40
 	for i := range n {

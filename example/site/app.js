@@ -1,8 +1,8 @@
-// The demo's browser code: plain EventSource and fetch, no framework.
-'use strict';
+// The demo's browser code: push.js, the client the server itself serves
+// (push_client /push.js), and fetch. No framework, no build step.
+import { subscribe, connect, Presence } from '/push.js';
 
 const $ = (id) => document.getElementById(id);
-const stateNames = ['CONNECTING', 'OPEN', 'CLOSED'];
 
 // Keep a list short enough to read.
 function append(list, text, kind) {
@@ -14,173 +14,149 @@ function append(list, text, kind) {
 	return item;
 }
 
-// ---- Live feed over Server-Sent Events ----------------------------------
-// The server pauses this stream now and then (event "pause", its data the
-// time to come back at, in Unix ms): the page closes it and reconnects
-// then, resuming with ?lastEventId= as a new EventSource has no
-// Last-Event-ID of its own.
-const feed = $('feed');
-const feedURL = '/events/pausing';
-let source = null;
-let lastId = '';
-let opened = false;
-let pausedUntil = 0; // set while paused, until the next open
-let reconnects = 0;
-window.pushDemo = { source: null, received: [], resumedFrom: [], pauses: [] }; // for the browser tests
-
-function showState(note) {
-	const state = source.readyState + ' ' + stateNames[source.readyState];
-	$('ready-state').textContent = note ? `${state}, ${note}` : state;
-}
-
 // HH:MM:SS, local time.
 const clockTime = (ms) => new Date(ms).toTimeString().slice(0, 8);
 
+// for the browser tests
+window.pushDemo = { feed: null, received: [], resumedFrom: [], pauses: [], chat: [], chatOpens: 0, online: new Map() };
+
+// ---- Live feed over Server-Sent Events ----------------------------------
+// The server pauses this stream now and then (event "pause", its data the
+// time to come back at): push.js closes it and comes back then, resuming
+// from the last event's id, as it does after any other break.
+const feed = $('feed');
+let feedState = '';
+let reconnects = 0;
+
 // Every event the page handles, and which handler got it.
-function record(e, via) {
-	lastId = e.lastEventId;
-	$('last-id').textContent = lastId || '–';
-	window.pushDemo.received.push({ id: e.lastEventId, type: e.type, data: e.data, via });
+function record(ev, via) {
+	$('last-id').textContent = ev.id || '–';
+	window.pushDemo.received.push({ id: ev.id, type: ev.type, data: ev.data, via });
 }
 
-function connectFeed() {
-	const url = new URL(feedURL, location.href);
-	if (lastId) url.searchParams.set('lastEventId', lastId);
-	source = new EventSource(url);
-	window.pushDemo.source = source;
-	showState();
-
-	source.onopen = () => {
-		if (pausedUntil) {
-			reconnects++;
-			window.pushDemo.resumedFrom.push(lastId);
-			append(feed, `resumed after the pause, from id ${lastId || 'given at connect'}`, 'note');
-		} else if (opened) {
-			reconnects++;
-			window.pushDemo.resumedFrom.push(lastId);
-			append(feed, `reconnected, resuming after id ${lastId || 'given at connect'}`, 'note');
-		} else {
-			append(feed, 'connected', 'note');
+const feedSub = subscribe('/events/pausing', {
+	on: {
+		message: (ev) => {
+			record(ev, 'message');
+			append(feed, `#${ev.id} message: ${ev.data}`);
+		},
+		like: (ev) => {
+			record(ev, 'like');
+			append(feed, `#${ev.id} like: ${ev.data}`, 'like');
+		},
+		alert: (ev) => {
+			record(ev, 'alert');
+			append(feed, `#${ev.id} alert: ${ev.data}`, 'alert');
+		},
+		tick: (ev) => {
+			$('last-id').textContent = ev.id;
+			$('clock').textContent = ev.data;
+		},
+	},
+	// The server could not fill a gap (history too short, server
+	// restarted): an app would refetch its state here.
+	onReset: (ev) => {
+		record(ev, 'push.reset');
+		append(feed, `reset: ${ev.data}`, 'alert');
+	},
+	onPause: (until) => {
+		window.pushDemo.pauses.push({ id: feedSub.lastEventId, until, at: Date.now() });
+		append(feed, `paused by the server until ${clockTime(until)}`, 'note');
+	},
+	onState: (state, info) => {
+		$('ready-state').textContent = state === 'paused' ? `paused until ${clockTime(info)}` : state;
+		if (state === 'open') {
+			const from = feedSub.lastEventId || 'given at connect';
+			if (feedState === 'paused') append(feed, `resumed after the pause, from id ${from}`, 'note');
+			else if (feedState === 'reconnecting') append(feed, `reconnected, resuming after id ${from}`, 'note');
+			else append(feed, 'connected', 'note');
+			if (feedState !== 'connecting') {
+				reconnects++;
+				window.pushDemo.resumedFrom.push(feedSub.lastEventId);
+			}
+			$('reconnects').textContent = reconnects;
+		} else if (state === 'reconnecting') {
+			append(feed, 'stream ended, reconnecting', 'note');
 		}
-		$('reconnects').textContent = reconnects;
-		opened = true;
-		pausedUntil = 0;
-		showState();
-	};
-
-	source.onerror = () => {
-		showState(); // CONNECTING while the browser retries, CLOSED if it gave up
-		append(feed, 'stream ended, the browser reconnects by itself', 'note');
-	};
-
-	// Events without a type arrive here.
-	source.onmessage = (e) => {
-		record(e, 'onmessage');
-		append(feed, `#${e.lastEventId} message: ${e.data}`);
-	};
-
-	// Custom event types have their own listeners and never reach onmessage.
-	source.addEventListener('like', (e) => {
-		record(e, 'like');
-		append(feed, `#${e.lastEventId} like: ${e.data}`, 'like');
-	});
-	source.addEventListener('alert', (e) => {
-		record(e, 'alert');
-		append(feed, `#${e.lastEventId} alert: ${e.data}`, 'alert');
-	});
-	source.addEventListener('tick', (e) => {
-		lastId = e.lastEventId;
-		$('last-id').textContent = lastId;
-		$('clock').textContent = e.data;
-	});
-	// The server could not fill a gap (history too short, server restarted):
-	// an app would refetch its state here.
-	source.addEventListener('push.reset', (e) => {
-		record(e, 'push.reset');
-		append(feed, `reset: ${e.data}`, 'alert');
-	});
-	// The pause carries no id, so e.lastEventId is the stream's last one.
-	source.addEventListener('pause', (e) => {
-		lastId = e.lastEventId || lastId;
-		pausedUntil = +e.data;
-		source.close();
-		window.pushDemo.pauses.push({ id: e.lastEventId, until: pausedUntil, at: Date.now() });
-		showState(`paused until ${clockTime(pausedUntil)}`);
-		append(feed, `paused by the server until ${clockTime(pausedUntil)}`, 'note');
-		setTimeout(connectFeed, pausedUntil - Date.now());
-	});
-}
-connectFeed();
+		feedState = state;
+	},
+});
+window.pushDemo.feed = feedSub;
 
 // ---- Chat over WebSocket ------------------------------------------------
+// The page follows one room, chat/<room>; switching rooms changes the
+// topic on the open connection (subscribe, then unsubscribe).
 const chat = $('chat');
-let chatSocket = null;
-let chatLastId = '';
-const unsent = []; // typed while reconnecting; sent once open
-window.pushDemo.chat = []; // for the browser tests
-window.pushDemo.chatOpens = 0;
-// who is online: connection id → user, from the snapshot each connection
-// gets first (push.presence), then push.join and push.leave
-const online = new Map();
-window.pushDemo.online = online;
-function showOnline() {
-	const names = [...online].map(([id, user]) => user || id.slice(0, 6));
-	$('chat-online').textContent = `${online.size}: ${names.join(', ')}`;
+let room = $('chat-room').value;
+const topic = (r) => `chat/${r}`;
+
+function showOnline(members) {
+	window.pushDemo.online = members;
+	const names = [...members].map(([id, user]) => user || id.slice(0, 6));
+	$('chat-online').textContent = `${members.size}: ${names.join(', ')}`;
 }
 
+// who is online in each room: the snapshot each connection gets first
+// (push.presence), then push.join and push.leave
+const presence = new Presence({
+	onChange: (t, members) => t === topic(room) && showOnline(members),
+	onJoin: (t, m) => t === topic(room) && append(chat, `someone (${m.connection.slice(0, 6)}) joined`, 'note'),
+	onLeave: (t, m) => t === topic(room) && append(chat, `someone (${m.connection.slice(0, 6)}) left`, 'note'),
+});
+
+const remember = (ev) => window.pushDemo.chat.push({ id: ev.id, topic: ev.topic, event: ev.type, data: ev.data });
+
 function connectChat() {
-	const proto = location.protocol === 'https:' ? 'wss:' : 'ws:';
-	const resume = chatLastId ? `&lastEventId=${encodeURIComponent(chatLastId)}` : '';
-	const ws = new WebSocket(`${proto}//${location.host}/chat?room=lobby${resume}`);
-	chatSocket = ws;
-	$('chat-state').textContent = 'connecting';
-	ws.onopen = () => {
-		$('chat-state').textContent = 'open';
-		window.pushDemo.chatOpens++;
-		while (unsent.length) ws.send(unsent.shift());
-	};
-	ws.onmessage = (e) => {
-		// json format: {"id","topic","event","data"}
-		const msg = JSON.parse(e.data);
-		if (msg.error) {
-			append(chat, `error: ${msg.error}`, 'alert');
-			return;
-		}
-		if (msg.id) chatLastId = msg.id;
-		window.pushDemo.chat.push(msg);
-		if (msg.event === 'push.presence') {
-			// a fresh list on every (re)connect
-			online.clear();
-			for (const m of JSON.parse(msg.data).members ?? []) online.set(m.connection, m.user);
-			showOnline();
-		} else if (msg.event === 'push.join' || msg.event === 'push.leave') {
-			const who = JSON.parse(msg.data);
-			const verb = msg.event === 'push.join' ? 'joined' : 'left';
-			if (msg.event === 'push.join') online.set(who.connection, who.user);
-			else online.delete(who.connection);
-			showOnline();
-			append(chat, `someone (${who.connection.slice(0, 6)}) ${verb}`, 'note');
-		} else if (msg.event === 'push.reset') {
-			append(chat, `missed messages: ${msg.data}`, 'alert');
-		} else {
-			append(chat, msg.data);
-		}
-	};
-	// 1001: the server reloads or stops; reconnect and resume either way
-	ws.onclose = (e) => {
-		$('chat-state').textContent = `closed (${e.code}), reconnecting`;
-		setTimeout(connectChat, 250 + Math.random() * 750);
-	};
+	return connect(
+		{ url: '/chat', topics: [topic(room)] },
+		{
+			onEvent: (ev) => {
+				remember(ev);
+				append(chat, ev.data);
+			},
+			on: { 'push.presence': remember, 'push.join': remember, 'push.leave': remember },
+			onReset: (ev) => append(chat, `missed messages: ${ev.data}`, 'alert'),
+			onError: (message) => append(chat, `error: ${message}`, 'alert'),
+			// after a server reload (1001) it comes back and resumes by itself
+			onState: (state) => {
+				$('chat-state').textContent = state;
+				if (state === 'open') window.pushDemo.chatOpens++;
+			},
+			presence,
+		},
+	);
 }
-connectChat();
+let chatConn = connectChat();
+window.pushDemo.chatConn = chatConn;
+
+$('chat-room').addEventListener('change', async (e) => {
+	const from = room;
+	room = e.target.value;
+	showOnline(presence.members(topic(room)));
+	try {
+		await chatConn.subscribe(topic(room));
+		await chatConn.unsubscribe(topic(from));
+		window.pushDemo.roomSwitch = { room, how: 'open connection' };
+		append(chat, `moved to ${room} on the open connection`, 'note');
+	} catch (err) {
+		// a server that cannot change topics on an open connection:
+		// a new connection, in the new room
+		window.pushDemo.roomSwitch = { room, how: 'new connection', error: err.message };
+		append(chat, `moved to ${room} on a new connection (${err.message})`, 'note');
+		chatConn.close();
+		presence.clear();
+		chatConn = connectChat();
+		window.pushDemo.chatConn = chatConn;
+	}
+});
 
 $('chat-form').addEventListener('submit', (e) => {
 	e.preventDefault();
-	const text = $('chat-text').value;
-	// with one publish topic, plain text would do; the envelope names an event type
-	const frame = JSON.stringify({ event: 'chat', data: `${$('chat-name').value}: ${text}` });
-	if (chatSocket.readyState === WebSocket.OPEN) chatSocket.send(frame);
-	else unsent.push(frame);
+	// sent now, or once the connection is back; resent after a break
+	// with the same idempotency key, so it is published once
+	chatConn
+		.publish({ topic: topic(room), event: 'chat', data: `${$('chat-name').value}: ${$('chat-text').value}` })
+		.catch((err) => append(chat, `not sent: ${err.message}`, 'alert'));
 	$('chat-text').value = '';
 });
 
