@@ -2,6 +2,7 @@ package push
 
 import (
 	"cmp"
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -331,6 +332,46 @@ func (e *Endpoint) checkPrivate(topics []string, g *Grant) (int, error) {
 		}
 	}
 	return 0, nil
+}
+
+// topicAdd is a topic a client asks to add to its open connection (a
+// WebSocket client's subscribe message).
+type topicAdd struct {
+	Topic string
+	// Held are the topics the connection follows now, Connect those it
+	// was admitted with.
+	Held, Connect []string
+	// Grant is the client's verified JWT from the connect, if it sent one.
+	Grant *Grant
+}
+
+// checkAddedTopic reports why a connection may not add a topic: the
+// checks of a connect's topics, on the topic the client names. Without
+// topics templates, a client may add any topic it could connect with;
+// with them, one it was admitted with, or one that patterns (the
+// handler's subscribe option) match. A private topic needs a grant
+// allowing it, and the connection may follow at most max_topics. Every
+// topic added to an open connection is checked here and only here.
+func (e *Endpoint) checkAddedTopic(_ context.Context, add topicAdd, patterns []string) error {
+	t := add.Topic
+	if err := ValidateTopic(t); err != nil {
+		return err
+	}
+	if len(e.Topics) > 0 && !slices.Contains(add.Connect, t) {
+		if len(patterns) == 0 {
+			return errors.New(replyNoSubscribe)
+		}
+		if !matchAny(patterns, t) {
+			return fmt.Errorf("may not subscribe to topic %q", t)
+		}
+	}
+	if _, err := e.checkPrivate([]string{t}, add.Grant); err != nil {
+		return err
+	}
+	if n := len(add.Held) + 1; n > e.MaxTopics {
+		return fmt.Errorf("too many topics: %d (the limit is %d)", n, e.MaxTopics)
+	}
+	return nil
 }
 
 // reserve takes a place under max_connections and max_connections_per_ip.

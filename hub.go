@@ -517,9 +517,15 @@ func (h *Hub) addTopic(ctx context.Context, s *Subscription, topic, lastEventID 
 	s.Topics = f.topics
 	h.mu.Unlock()
 	undo := func() {
+		// as it was, but changed: its queue may hold events of topic,
+		// which fresh now drops
+		back := *old
+		if back.added == nil {
+			back.added = make(map[string]addedTopic)
+		}
 		h.mu.Lock()
 		h.lanes[s.lane].unindex(topic, s)
-		s.follows.Store(old)
+		s.follows.Store(&back)
 		s.Topics = old.topics
 		h.mu.Unlock()
 		h.rejoin(old)
