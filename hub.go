@@ -488,11 +488,12 @@ var errSubscriptionClosed = errors.New("the connection is closing")
 //
 // The topic is indexed first and the backlog read second, so nothing
 // falls between them. The backlog leaves out the events that reached the
-// client through s's other topics (an event on several); it is merged,
-// in id order, with the live events offered up to its head (waiting for
-// them if need be), so that each topic's events come in id order, each
-// once, the old topics' as much as the new one's. With announce, s is
-// announced to topic (push.join), and listed there.
+// client through s's other topics before (an event on several), and
+// keeps the others, whose live copies are then dropped (fresh); it is
+// merged, in id order, with the live events offered up to its head
+// (waiting for them if need be), so that each topic's events come in id
+// order, each once, the old topics' as much as the new one's. With
+// announce, s is announced to topic (push.join), and listed there.
 //
 // Only a subscription whose topics are sorted (a WebSocket
 // subscription's) may change.
@@ -552,7 +553,7 @@ func (h *Hub) addTopic(ctx context.Context, s *Subscription, topic, lastEventID 
 	h.stats.of(s.transport).replayed.Add(uint64(len(b.Events)))
 	done := *f
 	done.added = maps.Clone(f.added)
-	done.added[topic] = addedTopic{from: from, skip: skip}
+	done.added[topic] = addedTopic{from: from, skip: skip, seen: seen}
 	s.follows.Store(&done)
 	live, _ := s.takeOffered()
 	b.Events = mergeEvents(b.Events, live)
@@ -574,9 +575,16 @@ func (s *Subscription) takeOffered() (events []*Event, lastSeq uint64) {
 }
 
 // offeredThrough waits until lane i has offered the events up to seq,
-// which the broker has stored and delivers in order.
+// which the broker has stored and delivers in order. A hub that has
+// delivered nothing yet may never deliver them (a Redis node follows
+// from its start): then it does not wait, and a late event of the
+// backlog is dropped as it comes (fresh), out of order with the events
+// of other topics at worst.
 func (h *Hub) offeredThrough(ctx context.Context, i int, seq uint64) error {
 	out := h.lanes[i].out
+	if out.offered.Load() == 0 {
+		return nil
+	}
 	for wait := 50 * time.Microsecond; out.offered.Load() < seq; wait = min(2*wait, 10*time.Millisecond) {
 		select {
 		case <-ctx.Done():

@@ -425,3 +425,60 @@ func TestHubRemoveTopic(t *testing.T) {
 		t.Fatalf("added to a closed subscription: %v, %v", err, h.localTopics(""))
 	}
 }
+
+// A hub that has delivered nothing yet does not wait for its backlog's
+// events to come live (a Redis node follows from its start, and may
+// never deliver them); those that come late are dropped, since the
+// backlog had them: each event once.
+func TestHubAddTopicBeforeFirstDelivery(t *testing.T) {
+	h := newHub("test")
+	var mu sync.Mutex
+	var held []*Event
+	release := false
+	b, err := MemoryBroker{}.OpenBroker(BrokerOptions{Hub: "test", History: HistoryLimits{Events: 10}, Deliver: func(ev *Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !release {
+			held = append(held, ev) // not yet
+			return
+		}
+		h.deliver(ev)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.broker = b
+	t.Cleanup(func() { _ = h.Destruct() })
+	ctx := context.Background()
+	s, err := h.subscribe(ctx, []string{"a"}, nil, "", Member{Connection: "c", Transport: TransportWS}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mustPublish(t, h, "ab", "a", "b")
+	mustPublish(t, h, "b", "b")
+	done := make(chan struct{})
+	var backlog Backlog
+	go func() {
+		defer close(done)
+		if _, backlog, err = h.addTopic(ctx, s, "b", EarliestID, false); err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("addTopic waits for events its hub may never deliver")
+	}
+	mu.Lock()
+	release = true
+	for _, ev := range held {
+		h.deliver(ev) // late
+	}
+	mu.Unlock()
+	mustPublish(t, h, "after", "b", "a")
+	got := append(datas(backlog.Events), datas(s.Take(nil))...)
+	if !slices.Equal(got, []string{"ab", "b", "after"}) {
+		t.Fatalf("got %v", got)
+	}
+}

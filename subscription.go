@@ -337,7 +337,7 @@ func (s *Subscription) fresh(ev *Event) bool {
 	if f.added == nil { // its topics never changed: the common case
 		return ev.live || ev.Seq > s.skipThrough
 	}
-	return f.gets(ev, s.skipThrough)
+	return !f.inBacklog(ev) && f.gets(ev, s.skipThrough)
 }
 
 // following is what a subscription follows. It is never changed: a
@@ -356,6 +356,10 @@ type following struct {
 type addedTopic struct {
 	from uint64 // its events after this reach the client (backlog or live)
 	skip uint64 // its live events up to here were in its backlog
+	// seen is the last event offered before it was added: its backlog
+	// holds its events after this (up to skip) even when they reach the
+	// client through another topic too
+	seen uint64
 }
 
 // holds reports whether f follows topic.
@@ -380,6 +384,21 @@ func (f *following) delivered(ev *Event, except string, first, firstSkip, seen u
 			from, skip = a.from, a.skip
 		}
 		if ev.Seq > from && (ev.Seq <= skip || ev.Seq <= seen) {
+			return true
+		}
+	}
+	return false
+}
+
+// inBacklog reports whether ev, offered live, was in the backlog of a
+// topic added to f: ev came late, after the backlog was merged with the
+// live events.
+func (f *following) inBacklog(ev *Event) bool {
+	if ev.live {
+		return false
+	}
+	for _, t := range ev.Topics {
+		if a, ok := f.added[t]; ok && ev.Seq > max(a.from, a.seen) && ev.Seq <= a.skip && f.holds(t) {
 			return true
 		}
 	}
