@@ -66,14 +66,24 @@ http://127.0.0.1:` + port + ` {
 			t.Fatalf("watcher got %+v, want %s", b, want)
 		}
 	}
-	first, err := hubB.Publish(ctx, push.Message{Topics: []string{"chat/kitchen"}, Data: "first"})
-	if err != nil {
-		t.Fatal(err)
+	// a node delivers from when it follows Redis: publish until b does
+	var first string
+	for deadline := time.Now().Add(5 * time.Second); first == ""; {
+		id, err := hubB.Publish(ctx, push.Message{Topics: []string{"chat/kitchen"}, Data: "first"})
+		if err != nil || time.Now().After(deadline) {
+			t.Fatalf("node b does not deliver: %v", err)
+		}
+		select {
+		case b := <-watch:
+			for b.id != id {
+				b = nextBlock(t, watch)
+			}
+			first = id
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
 	missed, _ := hubB.Publish(ctx, push.Message{Topics: []string{"chat/kitchen"}, Data: "missed"})
-	for range 2 {
-		nextBlock(t, watch)
-	}
+	nextBlock(t, watch)
 
 	conn, _, err := websocket.DefaultDialer.Dial("ws://"+base+"/a?topic=chat/lobby", nil)
 	if err != nil {
@@ -81,14 +91,29 @@ http://127.0.0.1:` + port + ` {
 	}
 	defer conn.Close()
 	type frame struct{ ID, Topic, Event, Data, Error, Subscribed, Unsubscribed string }
+	frames := make(chan frame, 100)
+	go func() {
+		defer close(frames)
+		for {
+			var f frame
+			if conn.ReadJSON(&f) != nil {
+				return
+			}
+			frames <- f
+		}
+	}()
 	read := func() frame {
 		t.Helper()
-		_ = conn.SetReadDeadline(time.Now().Add(5 * time.Second))
-		var f frame
-		if err := conn.ReadJSON(&f); err != nil {
-			t.Fatal(err)
+		select {
+		case f, ok := <-frames:
+			if !ok {
+				t.Fatal("the connection closed")
+			}
+			return f
+		case <-time.After(5 * time.Second):
+			t.Fatal("no frame within 5s")
+			return frame{}
 		}
-		return f
 	}
 	command := func(cmd string) []frame {
 		t.Helper()
@@ -106,6 +131,22 @@ http://127.0.0.1:` + port + ` {
 	}
 	for f := read(); f.Event != "push.join"; f = read() {
 	} // its opening on chat/lobby
+	// and until a does
+	for deadline := time.Now().Add(5 * time.Second); ; {
+		if time.Now().After(deadline) {
+			t.Fatal("node a does not deliver")
+		}
+		id, _ := hubB.Publish(ctx, push.Message{Topics: []string{"chat/lobby"}, Data: "probe"})
+		select {
+		case f := <-frames:
+			for f.ID != id {
+				f = read()
+			}
+		case <-time.After(100 * time.Millisecond):
+			continue
+		}
+		break
+	}
 
 	got := command(`{"subscribe":"chat/kitchen","lastEventId":"` + first + `"}`)
 	if len(got) != 3 || got[0].Event != "push.presence" || got[1].ID != missed || got[1].Data != "missed" || got[2].Subscribed != "chat/kitchen" {
