@@ -274,6 +274,24 @@ func (c *wsClient) tryReply(d time.Duration) (wsReply, bool) {
 	}
 }
 
+// A topic added from an id the hub cannot resume from gets a push.reset
+// naming the topic; from earliest, all its history.
+func TestWSSubscribeResetAndEarliest(t *testing.T) {
+	c, hub := startSubscribeCaddy(t)
+	one := mustPublishHub(t, hub, "1", "b")
+	mustPublishHub(t, hub, "2", "b")
+	ws := mustDialWS(t, c.URL+"/ws?topic=a", nil)
+	r, before := ws.command(`{"subscribe":"b","lastEventId":"no-such-id"}`)
+	if r.Subscribed != "b" || len(before) != 1 || before[0].Event != "push.reset" || before[0].Topic != "b" || before[0].ID == "" {
+		t.Fatalf("answer %+v after %+v, want a push.reset of b", r, before)
+	}
+	ws.command(`{"unsubscribe":"b"}`)
+	r, before = ws.command(`{"subscribe":"b","last_event_id":"earliest"}`)
+	if r.Subscribed != "b" || len(before) != 2 || before[0].ID != one || before[1].Data != "2" {
+		t.Fatalf("answer %+v after %+v, want b's history", r, before)
+	}
+}
+
 // An event on a topic the connection follows and on the one it adds
 // comes once: live through the first, and not again in the backlog; one
 // from before the connect comes in the backlog.
