@@ -239,6 +239,7 @@ func (h *SSEHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //		hub                    <name>
 //		topics                 <template...>
 //		publish                <template...>
+//		subscribe              <topic pattern...>
 //		ping_interval          <duration>
 //		pong_timeout           <duration>
 //		max_message_size       <size>
@@ -279,6 +280,8 @@ func (h *WSHandler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		switch opt {
 		case "publish":
 			return true, parseList(d, &h.Publish)
+		case "subscribe":
+			return true, parseList(d, &h.Subscribe)
 		case "origins":
 			return true, parseList(d, &h.Origins)
 		case "ping_interval":

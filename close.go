@@ -29,4 +29,7 @@ const (
 	replyBinary       = "binary messages are not supported"
 	replyRateExceeded = "publish rate exceeded: slow down"
 	replyNoPublish    = "this endpoint does not accept messages"
+	replyNoPublishNow = "this connection may publish to no topic now: it unsubscribed from those it could"
+	replyNoSubscribe  = "this endpoint does not allow subscribing to other topics"
+	replyCommand      = `a command must be {"subscribe":"<topic>","lastEventId":"<id>"} or {"unsubscribe":"<topic>"}`
 )

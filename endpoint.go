@@ -419,6 +419,63 @@ func (e *Endpoint) full(r *http.Request) (int, error) {
 
 func tooManyFrom(ip string) error { return fmt.Errorf("too many connections from %s", ip) }
 
+// topicAdd is a topic a client asks to add to its open connection (a
+// WebSocket client's subscribe message).
+type topicAdd struct {
+	Topic string
+	// Held are the topics the connection follows now, Connect those it
+	// was admitted with.
+	Held, Connect []string
+	// Grant is the client's verified JWT from the connect, if it sent one.
+	Grant *Grant
+	// Request is the connect's request, kept for the authorize hook (nil
+	// without one): the app is asked about the topic with the same
+	// credentials, path and address as at connect.
+	Request *http.Request
+}
+
+// checkAddedTopic reports why a connection may not add a topic: the
+// checks of a connect's topics, on the topic the client names. Without
+// topics templates, a client may add any topic it could connect with;
+// with them, one it was admitted with, or one that patterns (the
+// handler's subscribe option) match. A private topic needs a grant
+// allowing it, the connection may follow at most max_topics, and the
+// authorize hook, when there is one, is asked about the topic as at
+// connect. Every topic added to an open connection is checked here and
+// only here.
+func (e *Endpoint) checkAddedTopic(add topicAdd, patterns []string) error {
+	t := add.Topic
+	if err := ValidateTopic(t); err != nil {
+		return err
+	}
+	if len(e.Topics) > 0 && !slices.Contains(add.Connect, t) {
+		if len(patterns) == 0 {
+			return errors.New(replyNoSubscribe)
+		}
+		if !matchAny(patterns, t) {
+			return fmt.Errorf("may not subscribe to topic %q", t)
+		}
+	}
+	if _, err := e.checkPrivate([]string{t}, add.Grant); err != nil {
+		return err
+	}
+	if n := len(add.Held) + 1; n > e.MaxTopics {
+		return fmt.Errorf("too many topics: %d (the limit is %d)", n, e.MaxTopics)
+	}
+	if e.Authorize != nil && add.Request != nil {
+		az, err := e.Authorize.ask(add.Request, TransportWS, []string{t})
+		switch {
+		case err != nil:
+			return errors.New("the app did not confirm the topic: try again")
+		case az.Status != 0:
+			return fmt.Errorf("may not subscribe to topic %q: %s", t, az.Reason)
+		case !slices.Contains(az.Topics, t):
+			return fmt.Errorf("may not subscribe to topic %q", t)
+		}
+	}
+	return nil
+}
+
 // reserve takes a place under max_connections and max_connections_per_ip.
 func (e *Endpoint) reserve(r *http.Request) (func(), int, error) {
 	c := e.conns

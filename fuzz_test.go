@@ -2,6 +2,7 @@ package push
 
 import (
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"net/url"
@@ -129,6 +130,42 @@ func FuzzClientFrame(f *testing.F) {
 		}
 		if m.IdempotencyKey != "" && ValidateIdempotencyKey(m.IdempotencyKey) != nil {
 			t.Fatalf("frame %q passed a bad key %q", frame, m.IdempotencyKey)
+		}
+	})
+}
+
+// FuzzClientCommand: whatever a WebSocket client sends, parseCommand
+// never panics, calls only JSON objects commands, and a command it
+// accepts names its topic under the key it is read from.
+func FuzzClientCommand(f *testing.F) {
+	for _, s := range []string{
+		`{"subscribe":"a"}`, `{"subscribe":"a","lastEventId":"x-1"}`, `{"unsubscribe":"a"}`, `{"subscribe":"a","last_event_id":"1"}`,
+		`{"subscribe":1}`, `{"subscribe":"a","unsubscribe":"b"}`, `{"sub\u0073cribe":"a"}`, `{"topic":"a","data":"x"}`,
+		` {"subscribe":null}`, `{"subscribe":"a"}{`, `[{"subscribe":"a"}]`, "\xff", "",
+	} {
+		f.Add([]byte(s))
+	}
+	f.Fuzz(func(t *testing.T, frame []byte) {
+		c, ok, err := parseCommand(frame)
+		if !ok {
+			if err != nil {
+				t.Fatalf("%q: an error for a message that is no command", frame)
+			}
+			return
+		}
+		var obj map[string]any
+		if json.Unmarshal(frame, &obj) != nil {
+			t.Fatalf("%q: a command that is not a JSON object", frame)
+		}
+		if err != nil {
+			return
+		}
+		key := "unsubscribe"
+		if c.subscribe {
+			key = "subscribe"
+		}
+		if v, _ := obj[key].(string); v != c.topic {
+			t.Fatalf("%q: topic %q, the object says %v", frame, c.topic, obj[key])
 		}
 	})
 }

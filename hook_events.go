@@ -181,9 +181,9 @@ func (h *Hub) hookEvent(e hookEvent) {
 // its topics, and a push_mercure subscriber's selectors too.
 func (s *Subscription) hookTopics() []string {
 	if len(s.patterns) == 0 {
-		return s.Topics
+		return s.topics()
 	}
-	topics := slices.Clip(s.Topics)
+	topics := slices.Clip(s.topics())
 	for _, p := range s.patterns {
 		topics = append(topics, p.String())
 	}
@@ -199,8 +199,8 @@ func (s *Subscription) connected(stopping <-chan struct{}) {
 	}
 	s.stopping, s.reported = stopping, true
 	s.hub.events.open.Add(1)
-	e := connectionEvent("connect", s.who, s.hookTopics())
-	e.Time = s.who.Since
+	e := connectionEvent("connect", s.Member(), s.hookTopics())
+	e.Time = s.Member().Since
 	s.hub.hookEvent(e)
 }
 
@@ -222,7 +222,7 @@ func (s *Subscription) disconnected() {
 	} else if isClosed(s.stopping) {
 		reason = hookReload
 	}
-	e := connectionEvent("disconnect", s.who, s.hookTopics())
+	e := connectionEvent("disconnect", s.Member(), s.hookTopics())
 	e.Reason = reason
 	s.hub.hookEvent(e)
 	if s.hub.events.open.Add(-1) == 0 {

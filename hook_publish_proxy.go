@@ -40,6 +40,9 @@ type proxyEnvelope struct {
 	clientFrame
 	Connection string `json:"connection"`
 	User       string `json:"user"`
+	// allowed are the topics the client could publish to when it sent
+	// the message, which the app's answer is checked against
+	allowed []string
 }
 
 // provisionPublishProxy readies the app's hook, which needs publish.
@@ -67,19 +70,20 @@ type proxyQueue struct {
 
 // newProxyQueue returns the queue of a connection whose messages go to the
 // app, or nil when they go straight to the hub.
-func newProxyQueue(h *WSHandler, publish []string) *proxyQueue {
-	if h.PublishProxy == nil || len(publish) == 0 {
+func newProxyQueue(h *WSHandler) *proxyQueue {
+	if h.PublishProxy == nil {
 		return nil
 	}
 	return new(proxyQueue)
 }
 
-// proxy checks a client message as publishFrame would, and queues it for
-// the app; it returns the problem the client is told of, if any.
-func (s *wsSession) proxy(frame []byte) string {
+// proxy checks a client message as publishFrame would, against the
+// topics the connection may publish to now, and queues it for the app;
+// it returns the problem the client is told of, if any.
+func (s *wsSession) proxy(frame []byte, allowed []string) string {
 	// the checks come first: the app is asked only about a message that
 	// could be published
-	m, err := parseClientFrame(frame, s.publish)
+	m, err := parseClientFrame(frame, allowed)
 	if err == nil {
 		err = s.sub.hub.Validate(m)
 	}
@@ -89,7 +93,7 @@ func (s *wsSession) proxy(frame []byte) string {
 	var f clientFrame
 	if decodeStrict(frame, &f) != nil {
 		// a text message to the one topic: the data of an envelope
-		f = clientFrame{Topic: s.publish[0]}
+		f = clientFrame{Topic: allowed[0]}
 		f.Data, _ = json.Marshal(m.Data)
 	}
 	if f.Topic == "" {
@@ -99,7 +103,7 @@ func (s *wsSession) proxy(frame []byte) string {
 		f.Data = json.RawMessage(`""`) // as the hub would have it; null is data "null"
 	}
 	who := s.sub.Member()
-	if !s.toApp.add(s, proxyEnvelope{clientFrame: f, Connection: who.Connection, User: who.User}) {
+	if !s.toApp.add(s, proxyEnvelope{clientFrame: f, Connection: who.Connection, User: who.User, allowed: allowed}) {
 		return replyProxyQueueFull
 	}
 	return ""
@@ -197,7 +201,7 @@ func (s *wsSession) relay(ctx context.Context, env proxyEnvelope) bool {
 		}
 		// checked as a client's message is: the app may edit it, never
 		// send it where the client may not publish
-		m, err := edited.message(s.publish)
+		m, err := edited.message(env.allowed)
 		if err == nil {
 			// confirmed: published even if the client leaves meanwhile
 			err = publishMessage(s.h.ctx, s.sub, m)

@@ -4,6 +4,9 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"fmt"
+	"maps"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -86,6 +89,7 @@ type lane struct {
 type laneOut struct {
 	batch   engine.Batch            // writes to connections the engine owns, made together
 	written [len(transports)]uint64 // deliveries of the event, per transport
+	offered atomic.Uint64           // the Seq of the last stored event it offered
 }
 
 // patternGroup is the subscriptions of a lane that share a pattern.
@@ -348,6 +352,9 @@ func (h *Hub) deliverLane(ev *Event, i int) {
 			out.written[t] = 0
 		}
 	}
+	if !ev.live {
+		out.offered.Store(ev.Seq)
+	}
 }
 
 // offer hands ev to s, unless it is private and s may not read it.
@@ -387,23 +394,18 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, patterns []*mercur
 		hub:            h,
 		Topics:         topics,
 		patterns:       patterns,
-		who:            who,
 		grant:          grant,
 		transport:      transport,
 		transportIndex: transportIndex(transport),
 		notify:         make(chan struct{}, 1),
 		ended:          make(chan struct{}),
 	}
+	s.follows.Store(&following{topics: topics, who: who})
 	s.lane = int(h.next.Add(1) % uint32(len(h.lanes)))
 	h.mu.Lock()
 	l := &h.lanes[s.lane]
 	for _, t := range topics {
-		subs := l.topics[t]
-		if subs == nil {
-			subs = make(map[*Subscription]struct{})
-			l.topics[t] = subs
-		}
-		subs[s] = struct{}{}
+		l.index(t, s)
 	}
 	for _, p := range patterns {
 		g := l.patterns[p.key]
@@ -427,18 +429,281 @@ func (h *Hub) subscribe(ctx context.Context, topics []string, patterns []*mercur
 		s.Close()
 		return nil, err
 	}
-	s.skipThrough = b.HeadSeq
-	if n := len(b.Events); n > 0 {
-		// the private events it may not read too: they are not live either
-		s.skipThrough = max(s.skipThrough, b.Events[n-1].Seq)
-		b.Events = slices.DeleteFunc(b.Events, func(ev *Event) bool { return ev.Private && !s.mayRead(ev) })
-		h.stats.of(transport).replayed.Add(uint64(len(b.Events)))
-	}
+	s.from, s.skipThrough = s.marks(&b)
+	h.stats.of(transport).replayed.Add(uint64(len(b.Events)))
 	s.Backlog = b
 	if announce {
-		h.announce(s, "push.join")
+		h.announce(who, who.announcedTopics(topics), "push.join")
 	}
 	return s, nil
+}
+
+// marks reads where a backlog just read leaves the subscription: from,
+// after which the events of its topics reach the client (by the backlog,
+// or live), and skip, up to which their live events are already in the
+// backlog. It drops the private events the subscription may not read
+// (they are not live either).
+func (s *Subscription) marks(b *Backlog) (from, skip uint64) {
+	skip = b.HeadSeq
+	from = skip
+	if n := len(b.Events); n > 0 {
+		// a resume point with no event of the topics after it is the
+		// same as the first event's predecessor
+		from = b.Events[0].Seq - 1
+		skip = max(skip, b.Events[n-1].Seq)
+		b.Events = slices.DeleteFunc(b.Events, func(ev *Event) bool { return ev.Private && !s.mayRead(ev) })
+	}
+	return from, skip
+}
+
+// index adds s to the subscriptions of topic.
+func (l *lane) index(topic string, s *Subscription) {
+	subs := l.topics[topic]
+	if subs == nil {
+		subs = make(map[*Subscription]struct{})
+		l.topics[topic] = subs
+	}
+	subs[s] = struct{}{}
+}
+
+// unindex removes s from the subscriptions of topic.
+func (l *lane) unindex(topic string, s *Subscription) {
+	if subs := l.topics[topic]; subs != nil {
+		delete(subs, s)
+		if len(subs) == 0 {
+			delete(l.topics, topic)
+		}
+	}
+}
+
+// errSubscriptionClosed refuses a topic added to a subscription that has
+// ended.
+var errSubscriptionClosed = errors.New("the connection is closing")
+
+// addTopic adds topic to s, an open subscription, and reads its backlog
+// after lastEventID as Subscribe does. The caller must hold s's live
+// events back meanwhile (the session's held), and then write, in order:
+// earlier, the live events offered before the topic was indexed and not
+// yet taken; then b, the topic's backlog (its Reset, or its Events);
+// then s's live events as usual.
+//
+// The topic is indexed first and the backlog read second, so nothing
+// falls between them. The backlog leaves out the events that reached the
+// client through s's other topics before (an event on several), and
+// keeps the others, whose live copies are then dropped (fresh); it is
+// merged, in id order, with the live events offered up to its head
+// (waiting for them if need be), so that each topic's events come in id
+// order, each once, the old topics' as much as the new one's. With
+// announce, s is announced to topic (push.join), and listed there.
+//
+// Only a subscription whose topics are sorted (a WebSocket
+// subscription's) may change.
+func (h *Hub) addTopic(ctx context.Context, s *Subscription, topic, lastEventID string, announce bool) (earlier []*Event, b Backlog, err error) {
+	s.topicsMu.Lock()
+	defer s.topicsMu.Unlock()
+	old := s.follows.Load()
+	if old.holds(topic) {
+		return nil, Backlog{}, nil
+	}
+	// nothing reaches the client through topic until its backlog is read
+	f := old.with(topic, announce, addedTopic{from: math.MaxUint64, skip: math.MaxUint64})
+	h.mu.Lock()
+	if s.closed.Load() {
+		h.mu.Unlock()
+		return nil, Backlog{}, errSubscriptionClosed
+	}
+	h.lanes[s.lane].index(topic, s)
+	// no lane offers anything meanwhile: what was offered is all before
+	earlier, seen := s.takeOffered()
+	s.follows.Store(f)
+	s.Topics = f.topics
+	h.mu.Unlock()
+	undo := func() {
+		// as it was, but changed: its queue may hold events of topic,
+		// which fresh now drops
+		back := *old
+		if back.added == nil {
+			back.added = make(map[string]addedTopic)
+		}
+		h.mu.Lock()
+		h.lanes[s.lane].unindex(topic, s)
+		s.follows.Store(&back)
+		s.Topics = old.topics
+		h.mu.Unlock()
+		h.rejoin(old)
+	}
+	if r, ok := h.broker.(Roster); ok {
+		if err := r.Join(ctx, f.who, f.topics); err != nil {
+			undo()
+			return earlier, Backlog{}, err
+		}
+	}
+	if b, err = h.replay(ctx, []string{topic}, nil, lastEventID); err == nil {
+		// the live events up to the backlog's head are offered by now,
+		// or soon: they merge with it
+		err = h.offeredThrough(ctx, s.lane, b.HeadSeq)
+	}
+	if err != nil {
+		undo()
+		return earlier, Backlog{}, err
+	}
+	from, skip := s.marks(&b)
+	b.Events = slices.DeleteFunc(b.Events, func(ev *Event) bool {
+		return f.delivered(ev, topic, s.from, s.skipThrough, seen)
+	})
+	h.stats.of(s.transport).replayed.Add(uint64(len(b.Events)))
+	done := *f
+	done.added = maps.Clone(f.added)
+	done.added[topic] = addedTopic{from: from, skip: skip, seen: seen}
+	s.follows.Store(&done)
+	live, _ := s.takeOffered()
+	b.Events = mergeEvents(b.Events, live)
+	if done.who.announcedOn(topic) {
+		h.announce(done.who, []string{topic}, "push.join")
+	}
+	return earlier, b, nil
+}
+
+// takeOffered takes the events waiting for s's writer or sink, those it
+// still gets (fresh), and returns them with the Seq of the last event
+// offered.
+func (s *Subscription) takeOffered() (events []*Event, lastSeq uint64) {
+	s.mu.Lock()
+	events, lastSeq = s.pending, s.lastSeq
+	s.pending = nil
+	s.mu.Unlock()
+	return slices.DeleteFunc(events, func(ev *Event) bool { return !s.fresh(ev) }), lastSeq
+}
+
+// offeredThrough waits until lane i has offered the events up to seq,
+// which the broker has stored and delivers in order. A hub that has
+// delivered nothing yet may never deliver them (a Redis node follows
+// from its start): then it does not wait, and a late event of the
+// backlog is dropped as it comes (fresh), out of order with the events
+// of other topics at worst.
+func (h *Hub) offeredThrough(ctx context.Context, i int, seq uint64) error {
+	out := h.lanes[i].out
+	if out.offered.Load() == 0 {
+		return nil
+	}
+	for wait := 50 * time.Microsecond; out.offered.Load() < seq; wait = min(2*wait, 10*time.Millisecond) {
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("waiting for the hub's events: %w", ctx.Err())
+		case <-time.After(wait):
+		}
+	}
+	return nil
+}
+
+// mergeEvents merges a backlog with the live events offered since it was
+// read, in id order, each event once; a live-only event (push.join, ...)
+// keeps its place among the live ones.
+func mergeEvents(backlog, live []*Event) []*Event {
+	if len(live) == 0 {
+		return backlog
+	}
+	out := make([]*Event, 0, len(backlog)+len(live))
+	i := 0
+	for _, ev := range live {
+		if !ev.live {
+			for ; i < len(backlog) && backlog[i].Seq < ev.Seq; i++ {
+				out = append(out, backlog[i])
+			}
+			if i < len(backlog) && backlog[i].Seq == ev.Seq {
+				i++ // the same event
+			}
+		}
+		out = append(out, ev)
+	}
+	return append(out, backlog[i:]...)
+}
+
+// removeTopic stops the events of topic reaching s. The client gets no
+// event of the topic afterwards: the fan-out offers none once it is out
+// of the index, and those offered before are dropped if not yet taken
+// (fresh). If s was announced to topic, push.leave goes there.
+func (h *Hub) removeTopic(s *Subscription, topic string) {
+	s.topicsMu.Lock()
+	defer s.topicsMu.Unlock()
+	old := s.follows.Load()
+	if !old.holds(topic) {
+		return
+	}
+	f := old.without(topic)
+	h.mu.Lock()
+	if s.closed.Load() {
+		h.mu.Unlock()
+		return
+	}
+	h.lanes[s.lane].unindex(topic, s)
+	s.follows.Store(f)
+	s.Topics = f.topics
+	h.mu.Unlock()
+	h.rejoin(f)
+	if old.who.announcedOn(topic) {
+		h.announce(old.who, []string{topic}, "push.leave")
+	}
+}
+
+// rejoin has the roster, if any, record a subscription's topics anew
+// after they changed. A failure leaves the roster to the broker, which
+// writes its entries anew once it can.
+func (h *Hub) rejoin(f *following) {
+	r, ok := h.broker.(Roster)
+	if !ok {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := r.Join(ctx, f.who, f.topics); err != nil {
+		h.logger.Warn("roster not updated", zap.String("connection", f.who.Connection), zap.Error(err))
+	}
+}
+
+// with is f plus topic (kept sorted), at mark; announce says whether the
+// member is announced to it.
+func (f *following) with(topic string, announce bool, mark addedTopic) *following {
+	n := &following{who: f.who, added: maps.Clone(f.added)}
+	if n.added == nil {
+		n.added = make(map[string]addedTopic, 1)
+	}
+	n.added[topic] = mark
+	n.topics = slices.Sorted(slices.Values(append(slices.Clip(f.topics), topic)))
+	n.who.Announced, n.who.Presence = announcedWith(f.who, f.topics, topic, announce)
+	return n
+}
+
+// without is f less topic.
+func (f *following) without(topic string) *following {
+	n := &following{who: f.who, added: maps.Clone(f.added)}
+	if n.added == nil {
+		n.added = make(map[string]addedTopic)
+	}
+	delete(n.added, topic)
+	n.topics = slices.DeleteFunc(slices.Clone(f.topics), func(t string) bool { return t == topic })
+	if f.who.Announced != nil {
+		n.who.Announced = slices.DeleteFunc(slices.Clone(f.who.Announced), func(t string) bool { return t == topic })
+		if len(n.who.Announced) == 0 { // announced nowhere: as a connection never announced
+			n.who.Announced, n.who.Presence = nil, false
+		}
+	}
+	return n
+}
+
+// announcedWith is where a member announced as m on topics is announced
+// once it also follows topic (announce: on topic too): its Announced
+// and Presence.
+func announcedWith(m Member, topics []string, topic string, announce bool) ([]string, bool) {
+	switch {
+	case announce && !m.Presence:
+		return []string{topic}, true
+	case announce && m.Announced != nil:
+		return append(slices.Clip(m.Announced), topic), true
+	case !announce && m.Presence && m.Announced == nil:
+		return slices.Clone(topics), true // all of them, not the new one
+	}
+	return m.Announced, m.Presence
 }
 
 // replay reads the backlog of a subscription to topics and patterns from
@@ -502,12 +767,7 @@ func (h *Hub) unsubscribe(s *Subscription) {
 	h.mu.Lock()
 	l := &h.lanes[s.lane]
 	for _, t := range s.Topics {
-		if subs := l.topics[t]; subs != nil {
-			delete(subs, s)
-			if len(subs) == 0 {
-				delete(l.topics, t)
-			}
-		}
+		l.unindex(t, s)
 	}
 	for _, p := range s.patterns {
 		if g := l.patterns[p.key]; g != nil {
@@ -538,14 +798,17 @@ func uniqueTopics(topics []string) []string {
 	return out
 }
 
-// announce tells a subscription's topics of its arrival or departure:
-// to this node's subscribers at once, and to other nodes' through the
-// broker's broadcast. The event is live only: it is not stored, has no id
-// and is never replayed, so connections coming and going cannot push
-// the topics' events out of history, nor move a client's resume point (a
+// announce tells topics of a member's arrival or departure: to this
+// node's subscribers at once, and to other nodes' through the broker's
+// broadcast. The event is live only: it is not stored, has no id and is
+// never replayed, so connections coming and going cannot push the
+// topics' events out of history, nor move a client's resume point (a
 // client that resumes gets push.presence instead).
-func (h *Hub) announce(s *Subscription, event string) {
-	m := Message{Topics: s.who.announcedTopics(s.Topics), Type: event, Data: presenceData(s.who)}
+func (h *Hub) announce(who Member, topics []string, event string) {
+	if len(topics) == 0 {
+		return
+	}
+	m := Message{Topics: topics, Type: event, Data: presenceData(who)}
 	h.deliver(&Event{Message: m, live: true})
 	if b, ok := h.broker.(Broadcaster); ok {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)

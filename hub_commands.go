@@ -139,7 +139,7 @@ func (h *Hub) disconnectLocal(d DisconnectRequest) int {
 	}
 	n := 0
 	for _, s := range h.matching(nil) {
-		if d.matches(s.who) && s.end(endDisconnect, until) {
+		if d.matches(s.Member()) && s.end(endDisconnect, until) {
 			n++
 		}
 	}

@@ -155,8 +155,8 @@ func (h *Hub) localMembers(topic string, presence bool) []Member {
 	var out []Member
 	for _, l := range h.lanes {
 		for s := range l.topics[topic] {
-			if !s.isEnded() && (!presence || s.who.announcedOn(topic)) {
-				out = append(out, s.who)
+			if who := s.Member(); !s.isEnded() && (!presence || who.announcedOn(topic)) {
+				out = append(out, who)
 			}
 		}
 	}
@@ -198,7 +198,8 @@ func (h *Hub) joined() []Joined {
 		for s := range subs {
 			if !seen[s] {
 				seen[s] = true
-				out = append(out, Joined{Member: s.who, Topics: s.Topics})
+				f := s.follows.Load()
+				out = append(out, Joined{Member: f.who, Topics: f.topics})
 			}
 		}
 	}

@@ -2,7 +2,9 @@ package push
 
 import (
 	"context"
+	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 )
@@ -203,5 +205,280 @@ func TestHubLogCompacts(t *testing.T) {
 	m := h.broker.(*memoryStore)
 	if m.live != 3 || len(m.log) > 2*m.live+64 {
 		t.Fatalf("%d live events, log of %d", m.live, len(m.log))
+	}
+}
+
+// listSink is a Sink that records what it is given.
+type listSink struct {
+	mu     sync.Mutex
+	events []*Event
+}
+
+func (l *listSink) Deliver(ev *Event) bool {
+	l.mu.Lock()
+	l.events = append(l.events, ev)
+	l.mu.Unlock()
+	return true
+}
+
+func (l *listSink) Ended() {}
+
+func (l *listSink) take() []*Event {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := l.events
+	l.events = nil
+	return out
+}
+
+// A topic added to an open subscription under a storm of publishes to
+// it, to the subscription's topic and to both: the client gets every
+// event of the old topic after its connect and of the new one after the
+// id it resumes from, each once, each topic's in id order, whether its
+// events are taken from the queue (a connection on goroutines) or
+// written through a sink (the engine's), and with one lane or several.
+func TestHubAddTopicNoGapNoDuplicate(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		lanes int
+		sink  bool
+	}{
+		{"queue", 1, false}, {"queue, lanes", 4, false}, {"sink", 1, true}, {"sink, lanes", 4, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			h := openHub(t, HistoryLimits{Events: 100000})
+			h.startLanes(tc.lanes)
+			ctx := context.Background()
+			type pub struct {
+				seq    uint64
+				topics []string
+			}
+			var mu sync.Mutex
+			var published []pub
+			publish := func(topics ...string) {
+				id, err := h.Publish(ctx, Message{Topics: topics, Data: "x"})
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				_, seq, _ := ParseID(id)
+				mu.Lock()
+				published = append(published, pub{seq, topics})
+				mu.Unlock()
+			}
+			// history before the connect, some of it to resume b from
+			for range 50 {
+				publish("a")
+				publish("b")
+				publish("a", "b")
+			}
+			mu.Lock()
+			resume := published[60].seq // a b event: "b" resumes after it
+			mu.Unlock()
+			resumeID := FormatID(h.broker.(*memoryStore).epoch, resume)
+			for range 20 {
+				publish("b")
+				publish("a", "b")
+			}
+			s, err := h.subscribe(ctx, []string{"a"}, nil, "", Member{Connection: "c", Transport: TransportWS}, nil, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.Close()
+			connected := s.skipThrough
+
+			var got []*Event
+			sink := new(listSink)
+			if tc.sink {
+				s.Attach(sink)
+			}
+			drain := func() {
+				if tc.sink {
+					got = append(got, sink.take()...)
+				} else {
+					got = append(got, s.Take(nil)...)
+				}
+			}
+			var storm sync.WaitGroup
+			for _, topics := range [][]string{{"a"}, {"b"}, {"a", "b"}, {"b", "a"}, {"c"}} {
+				storm.Add(1)
+				go func() {
+					defer storm.Done()
+					for i := range 500 {
+						publish(topics...)
+						if i%10 == 0 { // a storm a reader keeps up with
+							time.Sleep(100 * time.Microsecond)
+						}
+					}
+				}()
+			}
+			stormDone := make(chan struct{})
+			go func() { storm.Wait(); close(stormDone) }()
+			// take as a writer does, before and after the topic is added
+			drainWhile := func(d time.Duration) {
+				for end := time.After(d); ; time.Sleep(100 * time.Microsecond) {
+					drain()
+					select {
+					case <-end:
+						return
+					case <-stormDone:
+						return
+					default:
+					}
+				}
+			}
+			drainWhile(5 * time.Millisecond)
+			if tc.sink {
+				s.hold() // as the engine's transport does
+				drain()  // what it wrote before
+			}
+			earlier, b, err := h.addTopic(ctx, s, "b", resumeID, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			got = append(got, earlier...)
+			added := len(got)
+			got = append(got, b.Events...)
+			if tc.sink {
+				s.Attach(sink)
+			}
+			drainWhile(time.Minute)
+
+			want := make(map[uint64]bool)
+			for _, p := range published {
+				if slices.Contains(p.topics, "a") && p.seq > connected || slices.Contains(p.topics, "b") && p.seq > resume {
+					want[p.seq] = true
+				}
+			}
+			for deadline := time.Now().Add(5 * time.Second); len(got) < len(want) && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+				drain()
+			}
+			drain()
+			seen := make(map[uint64]bool)
+			last := map[string]uint64{}
+			for i, ev := range got {
+				if seen[ev.Seq] {
+					t.Fatalf("event %d (%v) twice", ev.Seq, ev.Topics)
+				}
+				seen[ev.Seq] = true
+				if !want[ev.Seq] {
+					t.Fatalf("event %d (%v) not wanted", ev.Seq, ev.Topics)
+				}
+				// in order, a's events after the connect, and b's from its
+				// backlog on (older than events that came through a before)
+				for _, topic := range ev.Topics {
+					if topic == "a" && ev.Seq <= connected || topic == "b" && i < added {
+						continue
+					}
+					if ev.Seq < last[topic] {
+						t.Fatalf("event %d of %s after %d", ev.Seq, topic, last[topic])
+					}
+					last[topic] = ev.Seq
+				}
+			}
+			if s.isEnded() {
+				t.Fatal("the subscription was cut off")
+			}
+			if len(seen) != len(want) {
+				t.Fatalf("got %d events, want %d", len(seen), len(want))
+			}
+			if len(b.Events) < 40 {
+				t.Fatalf("the backlog had %d events", len(b.Events))
+			}
+		})
+	}
+}
+
+// A removed topic's events stop at once, queued ones included; the
+// subscription's other topics go on, and the topic may be added again.
+func TestHubRemoveTopic(t *testing.T) {
+	h := openHub(t, HistoryLimits{Events: 10})
+	ctx := context.Background()
+	s, err := h.subscribe(ctx, []string{"a", "b"}, nil, "", Member{Connection: "c", Transport: TransportWS}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mustPublish(t, h, "b1", "b")
+	h.removeTopic(s, "b")
+	mustPublish(t, h, "b2", "b")
+	mustPublish(t, h, "ab", "a", "b")
+	if got := datas(s.Take(nil)); !slices.Equal(got, []string{"ab"}) || !slices.Equal(s.Topics, []string{"a"}) {
+		t.Fatalf("after removing b: %v, topics %v", got, s.Topics)
+	}
+	if n := len(h.localTopics("b")); n != 0 {
+		t.Fatalf("b still indexed: %v", h.localTopics(""))
+	}
+	_, b, err := h.addTopic(ctx, s, "b", EarliestID, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// from the start of history, but not "ab", which came through a
+	if got := datas(b.Events); !slices.Equal(got, []string{"b1", "b2"}) {
+		t.Fatalf("backlog %v", got)
+	}
+	h.removeTopic(s, "a")
+	h.removeTopic(s, "b")
+	s.Close()
+	h.removeTopic(s, "a")
+	if _, _, err := h.addTopic(ctx, s, "a", "", false); err == nil || len(h.localTopics("")) != 0 {
+		t.Fatalf("added to a closed subscription: %v, %v", err, h.localTopics(""))
+	}
+}
+
+// A hub that has delivered nothing yet does not wait for its backlog's
+// events to come live (a Redis node follows from its start, and may
+// never deliver them); those that come late are dropped, since the
+// backlog had them: each event once.
+func TestHubAddTopicBeforeFirstDelivery(t *testing.T) {
+	h := newHub("test")
+	var mu sync.Mutex
+	var held []*Event
+	release := false
+	b, err := MemoryBroker{}.OpenBroker(BrokerOptions{Hub: "test", History: HistoryLimits{Events: 10}, Deliver: func(ev *Event) {
+		mu.Lock()
+		defer mu.Unlock()
+		if !release {
+			held = append(held, ev) // not yet
+			return
+		}
+		h.deliver(ev)
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.broker = b
+	t.Cleanup(func() { _ = h.Destruct() })
+	ctx := context.Background()
+	s, err := h.subscribe(ctx, []string{"a"}, nil, "", Member{Connection: "c", Transport: TransportWS}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	mustPublish(t, h, "ab", "a", "b")
+	mustPublish(t, h, "b", "b")
+	done := make(chan struct{})
+	var backlog Backlog
+	go func() {
+		defer close(done)
+		if _, backlog, err = h.addTopic(ctx, s, "b", EarliestID, false); err != nil {
+			t.Error(err)
+		}
+	}()
+	select {
+	case <-done:
+	case <-time.After(time.Second):
+		t.Fatal("addTopic waits for events its hub may never deliver")
+	}
+	mu.Lock()
+	release = true
+	for _, ev := range held {
+		h.deliver(ev) // late
+	}
+	mu.Unlock()
+	mustPublish(t, h, "after", "b", "a")
+	got := append(datas(backlog.Events), datas(s.Take(nil))...)
+	if !slices.Equal(got, []string{"ab", "b", "after"}) {
+		t.Fatalf("got %v", got)
 	}
 }

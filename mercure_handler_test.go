@@ -353,6 +353,7 @@ func TestMercureIDsAndReconciliation(t *testing.T) {
 		"Last-Event-ID, publisher's id": {c.mercureURL("match", feed), header("Last-Event-ID", "urn:uuid:a"), "B,C,D", "urn:uuid:a"},
 		"last_event_id":                 {c.mercureURL("match", feed, "last_event_id", "urn:uuid:a"), nil, "B,C,D", "urn:uuid:a"},
 		"lastEventID (v0.21)":           {c.mercureURL("topic", feed, "lastEventID", "urn:uuid:a"), nil, "B,C,D", "urn:uuid:a"},
+		"lastEventId (push_sse's)":      {c.mercureURL("match", feed, "lastEventId", "urn:uuid:a"), nil, "B,C,D", "urn:uuid:a"},
 		"the hub's id":                  {c.mercureURL("match", feed, "last_event_id", b), nil, "C,D", b},
 		"header first":                  {c.mercureURL("match", feed, "last_event_id", "urn:uuid:a"), header("Last-Event-ID", b), "C,D", b},
 		"earliest":                      {c.mercureURL("match", feed, "last_event_id", "earliest"), nil, "A,B,C,D", "earliest"},

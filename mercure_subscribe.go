@@ -47,8 +47,9 @@ func (h *MercureHandler) subscribe(w http.ResponseWriter, r *http.Request) error
 		h.sse.openStream(w)
 		return nil
 	}
-	// the header first, then the draft's name, then v0.21's
-	lastID := cmp.Or(r.Header.Get("Last-Event-ID"), get("last_event_id"), get("lastEventID"))
+	// the header first, then the draft's name, then v0.21's, then the
+	// name push_sse and push_ws take
+	lastID := cmp.Or(r.Header.Get("Last-Event-ID"), get("last_event_id"), get("lastEventID"), get("lastEventId"))
 	a := &admission{LastEventID: lastID, Grant: grant, User: az.User, Meta: az.Meta, release: release}
 	for _, sel := range sels {
 		if sel.Trivial() && !sel.all && ValidateTopic(sel.String()) == nil {

@@ -272,7 +272,7 @@ func TestPatternSubscriptionCommands(t *testing.T) {
 	if n := h.pauseLocal(PauseRequest{Topics: []string{book1}, For: time.Second}); n != 1 || !books.isEnded() || users.isEnded() {
 		t.Fatalf("pause of %s ended %d subscriptions", book1, n)
 	}
-	if n := h.disconnectLocal(DisconnectRequest{Connection: users.who.Connection}); n != 1 {
+	if n := h.disconnectLocal(DisconnectRequest{Connection: users.Member().Connection}); n != 1 {
 		t.Fatalf("disconnect ended %d subscriptions", n)
 	}
 	last := subscribePatterns(t, h, "", nil, nil, legacy(t, "*"))

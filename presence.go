@@ -107,7 +107,7 @@ func (e *Endpoint) subscribe(ctx context.Context, a *admission, who Member) (*Su
 	if announce && len(e.PresenceTopics) > 0 {
 		var on []string
 		for _, t := range a.Topics {
-			if matchAny(e.PresenceTopics, t) {
+			if e.announces(t) {
 				on = append(on, t)
 			}
 		}
@@ -128,23 +128,37 @@ func (e *Endpoint) subscribe(ctx context.Context, a *admission, who Member) (*Su
 	}
 	// read after the subscription is in place: a member that joins later
 	// comes as push.join, one that left before is gone from the list
-	for _, t := range sub.who.announcedTopics(sub.Topics) {
-		members, count, _, err := e.hub.members(ctx, t, e.PresenceLimit, true)
-		if err != nil {
-			e.logger.Warn("presence not read", zap.String("topic", t), zap.Error(err))
-			continue
+	for _, t := range sub.Member().announcedTopics(sub.topics()) {
+		if p, ok := e.presenceOf(ctx, t); ok {
+			sub.presence = append(sub.presence, p)
 		}
-		snap := presenceSnapshot{Topic: t, Count: count}
-		if count <= e.PresenceLimit {
-			snap.Members = make([]presenceEntry, len(members))
-			for i, m := range members {
-				snap.Members[i] = presenceEntry{Connection: m.Connection, User: m.User}
-			}
-		}
-		data, _ := json.Marshal(snap)
-		sub.presence = append(sub.presence, topicPresence{topic: t, data: string(data)})
 	}
 	return sub, nil
+}
+
+// announces reports whether a connection of the endpoint is announced to
+// topic, and listed there.
+func (e *Endpoint) announces(topic string) bool {
+	return e.Presence && (len(e.PresenceTopics) == 0 || matchAny(e.PresenceTopics, topic))
+}
+
+// presenceOf reads the push.presence event of topic; ok is false when
+// the roster cannot say (logged).
+func (e *Endpoint) presenceOf(ctx context.Context, topic string) (p topicPresence, ok bool) {
+	members, count, _, err := e.hub.members(ctx, topic, e.PresenceLimit, true)
+	if err != nil {
+		e.logger.Warn("presence not read", zap.String("topic", topic), zap.Error(err))
+		return topicPresence{}, false
+	}
+	snap := presenceSnapshot{Topic: topic, Count: count}
+	if count <= e.PresenceLimit {
+		snap.Members = make([]presenceEntry, len(members))
+		for i, m := range members {
+			snap.Members[i] = presenceEntry{Connection: m.Connection, User: m.User}
+		}
+	}
+	data, _ := json.Marshal(snap)
+	return topicPresence{topic: topic, data: string(data)}, true
 }
 
 // presenceSnapshot is the data of a push.presence event.
@@ -164,7 +178,8 @@ type topicPresence struct{ topic, data string }
 // the node keeps them alive, and answer for the whole cluster.
 type Roster interface {
 	// Join records a connection of this node on its topics, before its
-	// push.join is published.
+	// push.join is published. Joining again replaces its topics (a
+	// WebSocket client subscribed or unsubscribed).
 	Join(ctx context.Context, m Member, topics []string) error
 	// Leave forgets a connection of this node. With wait it returns once
 	// that is done (its push.leave follows); else it may return before.

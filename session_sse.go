@@ -90,7 +90,7 @@ func (s *sseSession) ended() { s.t.end(s.lastWords()) }
 func (s *sseSession) lastWords() []byte {
 	if s.sub.FellBehind() {
 		if ce := s.h.logger.Check(zap.DebugLevel, "slow subscriber disconnected"); ce != nil {
-			ce.Write(zap.Strings("topics", s.sub.Topics))
+			ce.Write(zap.Strings("topics", s.sub.topics()))
 		}
 		return nil
 	}

@@ -13,20 +13,28 @@ import (
 // Subscription is one client's live feed from a hub. The hub offers events
 // without ever blocking; the client's writer takes them in batches.
 type Subscription struct {
-	// Topics are the subscribed topics.
+	// Topics are the subscribed topics. Only a WebSocket client's
+	// subscribe and unsubscribe messages change them, under the hub's
+	// lock, and each change replaces the slice.
 	Topics []string
 	// Backlog is what the client gets before live events.
 	Backlog Backlog
 
-	hub            *Hub
-	who            Member // set before the hub indexes it, never changed
-	grant          *Grant // the token that admitted it (nil: anonymous); the same
+	hub *Hub
+	// follows is what it follows (its topics, and who it is on them),
+	// replaced whole under the hub's lock and topicsMu, so that any
+	// goroutine may read it without a lock
+	follows        atomic.Pointer[following]
+	topicsMu       sync.Mutex // held while its topics change, and by Close
+	grant          *Grant     // the token that admitted it (nil: anonymous); set before the hub indexes it, never changed
 	transport      string
 	transportIndex int             // of transport in transports
 	lane           int             // of the hub's lanes, the one that delivers to it
 	lastOffered    uint64          // only touched by its lane, one event at a time
 	lastLive       *Event          // the same, for live events (which have no Seq)
+	lastSeq        uint64          // the Seq of the last stored event offered; under mu
 	skipThrough    uint64          // live events up to here are already in the backlog
+	from           uint64          // the events of its first topics after this reach the client (backlog or live)
 	presence       []topicPresence // push.presence data to send first, per topic
 	// patterns select topics besides Topics (a Mercure subscriber's
 	// selectors); set before the hub indexes it, never changed
@@ -34,7 +42,7 @@ type Subscription struct {
 
 	mu      sync.Mutex
 	pending []*Event
-	sink    Sink // once attached, never changes
+	sink    Sink // once attached, only held (detached) while a topic is added
 	told    bool // sink.Ended was called
 	expiry  *time.Timer
 	notify  chan struct{}
@@ -95,9 +103,12 @@ type batchSink interface {
 // reports whether the sink wrote it.
 func (s *Subscription) offer(ev *Event, b *engine.Batch, count *uint64) bool {
 	s.mu.Lock()
+	if !ev.live {
+		s.lastSeq = ev.Seq
+	}
 	if sink := s.sink; sink != nil {
 		// skipThrough is set before Attach, which published it under mu
-		skip := !ev.live && ev.Seq <= s.skipThrough
+		skip := !s.fresh(ev)
 		s.mu.Unlock()
 		if skip {
 			return false
@@ -126,22 +137,40 @@ func (s *Subscription) offer(ev *Event, b *engine.Batch, count *uint64) bool {
 // events waiting now first, then each as the hub delivers it. Call it once
 // the backlog is written; nothing must call Take afterwards.
 func (s *Subscription) Attach(sink Sink) {
-	s.mu.Lock()
 	n := 0
-	for _, ev := range s.pending {
-		if s.fresh(ev) && sink.Deliver(ev) {
-			n++
+	for {
+		// the waiting events are written outside the lock (a write that
+		// finds the client too slow ends the subscription, which takes
+		// it); those offered meanwhile wait for the next round
+		s.mu.Lock()
+		batch := s.pending
+		s.pending = nil
+		if len(batch) == 0 {
+			s.sink = sink
+			break
+		}
+		s.mu.Unlock()
+		for _, ev := range batch {
+			if s.fresh(ev) && sink.Deliver(ev) {
+				n++
+			}
 		}
 	}
-	s.Delivered(n)
-	s.pending = nil
-	s.sink = sink
 	tell := s.isEnded() && !s.told // ended before the sink could hear of it
 	s.told = s.told || tell
 	s.mu.Unlock()
+	s.Delivered(n)
 	if tell {
 		sink.Ended()
 	}
+}
+
+// hold detaches the subscription's sink, so that its live events wait
+// (as before Attach) until Attach hands them to the sink again.
+func (s *Subscription) hold() {
+	s.mu.Lock()
+	s.sink = nil
+	s.mu.Unlock()
 }
 
 // CutOff ends the subscription of a subscriber that is too slow (its
@@ -250,7 +279,11 @@ func (s *Subscription) ExpireAt(t time.Time) {
 
 // Member is who the subscription is: its connection id, user, transport,
 // remote address and start.
-func (s *Subscription) Member() Member { return s.who }
+func (s *Subscription) Member() Member { return s.follows.Load().who }
+
+// topics are the subscription's topics, for a reader that does not hold
+// the hub's lock.
+func (s *Subscription) topics() []string { return s.follows.Load().topics }
 
 // Take moves the waiting events into buf (whose contents it overwrites)
 // and returns it. Passing the previous batch back in makes the steady
@@ -261,7 +294,8 @@ func (s *Subscription) Take(buf []*Event) []*Event {
 	clear(buf)
 	s.pending = buf[:0]
 	s.mu.Unlock()
-	// drop what the backlog already delivered
+	// drop what the backlog already delivered, and the events of topics
+	// it no longer follows
 	return slices.DeleteFunc(batch, func(ev *Event) bool { return !s.fresh(ev) })
 }
 
@@ -304,9 +338,98 @@ func (s *Subscription) mayRead(ev *Event) bool {
 }
 
 // fresh reports whether a live delivery of ev is not already in the
-// subscription's backlog.
+// subscription's backlog (nor in that of a topic added since), and, once
+// its topics changed, whether it still follows one of ev's topics.
 func (s *Subscription) fresh(ev *Event) bool {
-	return ev.live || ev.Seq > s.skipThrough
+	f := s.follows.Load()
+	if f.added == nil { // its topics never changed: the common case
+		return ev.live || ev.Seq > s.skipThrough
+	}
+	return !f.inBacklog(ev) && f.gets(ev, s.skipThrough)
+}
+
+// following is what a subscription follows. It is never changed: a
+// WebSocket client's subscribe and unsubscribe replace it.
+type following struct {
+	topics []string // sorted, once they changed
+	// who is the connection, with Presence and Announced as of topics
+	who Member
+	// added has the topics added since the subscription began; nil until
+	// its topics first change
+	added map[string]addedTopic
+}
+
+// addedTopic is where the events of a topic added to an open
+// subscription begin.
+type addedTopic struct {
+	from uint64 // its events after this reach the client (backlog or live)
+	skip uint64 // its live events up to here were in its backlog
+	// seen is the last event offered before it was added: its backlog
+	// holds its events after this (up to skip) even when they reach the
+	// client through another topic too
+	seen uint64
+}
+
+// holds reports whether f follows topic.
+func (f *following) holds(topic string) bool {
+	_, ok := slices.BinarySearch(f.topics, topic)
+	return ok
+}
+
+// delivered reports whether ev, in the backlog of a topic being added
+// (except), reached the client already through one of the other topics
+// f follows: in that topic's backlog, or live before the topic was
+// indexed (seen: the last event offered then). first and firstSkip are
+// the marks of the subscription's first topics. (One it gets live since
+// is merged with the backlog, once.)
+func (f *following) delivered(ev *Event, except string, first, firstSkip, seen uint64) bool {
+	for _, t := range ev.Topics {
+		if t == except || !f.holds(t) {
+			continue
+		}
+		from, skip := first, firstSkip
+		if a, ok := f.added[t]; ok {
+			from, skip = a.from, a.skip
+		}
+		if ev.Seq > from && (ev.Seq <= skip || ev.Seq <= seen) {
+			return true
+		}
+	}
+	return false
+}
+
+// inBacklog reports whether ev, offered live, was in the backlog of a
+// topic added to f: ev came late, after the backlog was merged with the
+// live events.
+func (f *following) inBacklog(ev *Event) bool {
+	if ev.live {
+		return false
+	}
+	for _, t := range ev.Topics {
+		if a, ok := f.added[t]; ok && ev.Seq > max(a.from, a.seen) && ev.Seq <= a.skip && f.holds(t) {
+			return true
+		}
+	}
+	return false
+}
+
+// gets reports whether ev reaches the client live through one of the
+// topics f follows: ev is live (push.join, ...), or after that topic's
+// skip mark (firstSkip for the subscription's first topics).
+func (f *following) gets(ev *Event, firstSkip uint64) bool {
+	for _, t := range ev.Topics {
+		if !f.holds(t) {
+			continue
+		}
+		skip := firstSkip
+		if a, ok := f.added[t]; ok {
+			skip = a.skip
+		}
+		if ev.live || ev.Seq > skip {
+			return true
+		}
+	}
+	return false
 }
 
 // Delivered counts events written to the client, for metrics.
@@ -322,18 +445,20 @@ func (s *Subscription) Close() {
 			s.expiry.Stop()
 		}
 		s.mu.Unlock()
+		// after a topic being added, which then sees it closed
+		s.topicsMu.Lock()
+		defer s.topicsMu.Unlock()
 		s.hub.unsubscribe(s)
+		f := s.follows.Load()
 		if r, ok := s.hub.broker.(Roster); ok {
 			// before push.leave, so no newcomer lists a member that left
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-			r.Leave(ctx, s.who, s.Topics, s.who.Presence)
+			r.Leave(ctx, f.who, f.topics, f.who.Presence)
 			cancel()
 		}
-		if s.who.Presence {
-			s.hub.announce(s, "push.leave")
-		}
-		if s.who.Mercure != nil {
-			s.hub.mercureSubscriptionEvents(s.who.Mercure, false)
+		s.hub.announce(f.who, f.who.announcedTopics(f.topics), "push.leave")
+		if f.who.Mercure != nil {
+			s.hub.mercureSubscriptionEvents(f.who.Mercure, false)
 		}
 		s.disconnected()
 	}

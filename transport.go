@@ -31,13 +31,19 @@ type wsTransport interface {
 	// writeEvents sends events, each as its shared encoding, counts
 	// those delivered, and reports whether all went.
 	writeEvents(events []*Event) bool
-	// reply sends an error frame on behalf of the reader of client
-	// messages; it reports false when the frame cannot even be queued (a
-	// client provoking errors faster than they go out).
+	// reply sends an answer or an error frame on behalf of the reader of
+	// client messages; it reports false when the frame cannot even be
+	// queued (a client provoking them faster than they go out).
 	reply(frame []byte) bool
 	// close sends a close frame, after which nothing more is written, and
 	// ends the connection once the client answers, or after closeGrace.
 	close(code int, reason string)
+	// held runs fn, on behalf of the reader of client messages, where fn
+	// may write (writeText, writeEvents), with the subscription's live
+	// events held back meanwhile: those offered while fn runs go out
+	// after what it wrote. It reports false when the connection is
+	// closing or fn did.
+	held(fn func() bool) bool
 }
 
 // sseTransport carries an SSE session's stream once it is open (the

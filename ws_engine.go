@@ -41,18 +41,18 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 		return false
 	}
 	st := &wsStream{engineStream: engineStream{sub: sub, release: a.Release}}
-	st.session = newWSSession(h, sub, h.publishTopics(r, a.Grant), st)
+	st.session = newWSSession(h, sub, h.rights(r, a), st)
 	st.in.max = h.MaxMessageSize
-	st.added.Add(1)
+	st.opened.Add(1)
 	c, err := eng.Add(conn.NetConn().(*batchConn).Conn, engine.Handlers{OnInput: st.input, OnClose: st.finished})
 	if err != nil {
 		return false
 	}
 	st.conn = c
-	st.added.Done()
 	st.session.open() // a failed write has ended the connection
 	st.expireAfter(h.MaxDuration, func() { st.session.expire() })
 	sub.Attach(st)
+	st.opened.Done()
 	return true
 }
 
@@ -62,14 +62,17 @@ func (h *WSHandler) handOff(conn *websocket.Conn, sub *Subscription, a *admissio
 type wsStream struct {
 	engineStream
 	session wsSession
-	// done once conn is set: input may come before Add has returned
-	added sync.WaitGroup
+	// done once the connection is open (conn set, the opening written,
+	// the sink attached): input may come before Add has returned, and a
+	// client message may add a topic, whose backlog must not race the
+	// opening's
+	opened sync.WaitGroup
 
 	in frameReader // read by one input goroutine at a time
 }
 
 func (st *wsStream) Deliver(ev *Event) bool {
-	switch st.conn.Write(ev.wsFrame(st.session.h.Format, st.sub.Topics)) {
+	switch st.conn.Write(ev.wsFrame(st.session.h.Format, st.sub.topics())) {
 	case nil:
 		return true
 	case engine.ErrSlow:
@@ -81,7 +84,7 @@ func (st *wsStream) Deliver(ev *Event) bool {
 // DeliverInto is Deliver as part of the fan-out's batch of writes; a
 // slow consumer is cut off once its close frame is sent (closed).
 func (st *wsStream) DeliverInto(b *engine.Batch, ev *Event, count *uint64) {
-	b.Add(st.conn, ev.wsFrame(st.session.h.Format, st.sub.Topics), count)
+	b.Add(st.conn, ev.wsFrame(st.session.h.Format, st.sub.topics()), count)
 }
 
 // finished runs once the connection has ended: the session's work ends
@@ -118,6 +121,15 @@ func (st *wsStream) reply(frame []byte) bool {
 
 func (st *wsStream) close(code int, reason string) { closeWith(st.conn, code, reason) }
 
+// held detaches the stream from the fan-out while fn runs: the events
+// offered meanwhile wait in the subscription's queue, and Attach writes
+// them after fn's writes.
+func (st *wsStream) held(fn func() bool) bool {
+	st.sub.hold()
+	defer st.sub.Attach(st)
+	return fn()
+}
+
 // closeWith sends a close frame, after which nothing more is written, and
 // waits for the client's close frame (closing with unread input would
 // reset the connection and lose ours), for a second at most.
@@ -132,7 +144,7 @@ var inputBufs = sync.Pool{New: func() any { b := make([]byte, 4096); return &b }
 
 // input reads what the client sent: pings, pongs, close, messages.
 func (st *wsStream) input(c *engine.Conn) {
-	st.added.Wait()
+	st.opened.Wait()
 	bp := inputBufs.Get().(*[]byte)
 	defer inputBufs.Put(bp)
 	for {

@@ -267,18 +267,23 @@ func appendJSONString(b []byte, s string) []byte {
 func (s *Subscription) presenceFrames(format string) [][]byte {
 	frames := make([][]byte, len(s.presence))
 	for i, p := range s.presence {
-		if format == FormatText {
-			frames[i] = []byte(p.data)
-			continue
-		}
-		frames[i], _ = json.Marshal(struct {
-			Topic string `json:"topic"`
-			Event string `json:"event"`
-			Data  string `json:"data"`
-		}{p.topic, "push.presence", p.data})
+		frames[i] = presenceFrame(format, p)
 	}
 	s.presence = nil
 	return frames
+}
+
+// presenceFrame is one push.presence event as a WebSocket message.
+func presenceFrame(format string, p topicPresence) []byte {
+	if format == FormatText {
+		return []byte(p.data)
+	}
+	frame, _ := json.Marshal(struct {
+		Topic string `json:"topic"`
+		Event string `json:"event"`
+		Data  string `json:"data"`
+	}{p.topic, "push.presence", p.data})
+	return frame
 }
 
 // frameReader reads a client's frames (RFC 6455 §5) from its input as it

@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -60,8 +61,21 @@ type WSHandler struct {
 	Endpoint
 
 	// Templates of the topics a client's own messages may go to, expanded
-	// like topics. Default: none (clients may not publish).
+	// like topics. A client may also publish to a topic it added with a
+	// subscribe message, when a template with {query.*} placeholders
+	// gives that topic for some value of them (the client chooses its
+	// query: a connect with that value could publish there), and no more
+	// to one it unsubscribed from; see docs/websocket.md. Default: none
+	// (clients may not publish).
 	Publish []string `json:"publish,omitempty"`
+
+	// Topic patterns (see MatchTopic) a client of an endpoint with topics
+	// templates may add to its connection with a subscribe message, each
+	// checked as a connect's topics are (private, max_topics). Without
+	// topics templates a client may add any topic it could connect with,
+	// and this option is refused. Needs format json. Default: none (a
+	// client may only come back to the topics it connected with).
+	Subscribe []string `json:"subscribe,omitempty"`
 
 	// How often the server pings. Default: 30s.
 	PingInterval caddy.Duration `json:"ping_interval,omitempty"`
@@ -168,6 +182,19 @@ func (h *WSHandler) Validate() error {
 	if h.Format != FormatJSON && h.Format != FormatText {
 		return fmt.Errorf("format must be json or text, not %q", h.Format)
 	}
+	if len(h.Subscribe) > 0 {
+		if len(h.Topics) == 0 {
+			return fmt.Errorf("subscribe needs topics: without them, a client may add any topic it could connect with")
+		}
+		if h.Format != FormatJSON {
+			return fmt.Errorf("subscribe needs format json: text connections send no commands")
+		}
+	}
+	for _, p := range h.Subscribe {
+		if err := ValidateTopic(p); err != nil {
+			return fmt.Errorf("subscribe pattern: %v", err)
+		}
+	}
 	if h.PingInterval < 0 || h.PongTimeout < 0 || h.MaxMessageSize < 0 || h.PublishRate < 0 || h.PublishBurst < 0 {
 		return fmt.Errorf("ping_interval, pong_timeout, max_message_size, publish_rate and publish_burst must not be negative")
 	}
@@ -205,8 +232,9 @@ func (h *WSHandler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhtt
 	if engineServes(r, true) && h.handOff(conn, sub, a, r) {
 		return nil // the engine owns the connection now, and ends it
 	}
-	s := &socket{conn: conn, out: conn.NetConn().(*batchConn), replies: make(chan []byte, 8)}
-	s.wsSession = newWSSession(h, sub, h.publishTopics(r, a.Grant), s)
+	s := &socket{conn: conn, out: conn.NetConn().(*batchConn), replies: make(chan []byte, 8),
+		commands: make(chan func() bool), writerDone: make(chan struct{})}
+	s.wsSession = newWSSession(h, sub, h.rights(r, a), s)
 	h.open.add(conn)
 	// The connection runs on goroutines of its own, as in gorilla's
 	// examples, and this one returns: deep in Caddy's middleware, its
@@ -311,23 +339,107 @@ func (h *WSHandler) originAllowed(r *http.Request) bool {
 	return slices.ContainsFunc(h.Origins, func(o string) bool { return o == "*" || strings.EqualFold(o, origin) })
 }
 
-// publishTopics are the topics this client may publish to: the expanded
-// publish templates, narrowed by the JWT's publish claims when the
-// handler verifies JWTs.
-func (h *WSHandler) publishTopics(r *http.Request, g *Grant) []string {
+// wsRights are what a client was admitted with, and what it may do on
+// its connection.
+type wsRights struct {
+	grant   *Grant   // its verified JWT, if it sent one
+	connect []string // the topics it connected with
+	// publish are the topics the publish templates gave, narrowed by
+	// the JWT's publish claims when the handler verifies JWTs;
+	// publishAny the templates with {query.*} placeholders, the others
+	// expanded
+	publish    []string
+	publishAny []queryTemplate
+	// request is the connect's request, for the authorize hook's
+	// questions about added topics (nil without the hook); its context
+	// outlives the request's end, for the connection's life
+	request *http.Request
+}
+
+// rights reads what an admitted client may do.
+func (h *WSHandler) rights(r *http.Request, a *admission) wsRights {
 	repl := r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
-	var topics []string
-	for _, tmpl := range h.Publish {
-		t, err := repl.ReplaceOrErr(tmpl, true, true)
-		if err != nil || t == "" || ValidateTopic(t) != nil {
-			continue
-		}
-		if h.JWT.enabled() && (g == nil || !g.CanPublish(t)) {
-			continue
-		}
-		topics = append(topics, t)
+	w := wsRights{grant: a.Grant, connect: a.Topics}
+	if h.Authorize != nil {
+		w.request = r.WithContext(context.WithoutCancel(r.Context()))
 	}
-	return topics
+	for _, tmpl := range h.Publish {
+		if q, ok := parseQueryTemplate(tmpl, repl); ok {
+			w.publishAny = append(w.publishAny, q)
+		}
+		t, err := repl.ReplaceOrErr(tmpl, true, true)
+		if err != nil || t == "" || ValidateTopic(t) != nil || !h.mayPublish(a.Grant, t) {
+			continue
+		}
+		w.publish = append(w.publish, t)
+	}
+	return w
+}
+
+// mayPublish reports whether the client's JWT, when the handler verifies
+// JWTs, allows publishing to topic.
+func (h *WSHandler) mayPublish(g *Grant, topic string) bool {
+	return !h.JWT.enabled() || g != nil && g.CanPublish(topic)
+}
+
+// queryTemplate is a publish template with {query.*} placeholders (the
+// request's own), the rest expanded: the literal parts, with a
+// placeholder's value (any text) between each two.
+type queryTemplate []string
+
+// queryPlaceholder finds {query.*} placeholders, and their long form
+// (the Caddyfile's {query.room} is {http.request.uri.query.room}).
+var queryPlaceholder = regexp.MustCompile(`\{(?:http\.request\.uri\.)?query\.[^{}]+\}`)
+
+// parseQueryTemplate reads tmpl as a queryTemplate; ok is false when it
+// has no {query.*} placeholder, or another placeholder that is unknown
+// or empty (it gives no topic, as expanding it does).
+func parseQueryTemplate(tmpl string, repl *caddy.Replacer) (q queryTemplate, ok bool) {
+	if !strings.Contains(tmpl, "query.") {
+		return nil, false // the common case, at no cost
+	}
+	last := 0
+	for _, m := range queryPlaceholder.FindAllStringIndex(tmpl, -1) {
+		if m[0] > 0 && tmpl[m[0]-1] == '\\' {
+			continue // an escaped brace: text
+		}
+		lit, err := repl.ReplaceOrErr(tmpl[last:m[0]], true, true)
+		if err != nil {
+			return nil, false
+		}
+		q, last = append(q, lit), m[1]
+	}
+	if len(q) == 0 {
+		return nil, false
+	}
+	lit, err := repl.ReplaceOrErr(tmpl[last:], true, true)
+	if err != nil {
+		return nil, false
+	}
+	return append(q, lit), true
+}
+
+// gives reports whether the template gives topic for some value of its
+// placeholders, each one byte or more (an empty placeholder drops the
+// template). Each literal part is matched at its first place: that
+// leaves the most to the parts after it.
+func (q queryTemplate) gives(topic string) bool {
+	first, last := q[0], q[len(q)-1]
+	rest, ok := strings.CutPrefix(topic, first)
+	if !ok {
+		return false
+	}
+	for _, lit := range q[1 : len(q)-1] {
+		if rest == "" {
+			return false
+		}
+		i := strings.Index(rest[1:], lit)
+		if i < 0 {
+			return false
+		}
+		rest = rest[1+i+len(lit):]
+	}
+	return len(rest) > len(last) && strings.HasSuffix(rest, last)
 }
 
 // openSockets tracks hijacked connections: http.Server.Shutdown does not
@@ -380,9 +492,11 @@ func goingAway(c *websocket.Conn) {
 type socket struct {
 	wsSession
 	conn       *websocket.Conn
-	out        *batchConn    // conn's net.Conn
-	replies    chan []byte   // error frames from the reader to the writer
-	readerDone chan struct{} // closed when the reader has ended
+	out        *batchConn       // conn's net.Conn
+	replies    chan []byte      // answers and error frames from the reader to the writer
+	commands   chan func() bool // what the reader has the writer run (held)
+	readerDone chan struct{}    // closed when the reader has ended
+	writerDone chan struct{}    // closed when the writer has ended
 
 	mu sync.Mutex
 	// the close frame to send, set by whichever of the reader and the
@@ -399,8 +513,27 @@ func (s *socket) run() {
 		s.read()
 	}()
 	s.write()
+	close(s.writerDone)
 	s.finish()
 	s.closed()
+}
+
+// held runs fn on the writer, between two of its batches: the events
+// offered meanwhile wait in the subscription's queue, and follow fn's
+// writes. The reader waits for it, so client messages keep their order.
+func (s *socket) held(fn func() bool) bool {
+	done := make(chan bool, 1)
+	select {
+	case s.commands <- func() bool { ok := fn(); done <- ok; return ok }:
+	case <-s.writerDone:
+		return false
+	}
+	select {
+	case ok := <-done:
+		return ok
+	case <-s.writerDone:
+		return false
+	}
 }
 
 // close decides the close frame; the writer sends it once it stops. The
@@ -472,6 +605,10 @@ func (s *socket) write() {
 			if !s.writeText(frame) {
 				return
 			}
+		case fn := <-s.commands:
+			if !fn() {
+				return
+			}
 		case now := <-wake.C:
 			if !expires.IsZero() && !now.Before(expires) {
 				expires = time.Time{}
@@ -526,7 +663,7 @@ func (s *socket) writeEvents(events []*Event) bool {
 	var err error
 	s.out.hold()
 	for _, ev := range events {
-		if err = s.conn.WritePreparedMessage(ev.wsMessage(s.h.Format, s.sub.Topics)); err != nil {
+		if err = s.conn.WritePreparedMessage(ev.wsMessage(s.h.Format, s.sub.topics())); err != nil {
 			break // a close frame went out first: what is gathered still goes
 		}
 	}
@@ -564,9 +701,9 @@ func (s *socket) read() {
 	}
 }
 
-// reply queues an error frame for the writer. It reports false when the
-// queue is full: a client that provokes errors faster than they can be
-// sent is closed rather than allowed to grow the queue.
+// reply queues an answer or an error frame for the writer. It reports
+// false when the queue is full: a client that provokes answers faster
+// than they can be sent is closed rather than allowed to grow the queue.
 func (s *socket) reply(frame []byte) bool {
 	select {
 	case s.replies <- frame:
@@ -665,8 +802,12 @@ func decodeStrict(b []byte, v any) error {
 // message is the envelope as a message, checked: the topic must be one
 // the client may publish to (the only one, when it names none).
 func (f clientFrame) message(allowed []string) (Message, error) {
-	if f.Topic == "" && len(allowed) == 1 {
+	switch {
+	case f.Topic != "":
+	case len(allowed) == 1:
 		f.Topic = allowed[0]
+	case len(allowed) > 1:
+		return Message{}, errors.New("a message must name its topic: this connection may publish to several")
 	}
 	if !slices.Contains(allowed, f.Topic) {
 		return Message{}, fmt.Errorf("may not publish to topic %q", f.Topic)
@@ -683,6 +824,57 @@ func (f clientFrame) message(allowed []string) (Message, error) {
 		m.IdempotencyKey = *f.Key
 	}
 	return m, nil
+}
+
+// wsCommand is a client's subscribe or unsubscribe message.
+type wsCommand struct {
+	subscribe   bool // else unsubscribe
+	topic       string
+	lastEventID string
+}
+
+// parseCommand reads a client message that is a command: a JSON object
+// with a "subscribe" or an "unsubscribe" key, which is never published.
+// isCommand is false for any other message; err says what is wrong with
+// a command.
+func parseCommand(frame []byte) (c wsCommand, isCommand bool, err error) {
+	if t := bytes.TrimLeft(frame, " \t\r\n"); len(t) == 0 || t[0] != '{' {
+		return wsCommand{}, false, nil
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal(frame, &obj) != nil {
+		return wsCommand{}, false, nil
+	}
+	_, isSub := obj["subscribe"]
+	_, isUnsub := obj["unsubscribe"]
+	if !isSub && !isUnsub {
+		return wsCommand{}, false, nil
+	}
+	bad := errors.New(replyCommand)
+	if isSub == isUnsub {
+		return wsCommand{}, true, bad
+	}
+	c.subscribe = isSub
+	str := func(raw json.RawMessage, into *string) bool { return json.Unmarshal(raw, into) == nil }
+	var camel, snake string
+	for k, v := range obj {
+		var ok bool
+		switch k {
+		case "subscribe":
+			ok = str(v, &c.topic)
+		case "unsubscribe":
+			ok = str(v, &c.topic)
+		case "lastEventId":
+			ok = isSub && str(v, &camel)
+		case "last_event_id":
+			ok = isSub && str(v, &snake)
+		}
+		if !ok {
+			return wsCommand{}, true, bad
+		}
+	}
+	c.lastEventID = cmp.Or(camel, snake)
+	return c, true, nil
 }
 
 // rateLimit is a token bucket: rate per second, up to burst at once. A

@@ -89,9 +89,22 @@ return 1
 `)
 
 // joinScript records a connection (ARGV: prefix, node, connection,
-// member, topics...).
+// member, topics...); for a connection it knows, the topics replace those
+// it had (a WebSocket client subscribed or unsubscribed).
 var joinScript = goredis.NewScript(`
 local p, node, conn = ARGV[1], ARGV[2], ARGV[3]
+local old = redis.call('HGET', p..'nm:'..node, conn)
+if old then
+  local keep = {}
+  for i = 5, #ARGV do keep[ARGV[i]] = true end
+  for _, topic in ipairs(cjson.decode(old)) do
+    if not keep[topic] then
+      local k = p..'m:'..topic
+      redis.call('HDEL', k, node..'/'..conn)
+      if redis.call('HLEN', k) == 0 then redis.call('SREM', p..'mtopics', topic) end
+    end
+  end
+end
 local topics = {}
 for i = 5, #ARGV do
   redis.call('HSET', p..'m:'..ARGV[i], node..'/'..conn, ARGV[4])
@@ -296,7 +309,8 @@ func lostMembers(node string, v any) []push.Joined {
 	return out
 }
 
-// Join records a local connection, after the changes queued before it.
+// Join records a local connection, after the changes queued before it;
+// joining again replaces its topics.
 func (s *store) Join(ctx context.Context, m push.Member, topics []string) error {
 	done := make(chan error, 1)
 	select {
