@@ -652,3 +652,40 @@ http://127.0.0.1:PORT {
 		t.Errorf("subscribe event: %+v", e)
 	}
 }
+
+// The demo's chat: topics from the query, presence on a pattern, a room
+// switch on the open connection (subscribe the new room, unsubscribe the
+// old), then events of the new room arrive.
+func TestWSSubscribeSwitchWithPresencePattern(t *testing.T) {
+	c := startCaddy(t, `
+http://127.0.0.1:PORT {
+	push_ws /chat {
+		publish chat/lobby chat/kitchen chat/garden
+		presence chat/*
+	}
+	push_publish /publish {
+		anonymous
+	}
+}`)
+	ws := mustDialWS(t, c.URL+"/chat?topic=chat/lobby", nil)
+	c.publish("/publish", "topic=chat/lobby&data=in+the+lobby")
+	first, _ := ws.expect(func(r wsReply) bool { return r.Data == "in the lobby" })
+	// push.js sends the last id it has with a subscribe
+	if r, _ := ws.command(`{"subscribe":"chat/kitchen","lastEventId":"` + first.ID + `"}`); r.Subscribed != "chat/kitchen" {
+		t.Fatalf("subscribe: %+v", r)
+	}
+	if r, _ := ws.command(`{"unsubscribe":"chat/lobby"}`); r.Unsubscribed != "chat/lobby" {
+		t.Fatalf("unsubscribe: %+v", r)
+	}
+	c.publish("/publish", "topic=chat/lobby&data=left+behind")
+	c.publish("/publish", "topic=chat/kitchen&data=in+the+kitchen")
+	r, before := ws.expect(func(r wsReply) bool { return r.Data == "in the kitchen" })
+	for _, b := range before {
+		if b.Data == "left behind" {
+			t.Errorf("got the old room's event: %+v", before)
+		}
+	}
+	if r.Topic != "chat/kitchen" {
+		t.Errorf("got %+v", r)
+	}
+}

@@ -339,49 +339,8 @@ func TestBrowserResumesLosslessly(t *testing.T) {
 // Two visitors chat over WebSocket: each sees the other's join notice and
 // messages; a config reload in the middle loses nothing in either page.
 // (Two browsers, not two tabs of one: chromedp cannot evaluate in a second
-// tab of the same browser here.)
-// The demo chat switches rooms on its one WebSocket: the page's socket
-// subscribes to chat/kitchen and unsubscribes from chat/lobby (the
-// Caddyfile's subscribe chat/*), then gets the kitchen's messages and not
-// the lobby's, and what its form sends (no topic) goes to the kitchen.
-func TestBrowserChatSwitchesRoom(t *testing.T) {
-	d := startDemo(t)
-	lobby, switching := browser(t), browser(t)
-	for _, ctx := range []context.Context{lobby, switching} {
-		run(t, ctx, 10*time.Second,
-			chromedp.Navigate(d.base+"/"),
-			waitJS(`document.getElementById('chat-state').textContent === 'open'`),
-		)
-	}
-	var ok bool
-	run(t, switching, 5*time.Second,
-		chromedp.Evaluate(`chatSocket.send(JSON.stringify({subscribe: 'chat/kitchen'})); true`, &ok),
-		waitJS(`window.pushDemo.chat.some(m => m.subscribed === 'chat/kitchen')`),
-		chromedp.Evaluate(`chatSocket.send(JSON.stringify({unsubscribe: 'chat/lobby'})); true`, &ok),
-		waitJS(`window.pushDemo.chat.some(m => m.unsubscribed === 'chat/lobby')`),
-	)
-	d.publish(url.Values{"topic": {"chat/lobby"}, "type": {"chat"}, "data": {"to the lobby"}})
-	d.publish(url.Values{"topic": {"chat/kitchen"}, "type": {"chat"}, "data": {"to the kitchen"}})
-	run(t, switching, 5*time.Second,
-		waitJS(`window.pushDemo.chat.some(m => m.data === 'to the kitchen' && m.topic === 'chat/kitchen')`),
-		chromedp.Evaluate(`document.getElementById('chat-name').value = 'bob';
-			document.getElementById('chat-text').value = 'in the kitchen';
-			document.getElementById('chat-form').requestSubmit(); true`, &ok),
-		waitJS(`window.pushDemo.chat.some(m => m.data === 'bob: in the kitchen' && m.topic === 'chat/kitchen')`),
-	)
-	run(t, lobby, 5*time.Second, waitJS(`window.pushDemo.chat.some(m => m.data === 'to the lobby')`))
-	time.Sleep(200 * time.Millisecond) // what should not come would have by now
-	var wrong []string
-	run(t, switching, 5*time.Second, chromedp.Evaluate(`window.pushDemo.chat.filter(m => m.data === 'to the lobby' || m.error).map(m => JSON.stringify(m))`, &wrong))
-	if len(wrong) > 0 {
-		t.Fatalf("the switched tab got %v", wrong)
-	}
-	run(t, lobby, 5*time.Second, chromedp.Evaluate(`window.pushDemo.chat.filter(m => m.data === 'to the kitchen' || m.data === 'bob: in the kitchen').map(m => m.data)`, &wrong))
-	if len(wrong) > 0 {
-		t.Fatalf("the lobby got %v", wrong)
-	}
-}
-
+// tab of the same browser here.) The room switch on the open connection
+// is TestPushJSRoomSwitch's.
 func TestBrowserChatAcrossTabs(t *testing.T) {
 	d := startDemo(t)
 	first := browser(t)

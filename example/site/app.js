@@ -131,6 +131,7 @@ window.pushDemo.chatConn = chatConn;
 
 $('chat-room').addEventListener('change', async (e) => {
 	const from = room;
+	if (e.target.value === from) return; // no move: unsubscribing would leave the room
 	room = e.target.value;
 	showOnline(presence.members(topic(room)));
 	try {
