@@ -118,12 +118,11 @@ func (d *demo) publish(fields url.Values) string {
 		d.t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	var id strings.Builder
-	_, _ = fmt.Fscan(resp.Body, &id)
+	id, _ := io.ReadAll(resp.Body)
 	if resp.StatusCode != 200 {
-		d.t.Fatalf("publish %v: %d", fields, resp.StatusCode)
+		d.t.Fatalf("publish %v: %d %s", fields, resp.StatusCode, id)
 	}
-	return id.String()
+	return strings.TrimSpace(string(id))
 }
 
 // chromiumPath finds Debian's Chromium. In CI a missing browser fails the
