@@ -70,6 +70,32 @@ func TestMercureAcrossRedisNodes(t *testing.T) {
 		return base + "/.well-known/mercure?" + q.Encode()
 	}
 
+	publishTo := func(base string, form url.Values) {
+		t.Helper()
+		req, _ := http.NewRequest("POST", base+"/.well-known/mercure", strings.NewReader(form.Encode()))
+		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
+		req.Header.Set("Authorization", "Bearer "+sign(jwt.MapClaims{"mercure": map[string]any{"publish": []string{"*"}}}))
+		resp, err := http.DefaultClient.Do(req)
+		if err != nil || resp.StatusCode != 200 {
+			t.Fatalf("publish: %v %v", err, resp)
+		}
+		resp.Body.Close()
+	}
+	// each node follows the other's events once its listener is up, which
+	// on a busy machine takes a moment after the config loads
+	for _, pair := range [][2]string{{a, b}, {b, a}} {
+		warm, stop := openStream(t, hubURL(pair[1], "topic", "warm"))
+		for got := false; !got; {
+			publishTo(pair[0], url.Values{"topic": {"warm"}, "data": {"x"}})
+			select {
+			case <-warm:
+				got = true
+			case <-time.After(200 * time.Millisecond):
+			}
+		}
+		stop()
+	}
+
 	watcher := sign(jwt.MapClaims{"mercure": map[string]any{"subscribe": []string{"/.well-known/mercure/subscriptions{/topic}{/subscriber}"}}})
 	watch, _ := openStream(t, hubURL(b, "topic", "/.well-known/mercure/subscriptions{/topic}{/subscriber}", "authorization", watcher))
 	nextBlock(t, watch) // its own subscription
@@ -100,15 +126,7 @@ func TestMercureAcrossRedisNodes(t *testing.T) {
 
 	// published to node b with its own id, delivered on node a, resumable there
 	publish := func(id, data string) {
-		form := url.Values{"topic": {"https://example.com/books/1"}, "data": {data}, "id": {id}}
-		req, _ := http.NewRequest("POST", b+"/.well-known/mercure", strings.NewReader(form.Encode()))
-		req.Header.Set("Content-Type", "application/x-www-form-urlencoded")
-		req.Header.Set("Authorization", "Bearer "+sign(jwt.MapClaims{"mercure": map[string]any{"publish": []string{"*"}}}))
-		resp, err := http.DefaultClient.Do(req)
-		if err != nil || resp.StatusCode != 200 {
-			t.Fatalf("publish: %v %v", err, resp)
-		}
-		resp.Body.Close()
+		publishTo(b, url.Values{"topic": {"https://example.com/books/1"}, "data": {data}, "id": {id}})
 	}
 	publish("urn:uuid:one", "first")
 	if ev := nextBlock(t, books); ev.id != "urn:uuid:one" || ev.data != "first" {
