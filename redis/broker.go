@@ -223,7 +223,18 @@ func (b Broker) OpenBroker(o push.BrokerOptions) (push.Broker, error) {
 			nodeLost: o.NodeLost, rejoined: o.Rejoined, ops: make(chan rosterOp, 4096), asks: make(map[string]chan reply)},
 		rosterDone: make(chan struct{}),
 	}
-	go s.listen(ctx)
+	// the node follows the hub from its head as it opens, before any of
+	// its subscriptions can exist: an event stored between a first
+	// subscription and the listener's own subscribing is then caught up,
+	// not skipped. Without Redis now, the listener starts where Redis is
+	// when it comes (no subscription can have read a backlog meanwhile).
+	var start *cursor
+	hctx, hcancel := context.WithTimeout(ctx, time.Second)
+	if epoch, head, err := s.head(hctx); err == nil {
+		start = &cursor{epoch: epoch, seq: head}
+	}
+	hcancel()
+	go s.listen(ctx, start)
 	go s.runRoster(ctx)
 	return s, nil
 }

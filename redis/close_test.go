@@ -2,6 +2,7 @@ package redis
 
 import (
 	"context"
+	"strconv"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -75,5 +76,34 @@ func TestCatchUpBeyondTheStream(t *testing.T) {
 	cur.seq = 2
 	if err := s.catchUp(ctx, cur, head); err != nil || cur.seq != head || resyncs.Load() != 1 {
 		t.Fatalf("catching up beyond the stream: %v, cursor %d of %d, %d resyncs", err, cur.seq, head, resyncs.Load())
+	}
+}
+
+// An event stored right after the broker opens, before its listener has
+// subscribed, is delivered all the same: the node follows the hub from its
+// head as it opened, and catches up on what came before it subscribed (a
+// subscription made in that moment would otherwise miss it for good).
+func TestNoEventLostAsTheListenerStarts(t *testing.T) {
+	r := startRedis(t)
+	for i := range 20 {
+		got := make(chan string, 10)
+		br, err := Broker{URL: r.url()}.OpenBroker(push.BrokerOptions{Hub: "start", History: push.HistoryLimits{Events: 10},
+			Deliver: func(ev *push.Event) { got <- ev.Data }, Logger: zap.NewNop()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		want := strconv.Itoa(i)
+		if err := br.Publish(context.Background(), &push.Event{Message: push.Message{Topics: []string{"t"}, Data: want}}); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case d := <-got:
+			if d != want {
+				t.Fatalf("run %d: delivered %q, want %q", i, d, want)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("run %d: the event stored as the listener started was never delivered", i)
+		}
+		br.Close()
 	}
 }

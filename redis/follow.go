@@ -17,12 +17,13 @@ type cursor struct {
 }
 
 // listen delivers every event of the hub to this node, in seq order, with
-// one Pub/Sub subscription. After losing Redis it reconnects with backoff
+// one Pub/Sub subscription, from start (the head when the node opened;
+// nil: wherever Redis is when first reached). After losing Redis it reconnects with backoff
 // and catches up from the hub-wide stream, so nothing Redis acknowledged
 // is missed.
-func (s *store) listen(ctx context.Context) {
+func (s *store) listen(ctx context.Context, start *cursor) {
 	defer close(s.done)
-	var cur *cursor
+	cur := start
 	backoff := 100 * time.Millisecond
 	down := false
 	for ctx.Err() == nil {
