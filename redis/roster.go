@@ -166,6 +166,10 @@ type roster struct {
 	mu    sync.Mutex
 	dirty bool                  // an op was lost: write every entry anew
 	asks  map[string]chan reply // answers awaited by Ask, by its id
+	// registered is set once a heartbeat has put this node in the live
+	// set: before it, Redis not knowing the node is its start, not a
+	// rejoin
+	registered bool
 }
 
 // reply is a node's answer to an Ask.
@@ -242,6 +246,8 @@ func (s *store) beat(ctx context.Context) {
 	s.roster.mu.Lock()
 	rewrite := s.roster.dirty || !known
 	s.roster.dirty = false
+	forgotten := !known && s.roster.registered
+	s.roster.registered = true
 	s.roster.mu.Unlock()
 	if !rewrite {
 		return
@@ -262,7 +268,7 @@ func (s *store) beat(ctx context.Context) {
 			return
 		}
 	}
-	if !known && len(joined) > 0 {
+	if forgotten && len(joined) > 0 {
 		s.roster.rejoined(joined)
 	}
 }
